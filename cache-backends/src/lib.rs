@@ -1,0 +1,154 @@
+//! Cache backends and the cache process.
+//!
+//! API CONTRACT SKELETON — the trait and entry points below are what proxy-core (tests) and the
+//! supervisor code against. The cache-backends implementer fills them in and may add items;
+//! changing a signature here must be agreed with the lead.
+#![forbid(unsafe_code)] // the pack module's single mmap call gets a scoped #[allow] — see there
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use ipc::ChunkDest;
+
+/// Errors of the backends and the cache process.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// I/O on a backend file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pack file is damaged or of another version.
+    #[error("pack {path}: {what}")]
+    CorruptPack {
+        /// The pack file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A bad backend configuration.
+    #[error("invalid backend config: {0}")]
+    Config(String),
+    /// The ipc layer failed.
+    #[error(transparent)]
+    Ipc(#[from] ipc::Error),
+}
+
+/// Counters and sizes of a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Objects held.
+    pub objects: u64,
+    /// Bytes held (for memory: payload, keys and bookkeeping).
+    pub bytes: u64,
+    /// Byte bound, if any.
+    pub capacity: Option<u64>,
+    /// `get` calls that found the object.
+    pub hits: u64,
+    /// `get` calls that did not.
+    pub misses: u64,
+    /// Objects stored by `put`.
+    pub inserts: u64,
+    /// Objects evicted.
+    pub evictions: u64,
+}
+
+/// One object, ready to be copied out in ranges. Holding it keeps its bytes alive (an eviction
+/// never frees bytes a transfer is still copying).
+pub trait CachedObject: Send + Sync {
+    /// Length in bytes.
+    fn len(&self) -> u64;
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies bytes `offset .. offset + len` into `dest` with one copy.
+    fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error>;
+}
+
+/// An origin fill in progress. Dropping it without `commit` discards it.
+pub trait Fill: Send {
+    /// Appends bytes.
+    fn write(&mut self, data: &[u8]) -> Result<(), Error>;
+    /// Makes the object visible to `get` (only if exactly the announced length was written).
+    fn commit(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// A cache backend: directory, memory or pack. Safe under concurrent gets and puts.
+pub trait CacheBackend: Send + Sync {
+    /// "directory", "memory" or "pack".
+    fn kind(&self) -> &'static str;
+    /// The object at `path` (a GetFile path, starting with '/'), if held.
+    fn get(&self, path: &str) -> Result<Option<Box<dyn CachedObject>>, Error>;
+    /// Starts storing an object of `len` bytes at `path`; `Ok(None)` declines (read-only,
+    /// too large).
+    fn put(&self, path: &str, len: u64) -> Result<Option<Box<dyn Fill>>, Error>;
+    /// Current counters.
+    fn stats(&self) -> BackendStats;
+}
+
+/// Which backend, and its settings (built by the supervisor from the TOML config).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum BackendConfig {
+    /// Files under a root, or a course-format listing.
+    Directory {
+        /// The root directory (None with a listing).
+        root: Option<PathBuf>,
+        /// A `<path> <file>` listing instead of a root.
+        content: Option<PathBuf>,
+        /// Store fills under the root.
+        writable: bool,
+        /// Byte bound for a writable root (LRU eviction of stored files).
+        max_size: Option<u64>,
+    },
+    /// In-memory LRU.
+    Memory {
+        /// Byte bound (payload, keys and bookkeeping).
+        capacity: u64,
+        /// Larger objects are not stored.
+        max_object_size: u64,
+    },
+    /// A pack file made by gfpack.
+    Pack {
+        /// The pack file.
+        path: PathBuf,
+    },
+}
+
+/// Opens a backend.
+pub fn open_backend(_config: &BackendConfig) -> Result<Box<dyn CacheBackend>, Error> {
+    todo!()
+}
+
+/// Settings of a cache process.
+#[derive(Clone, Debug)]
+pub struct CacheProcessConfig {
+    /// The slot this process serves.
+    pub slot: ipc::CacheSlot,
+    /// Worker threads.
+    pub workers: usize,
+    /// How long a worker waits for the proxy (room, data) before aborting a transfer.
+    pub transfer_timeout: Duration,
+    /// On SIGTERM, how long in-flight transfers may take before they are aborted.
+    pub shutdown_timeout: Duration,
+}
+
+/// Runs a cache process on an attached region until SIGTERM/SIGINT (or until `stop` is set):
+/// marks the slot Starting, opens nothing itself (the backend is given), marks it Ready, serves
+/// its slot's requests with `workers` threads, copies the backend stats into the stats area,
+/// then drains and marks the slot Down. Returns Ok after a clean drain.
+pub fn run_cache_process(
+    _region: &ipc::Region,
+    _backend: &dyn CacheBackend,
+    _config: &CacheProcessConfig,
+    _stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
+    todo!()
+}
