@@ -38,6 +38,29 @@ pub enum Error {
     /// The ipc layer failed.
     #[error(transparent)]
     Ipc(#[from] ipc::Error),
+    /// A copy asked for bytes beyond the end of an object.
+    #[error("range {offset}+{len} is outside an object of {object_len} bytes")]
+    OutOfRange {
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        len: usize,
+        /// The object's length.
+        object_len: u64,
+    },
+    /// A fill wrote more or fewer bytes than it announced.
+    #[error("fill of {path}: announced {announced} bytes, got {written}")]
+    FillLength {
+        /// The object path.
+        path: String,
+        /// The announced length.
+        announced: u64,
+        /// The bytes written (so far, when too many).
+        written: u64,
+    },
+    /// The destination buffer refused the bytes (a segment half too small, a closed segment).
+    #[error("copy into the destination failed: {0}")]
+    Dest(#[source] std::io::Error),
 }
 
 /// Counters and sizes of a backend.
@@ -123,8 +146,44 @@ pub enum BackendConfig {
 }
 
 /// Opens a backend.
-pub fn open_backend(_config: &BackendConfig) -> Result<Box<dyn CacheBackend>, Error> {
-    todo!()
+pub fn open_backend(config: &BackendConfig) -> Result<Box<dyn CacheBackend>, Error> {
+    match config {
+        BackendConfig::Directory {
+            root,
+            content,
+            writable,
+            max_size,
+        } => {
+            let options = DirectoryOptions {
+                writable: *writable,
+                max_size: *max_size,
+            };
+            let backend = match (root, content) {
+                (Some(root), None) => DirectoryBackend::open(root, options)?,
+                (None, Some(listing)) if !writable && max_size.is_none() => {
+                    DirectoryBackend::open_listing(listing)?
+                }
+                (None, Some(_)) => {
+                    return Err(Error::Config(
+                        "a directory listing (content) is read-only: writable and max_size \
+                         need a root"
+                            .into(),
+                    ))
+                }
+                _ => {
+                    return Err(Error::Config(
+                        "a directory backend needs exactly one of root and content".into(),
+                    ))
+                }
+            };
+            Ok(Box::new(backend))
+        }
+        BackendConfig::Memory {
+            capacity,
+            max_object_size,
+        } => Ok(Box::new(MemoryBackend::new(*capacity, *max_object_size)?)),
+        BackendConfig::Pack { path } => Ok(Box::new(PackBackend::open(path)?)),
+    }
 }
 
 /// Settings of a cache process.
@@ -145,10 +204,10 @@ pub struct CacheProcessConfig {
 /// its slot's requests with `workers` threads, copies the backend stats into the stats area,
 /// then drains and marks the slot Down. Returns Ok after a clean drain.
 pub fn run_cache_process(
-    _region: &ipc::Region,
-    _backend: &dyn CacheBackend,
-    _config: &CacheProcessConfig,
-    _stop: &std::sync::atomic::AtomicBool,
+    region: &ipc::Region,
+    backend: &dyn CacheBackend,
+    config: &CacheProcessConfig,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), Error> {
-    todo!()
+    process::run(region, backend, config, stop)
 }
