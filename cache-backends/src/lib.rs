@@ -1,10 +1,59 @@
 //! Cache backends and the cache process.
 //!
-//! API CONTRACT SKELETON — the trait and entry points below are what proxy-core (tests) and the
-//! supervisor code against. The cache-backends implementer fills them in and may add items;
-//! changing a signature here must be agreed with the lead.
-#![forbid(unsafe_code)] // the pack module's single mmap call gets a scoped #[allow] — see there
+//! A cache process serves one [`CacheBackend`]: it claims its slot's requests from the ipc
+//! region, copies objects into shared-memory segments and stores origin fills.
+//!
+//! - [`CacheBackend`]: the trait every backend implements. Its contract:
+//!   - [`CacheBackend::get`] returns a [`CachedObject`] for a path, or `None` when the backend
+//!     does not hold it. The object keeps its bytes alive while it is held (an eviction or a
+//!     replacement never frees or changes bytes a transfer is copying) and copies any byte range
+//!     of itself into a [`ChunkDest`] with one copy ([`CachedObject::copy_to`]).
+//!   - [`CacheBackend::put`] starts a [`Fill`] of an announced length, or declines (`None`) when
+//!     the backend is read-only or the object is not storable. Only [`Fill::commit`] after
+//!     exactly the announced bytes makes the object visible; a dropped fill leaves nothing.
+//!   - [`CacheBackend::stats`] gives [`BackendStats`]. Every `get` counts one hit or one miss.
+//!   - All backends are `Send + Sync` and safe under concurrent gets and puts.
+//! - The backends: [`DirectoryBackend`] (files under a root or a listing, optionally writable
+//!   with an LRU size bound), [`MemoryBackend`] (sharded LRU bounded in bytes) and
+//!   [`PackBackend`] (a `gfpack` file, see [`pack`]); [`open_backend`] opens one from a
+//!   [`BackendConfig`].
+//! - [`run_cache_process`] is the cache process loop on an attached [`ipc::Region`];
+//!   [`run_cache_slot`] attaches, opens and runs in one call (the supervisor's entry point).
+//!
+//! Paths are GetFile paths. The directory and pack backends hold only canonical paths
+//! ([`paths::relative_object_path`]): `/../x`, `//x` or `/a/../x` are simply not found.
+//!
+//! ```
+//! use cache_backends::{BackendConfig, open_backend};
+//!
+//! let backend = open_backend(&BackendConfig::Memory { capacity: 1 << 20, max_object_size: 1 << 16 })?;
+//! let mut fill = backend.put("/hello.txt", 5)?.expect("memory stores small objects");
+//! fill.write(b"hello")?;
+//! fill.commit()?;
+//!
+//! let object = backend.get("/hello.txt")?.expect("just stored");
+//! let mut buffer = Vec::new();
+//! object.copy_to(1, 3, &mut buffer)?;
+//! assert_eq!(buffer, b"ell");
+//! assert_eq!(backend.stats().hits, 1);
+//! # Ok::<(), cache_backends::Error>(())
+//! ```
+//!
+//! `unsafe` code: the crate denies it (`forbid` cannot be lifted locally) and allows it in
+//! exactly one function, the read-only `mmap` of a pack file, whose SAFETY comment rests on packs
+//! being write-once.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
+
+mod directory;
+mod memory;
+pub mod pack;
+pub mod paths;
+mod process;
+
+pub use directory::{DirectoryBackend, DirectoryOptions, FILL_PREFIX};
+pub use memory::{MemoryBackend, ENTRY_OVERHEAD, MAX_SHARDS};
+pub use pack::{build_pack, verify_pack, BuildReport, PackBackend, VerifyReport};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -210,4 +259,33 @@ pub fn run_cache_process(
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), Error> {
     process::run(region, backend, config, stop)
+}
+
+/// The supervisor's entry point for a cache slot: attaches the region `region_id`, opens the
+/// backend and runs [`run_cache_process`] until `stop` is set. The caller wires SIGTERM/SIGINT
+/// to `stop`.
+pub fn run_cache_slot(
+    region_id: ipc::RegionId,
+    backend: &BackendConfig,
+    config: &CacheProcessConfig,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
+    let region = ipc::Region::attach(region_id)?;
+    let backend = open_backend(backend)?;
+    run_cache_process(&region, backend.as_ref(), config, stop)
+}
+
+/// Copies a whole object to `out` through a bounded buffer (for tools such as `gfpack get`).
+pub fn write_object(object: &dyn CachedObject, out: &mut dyn std::io::Write) -> Result<(), Error> {
+    const STEP: u64 = 1 << 20;
+    let mut buffer = Vec::with_capacity(STEP as usize);
+    let mut offset = 0;
+    while offset < object.len() {
+        let step = (object.len() - offset).min(STEP) as usize;
+        buffer.clear();
+        object.copy_to(offset, step, &mut buffer)?;
+        out.write_all(&buffer).map_err(Error::Dest)?;
+        offset += step as u64;
+    }
+    Ok(())
 }

@@ -14,7 +14,11 @@ pub fn relative_object_path(path: &str) -> Option<&str> {
         return None;
     }
     let relative = path.strip_prefix('/')?;
-    if relative.is_empty() || relative.bytes().any(|b| matches!(b, b' ' | b'\r' | b'\n' | 0)) {
+    if relative.is_empty()
+        || relative
+            .bytes()
+            .any(|b| matches!(b, b' ' | b'\r' | b'\n' | 0))
+    {
         return None;
     }
     let all_components_plain = relative
@@ -42,8 +46,20 @@ mod tests {
     #[test]
     fn other_spellings_are_rejected() {
         for bad in [
-            "", "/", "a", "//x", "/../x", "/a/../../x", "/a/../x", "/./x", "/x/", "/x//y", "/a b",
-            "/a\r", "/a\n", "/a\0",
+            "",
+            "/",
+            "a",
+            "//x",
+            "/../x",
+            "/a/../../x",
+            "/a/../x",
+            "/./x",
+            "/x/",
+            "/x//y",
+            "/a b",
+            "/a\r",
+            "/a\n",
+            "/a\0",
         ] {
             assert_eq!(relative_object_path(bad), None, "{bad:?}");
         }

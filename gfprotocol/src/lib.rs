@@ -1,18 +1,66 @@
-//! The GetFile protocol.
+//! The GetFile protocol: codec, blocking client and threaded server framework.
 //!
-//! API CONTRACT SKELETON — the items below are what proxy-core codes against (the server
-//! framework) and what the binaries use. The gfprotocol implementer fills the bodies, adds the
-//! codec, client, file server and load generator modules, and may add items; changing a
-//! signature here must be agreed with the lead.
+//! - [`codec`]: incremental, strict [`RequestDecoder`](codec::RequestDecoder) and
+//!   [`ResponseDecoder`](codec::ResponseDecoder) fed with bytes as they arrive; every rejection
+//!   is a [`Malformed`] that says why.
+//! - [`Server`]: a listener, an accept thread and a fixed pool of workers fed through a bounded
+//!   queue. A worker reads the request header under a deadline, then calls the [`Handler`] with
+//!   a [`ResponseWriter`] that streams the body (bytes, a file with `sendfile`, or a closure
+//!   writing to the socket). [`ShutdownHandle`] stops it; [`signals`] wires SIGINT/SIGTERM.
+//! - [`FileServer`]: the handler of `gfserver` (a root with strict [`paths`] containment, or a
+//!   listing).
+//! - [`Client`]: fetches one path into any `Write`.
+//! - [`load`]: the load generator behind `gfclient load`.
+//!
+//! A round trip on `127.0.0.1:0`:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use gfprotocol::{Client, Handler, Request, ResponseHeader, ResponseWriter, Server, ServerConfig, Status};
+//!
+//! struct Hello;
+//! impl Handler for Hello {
+//!     fn handle(&self, request: &Request, response: &mut ResponseWriter<'_>) {
+//!         let body = format!("hello {}", request.path);
+//!         let _ = response
+//!             .send_header(ResponseHeader::Ok { length: body.len() as u64 })
+//!             .and_then(|()| response.send_body(body.as_bytes()));
+//!     }
+//! }
+//!
+//! let config = ServerConfig { listen: "127.0.0.1:0".parse()?, threads: 2, ..ServerConfig::default() };
+//! let server = Server::bind(config, Arc::new(Hello))?;
+//! let addr = server.local_addr().to_string();
+//! let stop = server.shutdown_handle();
+//! let running = std::thread::spawn(move || server.run());
+//!
+//! let mut body = Vec::new();
+//! let outcome = Client::default().fetch(&addr, "/world", &mut body)?;
+//! assert_eq!((outcome.status, body.as_slice()), (Status::Ok, &b"hello /world"[..]));
+//!
+//! stop.shutdown();
+//! running.join().expect("server thread")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
-use std::sync::Arc;
 use std::time::Duration;
+
+pub mod client;
+pub mod codec;
+pub mod fileserver;
+pub mod load;
+pub mod paths;
+mod server;
+pub mod signals;
+
+pub use client::{Client, FetchOutcome};
+pub use codec::Malformed;
+pub use fileserver::{BodyMode, FileServer};
+pub use server::{ResponseWriter, Server, ShutdownHandle};
 
 /// Longest request path accepted (bytes).
 pub const MAX_PATH_LEN: usize = 4096;
@@ -70,47 +118,40 @@ pub enum Error {
     /// An I/O error (connect, read, write, timeout, broken pipe...).
     #[error("{0}")]
     Io(#[from] io::Error),
-}
-
-/// The response side of one connection.
-pub struct ResponseWriter<'c> {
-    _conn: std::marker::PhantomData<&'c ()>,
-}
-
-impl ResponseWriter<'_> {
-    /// Sends the header (once). For `Ok { length }` exactly `length` body bytes must follow.
-    pub fn send_header(&mut self, _header: ResponseHeader) -> io::Result<()> {
-        todo!()
-    }
-    /// Sends body bytes.
-    pub fn send_body(&mut self, _data: &[u8]) -> io::Result<()> {
-        todo!()
-    }
-    /// Sends `len` body bytes written by `write` straight to the socket (e.g. from shared
-    /// memory); `write` must write exactly `len` bytes or fail.
-    pub fn send_body_with(
-        &mut self,
-        _len: usize,
-        _write: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
-    ) -> io::Result<()> {
-        todo!()
-    }
-    /// Sends `len` body bytes of `file` from `offset` (sendfile(2)).
-    pub fn send_file(&mut self, _file: &File, _offset: u64, _len: u64) -> io::Result<()> {
-        todo!()
-    }
-    /// Whether the header went out.
-    pub fn header_sent(&self) -> bool {
-        todo!()
-    }
-    /// Body bytes sent so far.
-    pub fn body_sent(&self) -> u64 {
-        todo!()
-    }
-    /// Closes the connection now (after an OK header: the client sees a short body).
-    pub fn abort(&mut self) {
-        todo!()
-    }
+    /// A header broke the protocol.
+    #[error("malformed header: {0}")]
+    Malformed(#[from] Malformed),
+    /// A well-formed message that is wrong at this point of the exchange.
+    #[error("expected {expected}, got {got}")]
+    UnexpectedMessage {
+        /// What the protocol allows here.
+        expected: &'static str,
+        /// What arrived.
+        got: String,
+    },
+    /// The server could not be reached (connect failed or timed out, or the address did not
+    /// resolve).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The connection ended before the announced body length arrived.
+    #[error("short body: received {received} of {announced} bytes")]
+    ShortBody {
+        /// The length in the OK header.
+        announced: u64,
+        /// Body bytes received before the end.
+        received: u64,
+    },
+    /// Writing the received body to the caller's sink failed.
+    #[error("writing the body: {0}")]
+    Output(io::Error),
+    /// A setting or input file is unusable.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Settings of a [`Server`].
@@ -140,43 +181,5 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             reuse_port: false,
         }
-    }
-}
-
-/// A bound GetFile server: an accept thread feeding a fixed pool of workers through a bounded
-/// queue.
-pub struct Server {
-    _private: (),
-}
-
-/// Stops a running [`Server`] from any thread.
-#[derive(Clone)]
-pub struct ShutdownHandle {
-    _private: (),
-}
-
-impl ShutdownHandle {
-    /// Stops accepting; queued and in-flight connections are finished. Idempotent.
-    pub fn shutdown(&self) {
-        todo!()
-    }
-}
-
-impl Server {
-    /// Binds the listener (SO_REUSEADDR, and SO_REUSEPORT if asked).
-    pub fn bind(_config: ServerConfig, _handler: Arc<dyn Handler>) -> Result<Server, Error> {
-        todo!()
-    }
-    /// The bound address (the real port when 0 was asked).
-    pub fn local_addr(&self) -> SocketAddr {
-        todo!()
-    }
-    /// A handle to stop it.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        todo!()
-    }
-    /// Serves until shut down, then waits for the workers to finish their connections.
-    pub fn run(self) -> Result<(), Error> {
-        todo!()
     }
 }

@@ -1,26 +1,71 @@
-//! The gfcache proxy.
+//! The gfcache proxy: a GetFile front end over cache processes and an HTTP origin.
 //!
-//! API CONTRACT SKELETON — [`ProxyConfig`] and [`run`] are what the supervisor codes against.
-//! The proxy-core implementer fills them in and may add items (e.g. a `Proxy::start` for tests
-//! that returns the bound address); changing these signatures must be agreed with the lead.
+//! A proxy process serves GetFile clients with a [`gfprotocol::Server`] of `threads` workers.
+//! Each request follows one path, written top to bottom in the `request` module:
+//!
+//! 1. the path is validated and normalised ([`path::CanonicalPath`]);
+//! 2. the owning cache slot is picked by rendezvous hashing ([`routing`]);
+//! 3. a segment of the shared [`ipc::Region`] is acquired and the cache is asked for the object;
+//! 4. a hit streams to the client straight from shared memory, one copy, and the segment is
+//!    released;
+//! 5. a miss is fetched from the origin ([`origin`]), streamed to the client as it arrives,
+//!    shared with concurrent misses of the same path ([`collapse`]) and put into the owning
+//!    cache ([`fill`]) so that the next request is a hit.
+//!
+//! A cache that is down, restarting or too slow before the OK header went out is skipped and
+//! the request served by the origin (a fallback); after the header a failure can only close the
+//! connection. Errors ([`Error`]) record which side failed and whether another source may
+//! succeed. Counters and latency histograms go to the proxy's block of the ipc stats area
+//! ([`stats`]).
+//!
+//! Entry points: [`run`] for the supervisor's proxy role (runs until a stop flag is set), and
+//! [`Proxy::start`] which returns a [`RunningProxy`] with its bound address, for tests and
+//! embedding.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use proxy_core::{Proxy, ProxyConfig};
+//!
+//! let region = Arc::new(ipc::Region::create(
+//!     &ipc::RegionConfig { segments: 8, segment_size: 1 << 20, cache_slots: 1, proxy_slots: 1 },
+//!     None,
+//! )?);
+//! let mut config = ProxyConfig::new("127.0.0.1:0".parse()?);
+//! config.origin = Some("http://127.0.0.1:8080".into());
+//! let proxy = Proxy::start(region, config)?;
+//! println!("serving GetFile on {}", proxy.local_addr());
+//! proxy.stop();
+//! proxy.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod collapse;
+mod error;
+pub mod fill;
+pub mod origin;
+pub mod path;
+mod request;
+pub mod routing;
+pub mod stats;
+
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
 use std::time::Duration;
 
-/// Errors of the proxy.
-#[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The GetFile server failed to bind or run.
-    #[error(transparent)]
-    Server(#[from] gfprotocol::Error),
-    /// A bad proxy configuration.
-    #[error("invalid proxy config: {0}")]
-    Config(String),
-}
+use gfprotocol::{Handler, ResponseWriter, Server, ServerConfig, ShutdownHandle};
+use ipc::{Member, MemberState, Region};
+
+pub use error::{Error, Side};
+
+use request::Context;
+
+/// How long a cache that failed is skipped (unless its process is replaced sooner).
+pub const SUSPECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Settings of a proxy process (the `[proxy]` section, validated by the supervisor).
 #[derive(Clone, Debug)]
@@ -54,13 +99,238 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
 }
 
+impl ProxyConfig {
+    /// Defaults for everything but the listen address: slot 0, 16 threads, no origin, origin
+    /// connect 2 s and total 30 s, 5 redirects, 64 MiB objects, cache 1 s, collapse 5 s,
+    /// header 5 s, shutdown 10 s.
+    pub fn new(listen: SocketAddr) -> ProxyConfig {
+        ProxyConfig {
+            slot: ipc::ProxySlot::from_raw(0),
+            listen,
+            reuse_port: false,
+            threads: 16,
+            origin: None,
+            origin_connect_timeout: Duration::from_secs(2),
+            origin_timeout: Duration::from_secs(30),
+            origin_max_redirects: 5,
+            max_object_size: 64 << 20,
+            cache_timeout: Duration::from_secs(1),
+            collapse_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks the values a proxy cannot run with.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        if self.threads == 0 {
+            problems.push("threads must be at least 1".to_owned());
+        }
+        for (name, value) in [
+            ("origin_connect_timeout", self.origin_connect_timeout),
+            ("origin_timeout", self.origin_timeout),
+            ("cache_timeout", self.cache_timeout),
+            ("header_timeout", self.header_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{name} must be above zero"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(problems.join("; ")))
+        }
+    }
+}
+
+/// Builder-less entry point of a proxy process.
+#[derive(Debug)]
+pub struct Proxy;
+
+impl Proxy {
+    /// Starts a proxy on an attached region: marks its member Starting, binds the listener,
+    /// starts the workers, marks it Ready and returns at once.
+    pub fn start(region: Arc<Region>, config: ProxyConfig) -> Result<RunningProxy, Error> {
+        config.validate()?;
+        let member = Member::Proxy(config.slot);
+        let pid = i32::try_from(std::process::id()).unwrap_or(0);
+        region.set_member_state(member, MemberState::Starting, pid);
+        let started = Self::bind(Arc::clone(&region), config);
+        if started.is_err() {
+            region.set_member_state(member, MemberState::Down, 0);
+        }
+        let (ctx, server) = started?;
+        let addr = server.local_addr();
+        let shutdown = server.shutdown_handle();
+        let (done_tx, done_rx) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name(format!("gfproxy-{}", ctx.config.slot.as_raw()))
+            .spawn(move || {
+                let result = server.run();
+                // The receiver may be gone after a bounded join; nothing to do then.
+                let _ = done_tx.send(());
+                result
+            })
+            .map_err(|e| Error::Server(gfprotocol::Error::Io(e)))?;
+        region.set_member_state(member, MemberState::Ready, pid);
+        tracing::info!(%addr, slot = ctx.config.slot.as_raw(), "proxy ready");
+        Ok(RunningProxy {
+            addr,
+            shutdown,
+            thread: Some(thread),
+            done: done_rx,
+            ctx,
+        })
+    }
+
+    fn bind(region: Arc<Region>, config: ProxyConfig) -> Result<(Arc<Context>, Server), Error> {
+        let origin = match &config.origin {
+            Some(base) => Some(origin::Origin::new(&origin::OriginConfig {
+                base: base.clone(),
+                connect_timeout: config.origin_connect_timeout,
+                total_timeout: config.origin_timeout,
+                max_redirects: config.origin_max_redirects,
+            })?),
+            None => None,
+        };
+        let server_config = ServerConfig {
+            listen: config.listen,
+            threads: config.threads,
+            header_timeout: config.header_timeout,
+            reuse_port: config.reuse_port,
+            ..ServerConfig::default()
+        };
+        let ctx = Arc::new(Context {
+            router: routing::Router::new(region.config().cache_slots, SUSPECT_PAUSE),
+            stats: stats::Stats::new(Arc::clone(&region), Member::Proxy(config.slot)),
+            flights: collapse::Flights::new(),
+            origin,
+            config,
+            region,
+        });
+        let handler = Arc::new(Frontend {
+            ctx: Arc::clone(&ctx),
+        });
+        let server = Server::bind(server_config, handler)?;
+        Ok((ctx, server))
+    }
+}
+
+/// The GetFile handler: every request goes through [`request::handle`].
+struct Frontend {
+    ctx: Arc<Context>,
+}
+
+impl Handler for Frontend {
+    fn handle(&self, request: &gfprotocol::Request, response: &mut ResponseWriter<'_>) {
+        request::handle(&self.ctx, request, response);
+    }
+}
+
+/// A started proxy. Dropping it stops it and waits for its connections.
+pub struct RunningProxy {
+    addr: SocketAddr,
+    shutdown: ShutdownHandle,
+    thread: Option<thread::JoinHandle<Result<(), gfprotocol::Error>>>,
+    done: mpsc::Receiver<()>,
+    ctx: Arc<Context>,
+}
+
+impl RunningProxy {
+    /// The bound address (the real port when port 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Origin fetches in progress that other requests may join (collapsing).
+    pub fn flights_in_progress(&self) -> usize {
+        self.ctx.flights.len()
+    }
+
+    /// Stops accepting connections and marks the member Draining; in-flight transfers go on.
+    /// Idempotent.
+    pub fn stop(&self) {
+        let member = Member::Proxy(self.ctx.config.slot);
+        if self.ctx.region.member_state(member) == MemberState::Ready {
+            let pid = self.ctx.region.member_pid(member);
+            self.ctx
+                .region
+                .set_member_state(member, MemberState::Draining, pid);
+        }
+        self.shutdown.shutdown();
+    }
+
+    /// Stops and waits for every connection to finish, then marks the member Down.
+    pub fn join(mut self) -> Result<(), Error> {
+        self.stop();
+        self.finish()
+    }
+
+    /// Stops and waits up to `timeout` for the connections to finish. Returns whether they
+    /// did; the member is marked Down either way (a transfer still going is cut when the
+    /// process exits).
+    pub fn join_timeout(mut self, timeout: Duration) -> Result<bool, Error> {
+        self.stop();
+        if self.done.recv_timeout(timeout).is_ok() {
+            return self.finish().map(|()| true);
+        }
+        tracing::warn!(
+            ?timeout,
+            "in-flight transfers outlived the shutdown timeout"
+        );
+        self.mark_down();
+        // Detach the server thread: the process is about to exit.
+        self.thread = None;
+        Ok(false)
+    }
+
+    fn finish(&mut self) -> Result<(), Error> {
+        let result = match self.thread.take() {
+            Some(thread) => match thread.join() {
+                Ok(result) => result.map_err(Error::Server),
+                Err(_) => Err(Error::Server(gfprotocol::Error::Io(std::io::Error::other(
+                    "the proxy server thread panicked",
+                )))),
+            },
+            None => Ok(()),
+        };
+        self.mark_down();
+        result
+    }
+
+    fn mark_down(&self) {
+        let member = Member::Proxy(self.ctx.config.slot);
+        self.ctx
+            .region
+            .set_member_state(member, MemberState::Down, 0);
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+            if let Err(error) = self.finish() {
+                tracing::warn!(%error, "proxy stopped with an error");
+            }
+        }
+    }
+}
+
+/// How often [`run`] looks at its stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
 /// Runs a proxy process on an attached region until `stop` is set (the caller wires
 /// SIGTERM/SIGINT to it): marks its member state Starting, binds, marks Ready, serves, then stops
 /// accepting, drains in-flight transfers up to `shutdown_timeout`, marks Down and returns.
-pub fn run(
-    _region: std::sync::Arc<ipc::Region>,
-    _config: ProxyConfig,
-    _stop: &AtomicBool,
-) -> Result<(), Error> {
-    todo!()
+pub fn run(region: Arc<Region>, config: ProxyConfig, stop: &AtomicBool) -> Result<(), Error> {
+    let shutdown_timeout = config.shutdown_timeout;
+    let proxy = Proxy::start(region, config)?;
+    while !stop.load(Ordering::SeqCst) {
+        thread::sleep(STOP_POLL);
+    }
+    tracing::info!("proxy draining");
+    proxy.join_timeout(shutdown_timeout).map(|_| ())
 }

@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of gfcache against gfserver, measured in the same run on the same files.
+#
+#   1. gfserver on the file set: 1 KiB hits x 32 client threads (req/s, p50, p99), 1 KiB x 1
+#      thread (p50: the baseline for the cache hop), 64 MiB x 1 thread (MB/s).
+#   2. For each backend (directory, memory, pack): gfsupervisor with the proxy and the caches,
+#      the same three loads, and the ratios to gfserver. The memory backend starts empty and is
+#      warmed through an origin (python3 -m http.server on the file set) before it is measured.
+#   3. A miss-heavy run: the memory backend in front of the origin, every request a path never
+#      asked before (miss -> origin -> fill).
+#
+# Goals (ratios to gfserver in the same run): >= 0.7 for 1 KiB x 32, >= 0.85 for 64 MiB x 1,
+# and a cache hop of at most 100 us at p50 (proxy p50 - gfserver p50, 1 KiB x 1 thread).
+#
+# usage: bench/e2e.sh [FILESET_DIR]
+# env:   SMALL_SECS (10) LATENCY_SECS (5) BIG_SECS (10) MISS_REQUESTS (5000)
+#        BACKENDS ("directory memory pack") THREADS (16, server and proxy workers)
+#        CACHES (2) SEGMENTS (16) SEGMENT_SIZE (1MiB)
+#        GF_BIN_DIR (prebuilt binaries; default: cargo build --release)
+#        PROFILE (unset; set to 1 to record `perf record -g` of the proxy during the 1 KiB run
+#                 of each backend into the work directory, kept with KEEP_WORK=1)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+small_secs=${SMALL_SECS:-10}
+latency_secs=${LATENCY_SECS:-5}
+big_secs=${BIG_SECS:-10}
+miss_requests=${MISS_REQUESTS:-5000}
+backends=${BACKENDS:-directory memory pack}
+threads=${THREADS:-16}
+caches=${CACHES:-2}
+segments=${SEGMENTS:-16}
+segment_size=${SEGMENT_SIZE:-1MiB}
+
+# ---------------------------------------------------------------------------------------------
+# Helpers (bench/lib.sh when present: make_fileset, free_port, wait_for_line, json_field,
+# machine_json)
+
+if [[ -f $root/bench/lib.sh ]]; then
+    . "$root/bench/lib.sh"
+fi
+if ! declare -F make_fileset >/dev/null; then
+    make_fileset() {
+        local dir=$1 i
+        [[ -f $dir/.fileset-complete ]] && return 0
+        mkdir -p "$dir/small" "$dir/big"
+        : >"$dir/small.txt"
+        for i in $(seq -f '%04g' 0 999); do
+            head -c 1024 /dev/urandom >"$dir/small/f$i"
+            echo "/small/f$i" >>"$dir/small.txt"
+        done
+        for i in 0 1; do head -c $((64 << 20)) /dev/urandom >"$dir/big/b$i"; done
+        printf '/big/b0\n/big/b1\n' >"$dir/big.txt"
+        touch "$dir/.fileset-complete"
+    }
+fi
+if ! declare -F free_port >/dev/null; then
+    free_port() {
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    }
+fi
+if ! declare -F wait_for_line >/dev/null; then
+    wait_for_line() {
+        local file=$1 pattern=$2 deadline=$((SECONDS + ${3:-30})) line
+        while ((SECONDS < deadline)); do
+            if line=$(grep -m1 -- "$pattern" "$file" 2>/dev/null); then
+                echo "$line"
+                return 0
+            fi
+            sleep 0.05
+        done
+        echo "timed out waiting for '$pattern' in $file" >&2
+        return 1
+    }
+fi
+if ! declare -F json_field >/dev/null; then
+    json_field() {
+        python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+    }
+fi
+if ! declare -F machine_json >/dev/null; then
+    machine_json() {
+        python3 -c 'import json,os,platform; print(json.dumps({"kernel": platform.release(), "cpus": os.cpu_count()}))'
+    }
+fi
+
+# wait_http URL SECONDS: polls URL until it answers 2xx.
+wait_http() {
+    local url=$1 deadline=$((SECONDS + ${2:-60}))
+    while ((SECONDS < deadline)); do
+        if curl -sf -o /dev/null "$url"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "timed out waiting for $url" >&2
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Build, file set, cleanup
+
+if [[ -z ${GF_BIN_DIR:-} ]]; then
+    (cd "$root" && cargo build --release --bin gfserver --bin gfclient --bin gfsupervisor \
+        --bin gfpack)
+    GF_BIN_DIR=$root/target/release
+fi
+gfserver=$GF_BIN_DIR/gfserver
+gfclient=$GF_BIN_DIR/gfclient
+gfsupervisor=$GF_BIN_DIR/gfsupervisor
+gfpack=$GF_BIN_DIR/gfpack
+
+work=$(mktemp -d)
+fileset=${1:-$work/fileset}
+pids=()
+configs=()
+cleanup() {
+    local config pid
+    for config in "${configs[@]}"; do
+        "$gfsupervisor" stop -c "$config" >/dev/null 2>&1 || true
+    done
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n ${KEEP_WORK:-} ]]; then
+        echo "work directory kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+echo "making the file set in $fileset" >&2
+make_fileset "$fileset"
+
+# The miss set: MISS_REQUESTS files of 1 KiB that no run asked before (under the origin only).
+missdir=$work/miss-origin
+mkdir -p "$missdir/miss"
+python3 - "$missdir" "$miss_requests" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+with open(os.path.join(root, "miss.txt"), "w") as workload:
+    for i in range(n):
+        with open(os.path.join(root, "miss", f"m{i:06d}"), "wb") as f:
+            f.write(os.urandom(1024))
+        workload.write(f"/miss/m{i:06d}\n")
+PY
+# The origin serves the file set plus the miss set.
+ln -s "$fileset/small" "$missdir/small"
+ln -s "$fileset/big" "$missdir/big"
+origin_port=$(free_port)
+(cd "$missdir" && exec python3 -m http.server "$origin_port" --bind 127.0.0.1) \
+    >"$work/origin.log" 2>&1 &
+pids+=($!)
+origin=http://127.0.0.1:$origin_port
+wait_http "$origin/small/f0000" 30
+
+# run_load ADDR WORKLOAD THREADS LIMIT...: prints the JSON summary line.
+run_load() {
+    local addr=$1 workload=$2 load_threads=$3
+    shift 3
+    "$gfclient" load --server "$addr" --workload "$workload" --threads "$load_threads" "$@" \
+        --json | tail -n 1
+}
+
+# measure NAME ADDR: the three hit loads against ADDR; sets small, latency and big.
+measure() {
+    local name=$1 addr=$2 perf_pid=
+    run_load "$addr" "$fileset/small.txt" 8 --requests 2000 >/dev/null
+    run_load "$addr" "$fileset/big.txt" 1 --requests 2 >/dev/null
+    if [[ -n ${PROFILE:-} && $name != gfserver ]]; then
+        local proxy_pid
+        proxy_pid=$(pgrep -f "gfsupervisor.*role proxy" | head -n 1 || true)
+        if [[ -n $proxy_pid ]]; then
+            perf record -g -o "$work/perf-$name.data" -p "$proxy_pid" >/dev/null 2>&1 &
+            perf_pid=$!
+        fi
+    fi
+    small=$(run_load "$addr" "$fileset/small.txt" 32 --duration "$small_secs" --verify "$fileset")
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        perf report -i "$work/perf-$name.data" --no-children --percent-limit 1 --stdio \
+            >"$work/perf-$name.txt" 2>/dev/null || true
+        echo "profile of the proxy ($name, 1 KiB x 32): $work/perf-$name.txt" >&2
+    fi
+    latency=$(run_load "$addr" "$fileset/small.txt" 1 --duration "$latency_secs")
+    big=$(run_load "$addr" "$fileset/big.txt" 1 --duration "$big_secs" --verify "$fileset")
+    printf '%-10s 1 KiB x 32: %8.0f req/s p50 %6s us p99 %6s us | 1 KiB x 1: p50 %5s us | 64 MiB x 1: %7.1f MB/s | failed %s/%s/%s\n' \
+        "$name" "$(json_field "$small" req_per_s)" "$(json_field "$small" p50_us)" \
+        "$(json_field "$small" p99_us)" "$(json_field "$latency" p50_us)" \
+        "$(json_field "$big" mb_per_s)" "$(json_field "$small" failed)" \
+        "$(json_field "$latency" failed)" "$(json_field "$big" failed)" >&2
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. gfserver baseline
+
+"$gfserver" --root "$fileset" --listen 127.0.0.1:0 --threads "$threads" \
+    >"$work/gfserver.out" 2>"$work/gfserver.err" &
+server_pid=$!
+pids+=("$server_pid")
+addr=$(wait_for_line "$work/gfserver.out" '^listening on ' | sed 's/^listening on //')
+measure gfserver "$addr"
+base_small=$small base_latency=$latency base_big=$big
+kill -TERM "$server_pid"
+wait "$server_pid" || true
+
+# ---------------------------------------------------------------------------------------------
+# 2. gfsupervisor per backend
+
+pack=$work/content.pack
+if [[ " $backends " == *" pack "* ]]; then
+    "$gfpack" build "$fileset" -o "$pack" >&2
+fi
+
+# write_config FILE BACKEND LISTEN METRICS [ORIGIN]
+write_config() {
+    local file=$1 backend=$2 listen=$3 metrics=$4 with_origin=${5:-}
+    {
+        echo "[proxy]"
+        echo "listen = \"$listen\""
+        echo "threads = $threads"
+        echo "max_object_size = \"128MiB\""
+        [[ -n $with_origin ]] && echo "origin = \"$with_origin\""
+        echo
+        echo "[ipc]"
+        echo "segments = $segments"
+        echo "segment_size = \"$segment_size\""
+        echo
+        echo "[cache]"
+        echo "processes = $caches"
+        echo "backend = \"$backend\""
+        echo "directory = { root = \"$fileset\" }"
+        echo "memory = { capacity = \"512MiB\", max_object_size = \"128MiB\" }"
+        echo "pack = { path = \"$pack\" }"
+        echo
+        echo "[supervisor]"
+        echo "run_dir = \"$work/run-$backend\""
+        echo "metrics_listen = \"$metrics\""
+    } >"$file"
+}
+
+# start_supervisor NAME BACKEND [ORIGIN]: sets addr, metrics and config.
+start_supervisor() {
+    local name=$1 backend=$2 with_origin=${3:-}
+    addr=127.0.0.1:$(free_port)
+    metrics=127.0.0.1:$(free_port)
+    config=$work/$name.toml
+    write_config "$config" "$backend" "$addr" "$metrics" "$with_origin"
+    configs+=("$config")
+    "$gfsupervisor" start -c "$config" >"$work/$name.out" 2>"$work/$name.err" &
+    pids+=($!)
+    if ! wait_http "http://$metrics/readyz" 60; then
+        tail -n 20 "$work/$name.err" >&2
+        exit 1
+    fi
+}
+
+stop_supervisor() {
+    "$gfsupervisor" stop -c "$config" >/dev/null 2>&1 || true
+}
+
+# metric NAME: the sum of a metric's samples at /metrics.
+metric() {
+    curl -sf "http://$metrics/metrics" |
+        awk -v name="$1" '$1 == name || index($1, name "{") == 1 { sum += $NF } END { print sum + 0 }'
+}
+
+results=("\"gfserver\": {\"small_1k_32t\": $base_small, \"small_1k_1t\": $base_latency, \"big_64m_1t\": $base_big}")
+rows=()
+for backend in $backends; do
+    if [[ $backend == memory ]]; then
+        start_supervisor "$backend" memory "$origin"
+        # Warm: every file once, through the origin, into the caches.
+        run_load "$addr" "$fileset/small.txt" 4 --requests 1000 >/dev/null
+        run_load "$addr" "$fileset/big.txt" 1 --requests 2 >/dev/null
+    else
+        start_supervisor "$backend" "$backend"
+    fi
+    measure "$backend" "$addr"
+    stop_supervisor
+    results+=("\"$backend\": {\"small_1k_32t\": $small, \"small_1k_1t\": $latency, \"big_64m_1t\": $big}")
+    rows+=("$(python3 - "$backend" "$base_small" "$base_latency" "$base_big" "$small" "$latency" "$big" <<'PY'
+import json, sys
+name = sys.argv[1]
+bs, bl, bb, s, l, b = (json.loads(a) for a in sys.argv[2:])
+ratio_small = s["req_per_s"] / bs["req_per_s"] if bs["req_per_s"] else 0
+ratio_big = b["mb_per_s"] / bb["mb_per_s"] if bb["mb_per_s"] else 0
+hop = l["p50_us"] - bl["p50_us"]
+print(f'{name:<10} {s["req_per_s"]:>9.0f} {s["p50_us"]:>7} {s["p99_us"]:>7} {ratio_small:>6.2f}'
+      f'{"" if ratio_small >= 0.7 else "!":1} {b["mb_per_s"]:>8.1f} {ratio_big:>6.2f}'
+      f'{"" if ratio_big >= 0.85 else "!":1} {l["p50_us"]:>7} {hop:>6}{"" if hop <= 100 else "!":1}')
+PY
+)")
+done
+
+# ---------------------------------------------------------------------------------------------
+# 3. Miss-heavy: memory backend in front of the origin, every path new
+
+start_supervisor miss memory "$origin"
+miss=$(run_load "$addr" "$missdir/miss.txt" 32 --requests "$miss_requests" --verify "$missdir")
+origin_fetches=$(metric gfcache_origin_fetches_total)
+stop_supervisor
+results+=("\"miss_memory_origin\": $miss")
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+{
+    echo
+    echo "gfcache end-to-end, $(date -u +%FT%TZ), $(nproc) CPUs, $caches caches, $threads threads, $segments x $segment_size segments"
+    printf '%-10s %9s %7s %7s %7s %8s %7s %7s %7s\n' "" "1K req/s" "p50 us" "p99 us" "ratio" \
+        "64M MB/s" "ratio" "1K p50" "hop us"
+    printf '%-10s %9.0f %7s %7s %7s %8.1f %7s %7s %7s\n' gfserver \
+        "$(json_field "$base_small" req_per_s)" "$(json_field "$base_small" p50_us)" \
+        "$(json_field "$base_small" p99_us)" "1.00" "$(json_field "$base_big" mb_per_s)" "1.00" \
+        "$(json_field "$base_latency" p50_us)" "-"
+    for row in "${rows[@]}"; do
+        echo "$row"
+    done
+    echo "(goals: 1K ratio >= 0.7, 64M ratio >= 0.85, hop <= 100 us; '!' marks a miss)"
+    printf 'miss-heavy (memory + origin, %s unique 1 KiB paths, 32 threads): %.0f req/s p50 %s us p99 %s us, ok %s, failed %s, origin fetches counted %s\n' \
+        "$miss_requests" "$(json_field "$miss" req_per_s)" "$(json_field "$miss" p50_us)" \
+        "$(json_field "$miss" p99_us)" "$(json_field "$miss" ok)" "$(json_field "$miss" failed)" \
+        "$origin_fetches"
+}
+
+mkdir -p "$root/bench/results"
+out=$root/bench/results/e2e-$(date -u +%Y%m%dT%H%M%SZ).json
+{
+    printf '{"bench": "e2e", "date": "%s", "machine": %s, "threads": %s, "caches": %s, "segments": %s, "segment_size": "%s", ' \
+        "$(date -u +%FT%TZ)" "$(machine_json)" "$threads" "$caches" "$segments" "$segment_size"
+    (IFS=,; printf '%s' "${results[*]}")
+    printf '}\n'
+} >"$out"
+echo "results: $out" >&2

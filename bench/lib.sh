@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Shared helpers for the gfcache benchmarks. Source it: `. bench/lib.sh`.
+
+# make_fileset DIR: fills DIR with the standard file set (idempotent):
+#   DIR/small/f0000 .. f0999   1000 files of 1 KiB
+#   DIR/big/b0, DIR/big/b1     two files of 64 MiB
+#   DIR/small.txt, DIR/big.txt workloads (one path per line, as the course's workload.txt)
+make_fileset() {
+    local dir=$1 i
+    if [[ -f $dir/.fileset-complete ]]; then
+        return 0
+    fi
+    mkdir -p "$dir/small" "$dir/big"
+    : >"$dir/small.txt"
+    for i in $(seq -f '%04g' 0 999); do
+        head -c 1024 /dev/urandom >"$dir/small/f$i"
+        echo "/small/f$i" >>"$dir/small.txt"
+    done
+    for i in 0 1; do
+        head -c $((64 << 20)) /dev/urandom >"$dir/big/b$i"
+    done
+    printf '/big/b0\n/big/b1\n' >"$dir/big.txt"
+    touch "$dir/.fileset-complete"
+}
+
+# free_port: prints a TCP port on 127.0.0.1 that was free a moment ago.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for_line FILE PATTERN [SECONDS]: polls FILE until a line matches PATTERN; prints it.
+wait_for_line() {
+    local file=$1 pattern=$2 deadline=$((SECONDS + ${3:-30})) line
+    while ((SECONDS < deadline)); do
+        if line=$(grep -m1 -- "$pattern" "$file" 2>/dev/null); then
+            echo "$line"
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "timed out waiting for '$pattern' in $file" >&2
+    return 1
+}
+
+# json_field JSON KEY: prints one top-level field of a JSON object.
+json_field() {
+    python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
+}
+
+# machine_json: a JSON object describing this machine.
+machine_json() {
+    python3 - <<'PY'
+import json, os, platform
+cpu = ""
+try:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+except OSError:
+    pass
+print(json.dumps({"kernel": platform.release(), "cpus": os.cpu_count(), "cpu": cpu}))
+PY
+}

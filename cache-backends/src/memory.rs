@@ -1,0 +1,567 @@
+//! The memory backend: an LRU bounded in bytes, sharded by key hash.
+//!
+//! Layout, chosen to keep the bookkeeping per object small (see [`ENTRY_OVERHEAD`]):
+//! - each object is one `Arc<[u8]>` holding the key bytes followed by the payload, so a `get`
+//!   hands out a clone of the `Arc` and an eviction only drops the cache's reference: bytes a
+//!   transfer is still copying stay alive until the transfer drops its handle;
+//! - each shard is a `Mutex` over a slab of 32-byte nodes (the `Arc`, the key length, the LRU
+//!   links and a hash-chain link, all `u32` slab indices) and a map from a 32-bit key hash to
+//!   the first node of that hash's chain;
+//! - the slab grows in fixed chunks, so growth never doubles the bookkeeping.
+//!
+//! Every object is charged `key + payload + ENTRY_OVERHEAD` bytes against its shard's share of
+//! the capacity; a shard evicts from its cold end until a new object fits.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::directory::check_range;
+use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill};
+
+/// Bytes charged per object on top of its key and payload: an upper estimate of the node,
+/// its share of the hash map, the `Arc` counts and the allocator's header and rounding.
+/// `cargo bench -p cache-backends` measures the real figure with a counting allocator
+/// (docs/backends.md records it); it must stay at or below this constant.
+pub const ENTRY_OVERHEAD: u64 = 96;
+
+/// The most shards a memory backend uses.
+pub const MAX_SHARDS: usize = 16;
+
+/// Slab nodes per chunk (32 bytes each).
+const CHUNK_NODES: usize = 256;
+
+/// "No node" in the `u32` links.
+const NIL: u32 = u32::MAX;
+
+/// The memory backend. See the module docs.
+pub struct MemoryBackend {
+    inner: Arc<MemoryInner>,
+}
+
+struct MemoryInner {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    capacity: u64,
+    max_object_size: u64,
+}
+
+impl MemoryBackend {
+    /// A backend bounded to `capacity` bytes that does not store objects over
+    /// `max_object_size`. It uses up to [`MAX_SHARDS`] shards, fewer when a shard's share of
+    /// the capacity would not hold an object of `max_object_size`.
+    pub fn new(capacity: u64, max_object_size: u64) -> Result<MemoryBackend, Error> {
+        let mut shards = MAX_SHARDS;
+        while shards > 1
+            && capacity / shards as u64 <= max_object_size.saturating_add(ENTRY_OVERHEAD)
+        {
+            shards /= 2;
+        }
+        MemoryBackend::with_shards(capacity, max_object_size, shards)
+    }
+
+    /// Like [`MemoryBackend::new`] with an explicit shard count (each shard gets
+    /// `capacity / shards` bytes and is an exact LRU; with one shard the whole backend is).
+    pub fn with_shards(
+        capacity: u64,
+        max_object_size: u64,
+        shards: usize,
+    ) -> Result<MemoryBackend, Error> {
+        if capacity == 0 {
+            return Err(Error::Config("memory capacity must be above 0".into()));
+        }
+        if shards == 0 || shards > 1024 {
+            return Err(Error::Config(format!(
+                "{shards} shards: expected 1 to 1024"
+            )));
+        }
+        let shard_capacity = capacity / shards as u64;
+        let shards = (0..shards)
+            .map(|_| Mutex::new(Shard::new(shard_capacity)))
+            .collect();
+        Ok(MemoryBackend {
+            inner: Arc::new(MemoryInner {
+                shards,
+                hasher: RandomState::new(),
+                capacity,
+                max_object_size,
+            }),
+        })
+    }
+
+    /// The number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+}
+
+impl MemoryInner {
+    fn locate(&self, key: &str) -> (MutexGuard<'_, Shard>, u32) {
+        let hash = self.hasher.hash_one(key.as_bytes());
+        let shard_count = self.shards.len() as u64;
+        let index = usize::try_from((hash >> 32) % shard_count).unwrap_or(0);
+        let shard = match self.shards.get(index).or_else(|| self.shards.first()) {
+            Some(shard) => shard,
+            // `with_shards` never builds an empty shard list.
+            None => unreachable!("a memory backend has at least one shard"),
+        };
+        // Every shard mutation keeps the structure valid between statements that can panic
+        // (there are none on data from outside), so a poisoned lock is still usable.
+        let guard = shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (guard, hash as u32)
+    }
+
+    fn shard_of(&self, key: &str) -> MutexGuard<'_, Shard> {
+        self.locate(key).0
+    }
+
+    fn charge(&self, key: &str, len: u64) -> u64 {
+        (key.len() as u64)
+            .saturating_add(len)
+            .saturating_add(ENTRY_OVERHEAD)
+    }
+}
+
+impl CacheBackend for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn get(&self, path: &str) -> Result<Option<Box<dyn CachedObject>>, Error> {
+        let (mut shard, hash) = self.inner.locate(path);
+        match shard.get(path.as_bytes(), hash) {
+            Some(data) => {
+                shard.hits += 1;
+                Ok(Some(Box::new(MemoryObject {
+                    data,
+                    key_len: path.len(),
+                })))
+            }
+            None => {
+                shard.misses += 1;
+                Ok(None)
+            }
+        }
+    }
+
+    fn put(&self, path: &str, len: u64) -> Result<Option<Box<dyn Fill>>, Error> {
+        if !path.starts_with('/') || path.len() > crate::paths::MAX_PATH_LEN {
+            return Ok(None);
+        }
+        if len > self.inner.max_object_size {
+            return Ok(None);
+        }
+        let charge = self.inner.charge(path, len);
+        let (shard, _) = self.inner.locate(path);
+        if charge > shard.capacity {
+            return Ok(None);
+        }
+        drop(shard);
+        let total = usize::try_from(len)
+            .ok()
+            .and_then(|len| len.checked_add(path.len()))
+            .ok_or_else(|| Error::Config(format!("{len} bytes do not fit in memory")))?;
+        let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
+        if let Some(buffer) = Arc::get_mut(&mut data) {
+            if let Some(key_area) = buffer.get_mut(..path.len()) {
+                key_area.copy_from_slice(path.as_bytes());
+            }
+        }
+        Ok(Some(Box::new(MemoryFill {
+            inner: Arc::clone(&self.inner),
+            key_len: path.len(),
+            data,
+            written: 0,
+        })))
+    }
+
+    fn stats(&self) -> BackendStats {
+        let mut stats = BackendStats {
+            capacity: Some(self.inner.capacity),
+            ..BackendStats::default()
+        };
+        for shard in self.inner.shards.iter() {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            stats.objects += shard.objects;
+            stats.bytes += shard.bytes;
+            stats.hits += shard.hits;
+            stats.misses += shard.misses;
+            stats.inserts += shard.inserts;
+            stats.evictions += shard.evictions;
+        }
+        stats
+    }
+}
+
+/// A stored object: a shared reference to the key and payload bytes.
+struct MemoryObject {
+    data: Arc<[u8]>,
+    key_len: usize,
+}
+
+impl CachedObject for MemoryObject {
+    fn len(&self) -> u64 {
+        self.data.len().saturating_sub(self.key_len) as u64
+    }
+
+    fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {
+        check_range(offset, len, CachedObject::len(self))?;
+        let start = usize::try_from(offset)
+            .ok()
+            .and_then(|offset| offset.checked_add(self.key_len));
+        let bytes = start
+            .and_then(|start| self.data.get(start..start.checked_add(len)?))
+            .ok_or(Error::OutOfRange {
+                offset,
+                len,
+                object_len: CachedObject::len(self),
+            })?;
+        dest.put_slice(bytes).map_err(Error::Dest)
+    }
+}
+
+/// A fill in progress: the object's final buffer, written in place.
+struct MemoryFill {
+    inner: Arc<MemoryInner>,
+    key_len: usize,
+    data: Arc<[u8]>,
+    written: usize,
+}
+
+impl MemoryFill {
+    fn key(&self) -> String {
+        let key = self.data.get(..self.key_len).unwrap_or_default();
+        String::from_utf8_lossy(key).into_owned()
+    }
+
+    fn length_error(&self, written: u64) -> Error {
+        Error::FillLength {
+            path: self.key(),
+            announced: self.data.len().saturating_sub(self.key_len) as u64,
+            written,
+        }
+    }
+}
+
+impl Fill for MemoryFill {
+    fn write(&mut self, src: &[u8]) -> Result<(), Error> {
+        let start = self.key_len + self.written;
+        let end = start.saturating_add(src.len());
+        let too_long = self.length_error((end - self.key_len) as u64);
+        let area = Arc::get_mut(&mut self.data)
+            .and_then(|buffer| buffer.get_mut(start..end))
+            .ok_or(too_long)?;
+        area.copy_from_slice(src);
+        self.written += src.len();
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), Error> {
+        let payload = self.data.len().saturating_sub(self.key_len);
+        if self.written != payload {
+            return Err(self.length_error(self.written as u64));
+        }
+        let key = self.key();
+        let charge = self.inner.charge(&key, payload as u64);
+        let mut shard = self.inner.shard_of(&key);
+        if shard.insert(&self.inner.hasher, key.as_bytes(), self.data, charge) {
+            shard.inserts += 1;
+        }
+        Ok(())
+    }
+}
+
+/// One slab node. 32 bytes: keeping it small is what keeps [`ENTRY_OVERHEAD`] small.
+struct Node {
+    /// Key bytes then payload; `None` on a free node.
+    data: Option<Arc<[u8]>>,
+    key_len: u32,
+    /// Towards the most recently used end.
+    newer: u32,
+    /// Towards the least recently used end.
+    older: u32,
+    /// Next node with the same 32-bit hash, or next free node.
+    chain: u32,
+}
+
+impl Node {
+    fn key(&self) -> &[u8] {
+        let key_len = self.key_len as usize;
+        self.data
+            .as_deref()
+            .and_then(|data| data.get(..key_len))
+            .unwrap_or_default()
+    }
+}
+
+/// The 32-bit hash a shard's chain map is keyed by (the low half of the hash that also picks
+/// the shard).
+fn hash32(hasher: &RandomState, key: &[u8]) -> u32 {
+    hasher.hash_one(key) as u32
+}
+
+/// An exact LRU over one shard's share of the capacity.
+struct Shard {
+    chunks: Vec<Vec<Node>>,
+    heads: HashMap<u32, u32, MixHash>,
+    newest: u32,
+    oldest: u32,
+    free: u32,
+    capacity: u64,
+    bytes: u64,
+    objects: u64,
+    hits: u64,
+    misses: u64,
+    inserts: u64,
+    evictions: u64,
+}
+
+impl Shard {
+    fn new(capacity: u64) -> Shard {
+        Shard {
+            chunks: Vec::new(),
+            heads: HashMap::with_hasher(MixHash),
+            newest: NIL,
+            oldest: NIL,
+            free: NIL,
+            capacity,
+            bytes: 0,
+            objects: 0,
+            hits: 0,
+            misses: 0,
+            inserts: 0,
+            evictions: 0,
+        }
+    }
+
+    fn node(&self, index: u32) -> Option<&Node> {
+        let index = index as usize;
+        self.chunks
+            .get(index / CHUNK_NODES)?
+            .get(index % CHUNK_NODES)
+    }
+
+    fn node_mut(&mut self, index: u32) -> Option<&mut Node> {
+        let index = index as usize;
+        self.chunks
+            .get_mut(index / CHUNK_NODES)?
+            .get_mut(index % CHUNK_NODES)
+    }
+
+    fn find(&self, key: &[u8], hash: u32) -> Option<u32> {
+        let mut index = *self.heads.get(&hash)?;
+        while let Some(node) = self.node(index) {
+            if node.key() == key {
+                return Some(index);
+            }
+            index = node.chain;
+        }
+        None
+    }
+
+    fn get(&mut self, key: &[u8], hash: u32) -> Option<Arc<[u8]>> {
+        let index = self.find(key, hash)?;
+        self.unlink(index);
+        self.link_newest(index);
+        self.node(index)?.data.clone()
+    }
+
+    /// Stores an object, replacing one with the same key and evicting from the cold end until
+    /// it fits. Returns false if it cannot fit at all.
+    fn insert(&mut self, hasher: &RandomState, key: &[u8], data: Arc<[u8]>, charge: u64) -> bool {
+        if charge > self.capacity {
+            return false;
+        }
+        let hash = hash32(hasher, key);
+        if let Some(old) = self.find(key, hash) {
+            self.remove(old, hash);
+        }
+        while self.bytes.saturating_add(charge) > self.capacity && self.oldest != NIL {
+            let victim = self.oldest;
+            let victim_hash = self.node(victim).map(|node| hash32(hasher, node.key()));
+            let Some(victim_hash) = victim_hash else {
+                break;
+            };
+            self.remove(victim, victim_hash);
+            self.evictions += 1;
+        }
+        let node = Node {
+            data: Some(data),
+            key_len: key.len() as u32,
+            newer: NIL,
+            older: NIL,
+            chain: self.heads.get(&hash).copied().unwrap_or(NIL),
+        };
+        let Some(index) = self.allocate(node) else {
+            return false;
+        };
+        self.heads.insert(hash, index);
+        self.link_newest(index);
+        self.bytes += charge;
+        self.objects += 1;
+        true
+    }
+
+    /// Puts `node` in a free slot or a new one; `None` if the shard ran out of `u32` indices.
+    fn allocate(&mut self, node: Node) -> Option<u32> {
+        let free = self.free;
+        if let Some(slot) = self.node_mut(free) {
+            let next_free = slot.chain;
+            *slot = node;
+            self.free = next_free;
+            return Some(free);
+        }
+        if self
+            .chunks
+            .last()
+            .is_none_or(|chunk| chunk.len() == CHUNK_NODES)
+        {
+            self.chunks.push(Vec::with_capacity(CHUNK_NODES));
+        }
+        let chunk_index = self.chunks.len() - 1;
+        let chunk = self.chunks.last_mut()?;
+        let index = u32::try_from(chunk_index * CHUNK_NODES + chunk.len())
+            .ok()
+            .filter(|&index| index != NIL)?;
+        chunk.push(node);
+        Some(index)
+    }
+
+    fn remove(&mut self, index: u32, hash: u32) {
+        self.unlink(index);
+        let free = self.free;
+        let Some(node) = self.node_mut(index) else {
+            return;
+        };
+        let next_in_chain = node.chain;
+        let data = node.data.take();
+        node.chain = free;
+        self.free = index;
+        // Unhook from the hash chain.
+        match self.heads.get(&hash).copied() {
+            Some(head) if head == index => {
+                if next_in_chain == NIL {
+                    self.heads.remove(&hash);
+                } else {
+                    self.heads.insert(hash, next_in_chain);
+                }
+            }
+            Some(mut cursor) => {
+                while let Some(node) = self.node(cursor) {
+                    if node.chain == index {
+                        if let Some(node) = self.node_mut(cursor) {
+                            node.chain = next_in_chain;
+                        }
+                        break;
+                    }
+                    cursor = node.chain;
+                }
+            }
+            None => {}
+        }
+        if let Some(data) = data {
+            let charge = (data.len() as u64).saturating_add(ENTRY_OVERHEAD);
+            self.bytes = self.bytes.saturating_sub(charge);
+            self.objects = self.objects.saturating_sub(1);
+        }
+    }
+
+    fn unlink(&mut self, index: u32) {
+        let Some((newer, older)) = self.node(index).map(|node| (node.newer, node.older)) else {
+            return;
+        };
+        match self.node_mut(newer) {
+            Some(node) => node.older = older,
+            None => self.newest = older,
+        }
+        match self.node_mut(older) {
+            Some(node) => node.newer = newer,
+            None => self.oldest = newer,
+        }
+        if let Some(node) = self.node_mut(index) {
+            node.newer = NIL;
+            node.older = NIL;
+        }
+    }
+
+    fn link_newest(&mut self, index: u32) {
+        let previous_newest = self.newest;
+        if let Some(node) = self.node_mut(index) {
+            node.newer = NIL;
+            node.older = previous_newest;
+        }
+        match self.node_mut(previous_newest) {
+            Some(node) => node.newer = index,
+            None => self.oldest = index,
+        }
+        self.newest = index;
+    }
+}
+
+/// Hashes the already-hashed `u32` keys of the chain map: a multiply spreads them into the
+/// high bits, which the map uses for its control bytes.
+#[derive(Clone, Copy, Default)]
+struct MixHash;
+
+impl BuildHasher for MixHash {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(0)
+    }
+}
+
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, value: u32) {
+        self.0 = (self.0 ^ u64::from(value)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_stay_32_bytes() {
+        assert_eq!(std::mem::size_of::<Node>(), 32);
+    }
+
+    /// The charge covers the structures' own worst case: a node, a chain-map bucket at the
+    /// map's lowest load (7/16 just after it grew), and the `Arc` counts. The allocator's
+    /// per-allocation overhead is what is left; the benchmark measures the total.
+    #[test]
+    fn the_charge_covers_the_structures() {
+        let node = std::mem::size_of::<Node>() as u64;
+        let bucket = std::mem::size_of::<(u32, u32)>() as u64 + 1;
+        let map_worst = bucket * 16 / 7 + 1;
+        let arc_counts = 2 * std::mem::size_of::<usize>() as u64;
+        assert!(node + map_worst + arc_counts + 16 <= ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn slots_are_reused_after_removal() {
+        let backend = MemoryBackend::with_shards(10 * (ENTRY_OVERHEAD + 10), 100, 1).unwrap();
+        for round in 0..1000 {
+            let key = format!("/k{}", round % 37);
+            let mut fill = backend.put(&key, 4).unwrap().unwrap();
+            fill.write(b"abcd").unwrap();
+            fill.commit().unwrap();
+        }
+        let shard = backend.inner.shards[0].lock().unwrap();
+        assert_eq!(shard.chunks.len(), 1);
+        assert!(shard.objects <= 10);
+    }
+}

@@ -1,0 +1,345 @@
+//! The cache process loop: a pool of workers serving one cache slot's requests from a backend.
+//!
+//! Life of a run: the slot goes Starting, then Ready once the workers run; each worker claims
+//! requests with a short timeout so that it notices the stop flag; GETs are copied chunk by
+//! chunk from the backend object into the segment, PUTs are fed into a backend fill. When the
+//! stop flag is set the slot goes Draining, workers take no new requests, transfers in flight
+//! may finish until `shutdown_timeout` and are aborted after it, the gauges are published a last
+//! time and the slot goes Down.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipc::{CacheRequest, Counter, Gauge, Member, MemberState, Op, Region, StatsBlock};
+
+use crate::{BackendStats, CacheBackend, CacheProcessConfig, Error};
+
+/// How long a worker waits for a request before it checks the stop flag again.
+const CLAIM_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the backend's stats are copied into the gauges.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the supervising thread looks at the stop flag and the workers.
+const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+/// Pause after a failed claim, so that a broken region does not spin a core.
+const CLAIM_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the supervising thread tells the workers.
+struct Shared<'a> {
+    region: &'a Region,
+    backend: &'a dyn CacheBackend,
+    config: &'a CacheProcessConfig,
+    stop: &'a AtomicBool,
+    /// Set when the shutdown deadline passed: transfers in flight give up.
+    abort: AtomicBool,
+    /// When draining: the shutdown deadline, so that waits for the proxy end by then.
+    drain_deadline: OnceLock<Instant>,
+    in_flight: AtomicU64,
+    running_workers: AtomicUsize,
+}
+
+impl Shared<'_> {
+    fn stats(&self) -> StatsBlock<'_> {
+        self.region.stats(Member::Cache(self.config.slot))
+    }
+
+    /// How long the next wait for the proxy may take: the transfer timeout, cut short by the
+    /// shutdown deadline once draining.
+    fn wait_budget(&self) -> Duration {
+        match self.drain_deadline.get() {
+            Some(deadline) => self
+                .config
+                .transfer_timeout
+                .min(deadline.saturating_duration_since(Instant::now())),
+            None => self.config.transfer_timeout,
+        }
+    }
+}
+
+pub(crate) fn run(
+    region: &Region,
+    backend: &dyn CacheBackend,
+    config: &CacheProcessConfig,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
+    if config.workers == 0 {
+        return Err(Error::Config(
+            "a cache process needs at least one worker".into(),
+        ));
+    }
+    let slots = region.config().cache_slots;
+    if config.slot.as_raw() >= slots {
+        return Err(Error::Config(format!(
+            "cache slot {} does not exist (the region has {slots})",
+            config.slot.as_raw()
+        )));
+    }
+    let member = Member::Cache(config.slot);
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    region.set_member_state(member, MemberState::Starting, pid);
+    let shared = Shared {
+        region,
+        backend,
+        config,
+        stop,
+        abort: AtomicBool::new(false),
+        drain_deadline: OnceLock::new(),
+        in_flight: AtomicU64::new(0),
+        running_workers: AtomicUsize::new(config.workers),
+    };
+    let spawned = thread::scope(|scope| -> Result<(), Error> {
+        for number in 0..config.workers {
+            let shared = &shared;
+            let spawned = thread::Builder::new()
+                .name(format!("cache{}-worker{number}", config.slot.as_raw()))
+                .spawn_scoped(scope, move || {
+                    worker_loop(shared);
+                    shared.running_workers.fetch_sub(1, Ordering::AcqRel);
+                });
+            if let Err(source) = spawned {
+                // The workers already running see the stop flag they share with us only
+                // through `abort`; stop them and report.
+                shared
+                    .running_workers
+                    .fetch_sub(config.workers - number, Ordering::AcqRel);
+                shared.abort.store(true, Ordering::Release);
+                return Err(Error::Io {
+                    path: "worker thread".into(),
+                    source,
+                });
+            }
+        }
+        region.set_member_state(member, MemberState::Ready, pid);
+        tracing::info!(
+            slot = config.slot.as_raw(),
+            kind = backend.kind(),
+            "cache ready"
+        );
+        supervise(&shared, member, pid);
+        Ok(())
+    });
+    publish_gauges(&shared.stats(), &backend.stats(), 0);
+    region.set_member_state(member, MemberState::Down, pid);
+    tracing::info!(slot = config.slot.as_raw(), "cache stopped");
+    spawned
+}
+
+/// Publishes gauges until the stop flag is set, then drains the workers.
+fn supervise(shared: &Shared<'_>, member: Member, pid: i32) {
+    let mut last_publish: Option<Instant> = None;
+    while !shared.stop.load(Ordering::Acquire) && !shared.abort.load(Ordering::Acquire) {
+        if last_publish.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
+            publish_gauges(
+                &shared.stats(),
+                &shared.backend.stats(),
+                shared.in_flight.load(Ordering::Relaxed),
+            );
+            last_publish = Some(Instant::now());
+        }
+        thread::sleep(WATCH_INTERVAL);
+    }
+    shared
+        .region
+        .set_member_state(member, MemberState::Draining, pid);
+    let deadline = *shared
+        .drain_deadline
+        .get_or_init(|| Instant::now() + shared.config.shutdown_timeout);
+    tracing::info!(
+        in_flight = shared.in_flight.load(Ordering::Relaxed),
+        "draining"
+    );
+    while shared.running_workers.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                in_flight = shared.in_flight.load(Ordering::Relaxed),
+                "shutdown deadline passed: aborting transfers in flight"
+            );
+            shared.abort.store(true, Ordering::Release);
+            // Workers blocked waiting for the proxy (room to write, a fill's next chunk) would
+            // otherwise sleep until their transfer timeout: raise the abort flag on every
+            // transfer this process is the cache side of, which wakes them at once. The
+            // process is about to exit, so this is exactly what "dead" means to ipc.
+            let aborted = shared.region.reclaim_dead(pid);
+            tracing::debug!(aborted, "transfers aborted");
+            break;
+        }
+        thread::sleep(WATCH_INTERVAL);
+    }
+}
+
+fn publish_gauges(stats: &StatsBlock<'_>, backend: &BackendStats, in_flight: u64) {
+    stats.set(Gauge::BackendObjects, backend.objects);
+    stats.set(Gauge::BackendBytes, backend.bytes);
+    stats.set(Gauge::BackendCapacity, backend.capacity.unwrap_or(0));
+    stats.set(Gauge::BackendEvictions, backend.evictions);
+    stats.set(Gauge::BackendInserts, backend.inserts);
+    stats.set(Gauge::InFlight, in_flight);
+}
+
+fn worker_loop(shared: &Shared<'_>) {
+    let mut fill_buffer = Vec::new();
+    while !shared.stop.load(Ordering::Acquire) && !shared.abort.load(Ordering::Acquire) {
+        let request = match shared
+            .region
+            .next_request(shared.config.slot, CLAIM_INTERVAL)
+        {
+            Ok(Some(request)) => request,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "claiming a request failed");
+                thread::sleep(CLAIM_ERROR_BACKOFF);
+                continue;
+            }
+        };
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let outcome = match request.op() {
+            Op::Get => serve_get(shared, request),
+            Op::Put { len } => serve_put(shared, request, len, &mut fill_buffer),
+        };
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Err(failure) = outcome {
+            shared.stats().add(Counter::CacheErrors, 1);
+            tracing::warn!(
+                key = %failure.path,
+                error = %failure.error,
+                "request failed"
+            );
+        }
+    }
+    refuse_queued(shared);
+}
+
+/// Once stopping: answers the requests still queued for the slot at once (GET: error, PUT:
+/// declined) so that the proxy falls back without waiting for its timeout.
+fn refuse_queued(shared: &Shared<'_>) {
+    while !shared.abort.load(Ordering::Acquire) {
+        let Ok(Some(request)) = shared
+            .region
+            .next_request(shared.config.slot, Duration::ZERO)
+        else {
+            break;
+        };
+        tracing::debug!(key = request.path(), "refused while draining");
+        let answered = match request.op() {
+            Op::Get => request.error(),
+            Op::Put { .. } => request.decline(),
+        };
+        if let Err(error) = answered {
+            tracing::debug!(%error, "the proxy went away before the refusal");
+        }
+    }
+}
+
+/// A failed request: its path and why.
+struct Failure {
+    path: String,
+    error: Error,
+}
+
+fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failure> {
+    let path = request.path().to_string();
+    let fail = |error: Error| Failure {
+        path: path.clone(),
+        error,
+    };
+    let stats = shared.stats();
+    let object = match shared.backend.get(&path) {
+        Ok(Some(object)) => object,
+        Ok(None) => {
+            stats.add(Counter::CacheMisses, 1);
+            return request.not_found().map_err(|error| fail(error.into()));
+        }
+        Err(error) => {
+            // Answer first so the proxy can fall back at once; the failure is counted by the
+            // caller.
+            let _ = request.error();
+            return Err(fail(error));
+        }
+    };
+    let total = object.len();
+    // Counted before the proxy can see the answer, so a reader of the stats who has the
+    // answer also sees the count.
+    stats.add(Counter::CacheHits, 1);
+    let mut writer = request.found(total).map_err(|error| fail(error.into()))?;
+    let mut offset = 0u64;
+    while offset < total {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err(fail(Error::Ipc(ipc::Error::Aborted)));
+        }
+        let mut buf = writer
+            .next_buf(shared.wait_budget())
+            .map_err(|error| fail(error.into()))?;
+        let capacity = buf_capacity(&buf);
+        let step = usize::try_from(total - offset)
+            .unwrap_or(usize::MAX)
+            .min(capacity);
+        if step == 0 {
+            return Err(fail(Error::Dest(std::io::Error::other(
+                "the segment offered no room",
+            ))));
+        }
+        object.copy_to(offset, step, &mut buf).map_err(&fail)?;
+        stats.add(Counter::CacheBytesOut, step as u64);
+        buf.publish().map_err(|error| fail(error.into()))?;
+        offset += step as u64;
+    }
+    writer.finish().map_err(|error| fail(error.into()))
+}
+
+fn buf_capacity(buf: &ipc::ChunkBuf<'_>) -> usize {
+    ipc::ChunkDest::remaining(buf)
+}
+
+fn serve_put(
+    shared: &Shared<'_>,
+    request: CacheRequest<'_>,
+    len: u64,
+    buffer: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let path = request.path().to_string();
+    let fail = |error: Error| Failure {
+        path: path.clone(),
+        error,
+    };
+    let mut fill = match shared.backend.put(&path, len) {
+        Ok(Some(fill)) => fill,
+        Ok(None) => return request.decline().map_err(|error| fail(error.into())),
+        Err(error) => {
+            let _ = request.decline();
+            return Err(fail(error));
+        }
+    };
+    let mut reader = request.accept().map_err(|error| fail(error.into()))?;
+    loop {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err(fail(Error::Ipc(ipc::Error::Aborted)));
+        }
+        let more = match reader.next_chunk(shared.wait_budget()) {
+            Ok(Some(chunk)) => {
+                buffer.clear();
+                chunk.append_to(buffer);
+                true
+            }
+            Ok(None) => false,
+            Err(error) => return Err(fail(error.into())),
+        };
+        if !more {
+            break;
+        }
+        if let Err(error) = fill.write(buffer) {
+            let _ = reader.complete(false);
+            return Err(fail(error));
+        }
+    }
+    match fill.commit() {
+        Ok(()) => {
+            shared.stats().add(Counter::CachePutsStored, 1);
+            reader.complete(true).map_err(|error| fail(error.into()))
+        }
+        Err(error) => {
+            let _ = reader.complete(false);
+            Err(fail(error))
+        }
+    }
+}

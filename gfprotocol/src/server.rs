@@ -1,0 +1,666 @@
+//! The threaded server: an accept thread, a bounded queue and a fixed pool of workers.
+//!
+//! The accept thread only accepts: it never reads from a client, so a slow or silent client can
+//! hold at most one worker, and only until its header deadline. Workers read the request header
+//! with read timeouts computed from the remaining deadline, call the [`Handler`] and finish the
+//! response (ERROR when the handler sent nothing, a close when it sent a short body).
+//!
+//! Every socket write here uses `send(2)` with `MSG_NOSIGNAL` or `sendfile(2)`; a peer that went
+//! away is an `io::Error`, never a signal. (`sendfile` and plain `write(2)` can still raise
+//! SIGPIPE, which Rust executables ignore from startup; a process that restores SIGPIPE must not
+//! use this server.)
+
+use std::fs::File;
+use std::io::{self, IoSlice, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    self, setsockopt, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType,
+    SockaddrStorage,
+};
+
+use crate::codec::{Malformed, RequestDecoder};
+use crate::{Error, Handler, Request, ResponseHeader, ServerConfig};
+
+/// Listen backlog.
+const BACKLOG: i32 = 1024;
+/// Largest single read while waiting for a header.
+const HEADER_READ_CHUNK: usize = 8192;
+/// After an INVALID answer, unread request bytes are drained for at most this long so that the
+/// close is a FIN, not a reset that could destroy the answer before the client reads it.
+const LINGER_TIME: Duration = Duration::from_millis(500);
+/// ... and at most this many bytes.
+const LINGER_BYTES: usize = 1 << 20;
+/// Bodies up to this size are read and sent together with their header.
+const SMALL_FILE: u64 = 16 * 1024;
+/// Pause after a failing accept (EMFILE and the like) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+/// The state of a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResponseState {
+    /// Nothing sent yet.
+    NoHeader,
+    /// An OK header was accepted; `header_pending` says whether it still waits in the
+    /// writer's buffer to be coalesced with the first body bytes.
+    Body {
+        announced: u64,
+        sent: u64,
+        header_pending: bool,
+    },
+    /// A complete response (a non-OK header, or an OK header and its whole body).
+    Complete,
+    /// The connection was closed by `abort` or after a failed write, after `sent` body bytes.
+    Closed { sent: u64 },
+}
+
+/// The response side of one connection.
+///
+/// The header goes out once; for `Ok { length }` exactly `length` body bytes must follow, in any
+/// number of `send_*` calls. Sending more than announced is an error and nothing is written.
+/// A failed write closes the connection: later calls fail too.
+pub struct ResponseWriter<'c> {
+    stream: &'c TcpStream,
+    state: ResponseState,
+    header: Vec<u8>,
+    announced: u64,
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "response connection closed")
+}
+
+fn misuse(message: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+impl<'c> ResponseWriter<'c> {
+    fn new(stream: &'c TcpStream) -> Self {
+        ResponseWriter {
+            stream,
+            state: ResponseState::NoHeader,
+            header: Vec::new(),
+            announced: 0,
+        }
+    }
+
+    /// Sends the header (once). For `Ok { length }` exactly `length` body bytes must follow.
+    pub fn send_header(&mut self, header: ResponseHeader) -> io::Result<()> {
+        match self.state {
+            ResponseState::NoHeader => {}
+            ResponseState::Closed { .. } => return Err(closed_error()),
+            _ => return Err(misuse("response header sent twice")),
+        }
+        self.header = header.encode();
+        if let ResponseHeader::Ok { length } = header {
+            self.announced = length;
+        }
+        match header {
+            ResponseHeader::Ok { length } if length > 0 => {
+                // Held back to go out with the first body bytes in one segment.
+                self.state = ResponseState::Body {
+                    announced: length,
+                    sent: 0,
+                    header_pending: true,
+                };
+                Ok(())
+            }
+            _ => {
+                let result = send_all(self.stream.as_fd(), &self.header);
+                self.after_write(result.map(|()| ResponseState::Complete))
+            }
+        }
+    }
+
+    /// Sends body bytes.
+    pub fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
+        let (announced, sent, header_pending) = self.body_state(data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let result = if header_pending {
+            send_all_vectored(self.stream.as_fd(), &self.header, data)
+        } else {
+            send_all(self.stream.as_fd(), data)
+        };
+        self.after_write(result.map(|()| body_state(announced, sent + data.len() as u64)))
+    }
+
+    /// Sends `len` body bytes written by `write` straight to the socket (e.g. from shared
+    /// memory); `write` must write exactly `len` bytes or fail.
+    ///
+    /// The descriptor is a blocking socket with a send timeout. If `write` uses `write(2)`
+    /// rather than `send(2)` with `MSG_NOSIGNAL`, a closed peer raises SIGPIPE: the process must
+    /// ignore it (Rust executables do by default).
+    pub fn send_body_with(
+        &mut self,
+        len: usize,
+        write: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (announced, sent, _) = self.body_state(len as u64)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.flush_header()?;
+        let result = write(self.stream.as_fd());
+        self.after_write(result.map(|()| body_state(announced, sent + len as u64)))
+    }
+
+    /// Sends `len` body bytes of `file` from `offset` (sendfile(2)).
+    pub fn send_file(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        let (announced, sent, _) = self.body_state(len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let result = match self.state {
+            // A small body goes out with its header in one segment (pread + one sendmsg);
+            // a separate header write would cost a segment and a wake-up at the client.
+            ResponseState::Body {
+                header_pending: true,
+                ..
+            } if len <= SMALL_FILE => {
+                let mut buf = [0u8; SMALL_FILE as usize];
+                let body = buf.get_mut(..len as usize).unwrap_or_default();
+                file.read_exact_at(body, offset)
+                    .and_then(|()| send_all_vectored(self.stream.as_fd(), &self.header, body))
+            }
+            _ => self
+                .send_pending_header()
+                .and_then(|()| sendfile_all(self.stream.as_fd(), file, offset, len)),
+        };
+        self.after_write(result.map(|()| body_state(announced, sent + len)))
+    }
+
+    /// Whether the header went out.
+    pub fn header_sent(&self) -> bool {
+        !matches!(self.state, ResponseState::NoHeader)
+    }
+
+    /// Body bytes sent so far.
+    pub fn body_sent(&self) -> u64 {
+        match self.state {
+            ResponseState::Body { sent, .. } | ResponseState::Closed { sent } => sent,
+            ResponseState::Complete => self.announced,
+            ResponseState::NoHeader => 0,
+        }
+    }
+
+    /// Closes the connection now (after an OK header: the client sees a short body).
+    pub fn abort(&mut self) {
+        // An OK header still held back goes out first, so the client sees the short body
+        // rather than a missing header.
+        if let Err(e) = self.send_pending_header() {
+            tracing::debug!(error = %e, "sending the header before closing failed");
+        }
+        self.close_now();
+    }
+
+    /// Closes the connection without sending anything more.
+    fn close_now(&mut self) {
+        if !matches!(self.state, ResponseState::Closed { .. }) {
+            let _ = self.stream.shutdown(Shutdown::Both);
+            self.state = ResponseState::Closed {
+                sent: self.body_sent(),
+            };
+        }
+    }
+
+    /// Checks that `more` body bytes may be sent; returns (announced, sent, header_pending).
+    fn body_state(&self, more: u64) -> io::Result<(u64, u64, bool)> {
+        match self.state {
+            ResponseState::Body {
+                announced,
+                sent,
+                header_pending,
+            } => {
+                if sent.checked_add(more).is_none_or(|total| total > announced) {
+                    Err(misuse("body longer than the announced length"))
+                } else {
+                    Ok((announced, sent, header_pending))
+                }
+            }
+            ResponseState::NoHeader => Err(misuse("body sent before the header")),
+            ResponseState::Complete if more == 0 => Ok((0, 0, false)),
+            ResponseState::Complete => Err(misuse("body longer than the announced length")),
+            ResponseState::Closed { .. } => Err(closed_error()),
+        }
+    }
+
+    fn flush_header(&mut self) -> io::Result<()> {
+        let result = self.send_pending_header();
+        if result.is_err() {
+            self.close_now();
+        }
+        result
+    }
+
+    fn send_pending_header(&mut self) -> io::Result<()> {
+        if let ResponseState::Body {
+            announced,
+            sent,
+            header_pending: true,
+        } = self.state
+        {
+            send_all(self.stream.as_fd(), &self.header)?;
+            self.state = ResponseState::Body {
+                announced,
+                sent,
+                header_pending: false,
+            };
+        }
+        Ok(())
+    }
+
+    fn after_write(&mut self, result: io::Result<ResponseState>) -> io::Result<()> {
+        match result {
+            Ok(next) => {
+                self.state = next;
+                Ok(())
+            }
+            Err(e) => {
+                self.close_now();
+                Err(e)
+            }
+        }
+    }
+
+    /// Finishes after the handler returned: ERROR if it sent nothing, the pending header of an
+    /// empty body, or a close if the body is short.
+    fn finish(&mut self) {
+        match self.state {
+            ResponseState::NoHeader => {
+                if let Err(e) = self.send_header(ResponseHeader::Error) {
+                    tracing::debug!(error = %e, "sending ERROR failed");
+                }
+            }
+            ResponseState::Body {
+                sent, announced, ..
+            } => {
+                tracing::debug!(sent, announced, "handler returned a short body; closing");
+                self.abort();
+            }
+            ResponseState::Complete | ResponseState::Closed { .. } => {}
+        }
+    }
+}
+
+fn body_state(announced: u64, sent: u64) -> ResponseState {
+    if sent == announced {
+        ResponseState::Complete
+    } else {
+        ResponseState::Body {
+            announced,
+            sent,
+            header_pending: false,
+        }
+    }
+}
+
+/// Maps a send timeout (EAGAIN on a blocking socket with SO_SNDTIMEO) to `TimedOut`.
+fn io_error(errno: Errno) -> io::Error {
+    if errno == Errno::EAGAIN {
+        io::Error::new(io::ErrorKind::TimedOut, "send timed out")
+    } else {
+        io::Error::from(errno)
+    }
+}
+
+/// Writes all of `data` with `send(2)` and `MSG_NOSIGNAL`.
+pub(crate) fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match socket::send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = data.get(n..).unwrap_or_default(),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `head` then `tail` with as few `sendmsg(2)` calls as the kernel allows.
+fn send_all_vectored(fd: BorrowedFd<'_>, mut head: &[u8], mut tail: &[u8]) -> io::Result<()> {
+    while !head.is_empty() {
+        let iov = [IoSlice::new(head), IoSlice::new(tail)];
+        let sent = match socket::sendmsg::<SockaddrStorage>(
+            fd.as_raw_fd(),
+            &iov,
+            &[],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io_error(e)),
+        };
+        if sent >= head.len() {
+            tail = tail.get(sent - head.len()..).unwrap_or_default();
+            head = &[];
+        } else {
+            head = head.get(sent..).unwrap_or_default();
+        }
+    }
+    send_all(fd, tail)
+}
+
+/// Sends `len` bytes of `file` from `offset` with `sendfile(2)`.
+fn sendfile_all(fd: BorrowedFd<'_>, file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mut offset = i64::try_from(offset).map_err(|_| misuse("file offset too large"))?;
+    let mut left = len;
+    while left > 0 {
+        // sendfile moves at most 0x7ffff000 bytes per call.
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        match nix::sys::sendfile::sendfile64(fd, file, Some(&mut offset), chunk) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than announced",
+                ))
+            }
+            Ok(n) => left -= n as u64,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Shared between the server, its handles and its accept loop.
+struct Shared {
+    stopping: AtomicBool,
+    /// Written once to wake the accept loop's poll.
+    wake_write: OwnedFd,
+}
+
+/// Stops a running [`Server`] from any thread.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
+
+impl ShutdownHandle {
+    /// Stops accepting; queued and in-flight connections are finished. Idempotent.
+    pub fn shutdown(&self) {
+        if !self.shared.stopping.swap(true, Ordering::SeqCst) {
+            // A full pipe already holds a wake-up; any other failure leaves the flag, which
+            // the accept loop also checks after every poll.
+            let _ = nix::unistd::write(&self.shared.wake_write, &[1]);
+        }
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutdown(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// A bound GetFile server: an accept thread feeding a fixed pool of workers through a bounded
+/// queue.
+pub struct Server {
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    wake_read: OwnedFd,
+}
+
+impl Server {
+    /// Binds the listener (SO_REUSEADDR, and SO_REUSEPORT if asked).
+    pub fn bind(config: ServerConfig, handler: Arc<dyn Handler>) -> Result<Server, Error> {
+        if config.threads == 0 || config.queue_depth == 0 {
+            return Err(Error::Config(
+                "threads and queue_depth must be at least 1".into(),
+            ));
+        }
+        let listener = bind_listener(config.listen, config.reuse_port)?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let (wake_read, wake_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(io::Error::from)?;
+        tracing::debug!(%local_addr, threads = config.threads, "gfserver bound");
+        Ok(Server {
+            config,
+            handler,
+            listener,
+            local_addr,
+            shared: Arc::new(Shared {
+                stopping: AtomicBool::new(false),
+                wake_write,
+            }),
+            wake_read,
+        })
+    }
+
+    /// The bound address (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to stop it.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Serves until shut down, then waits for the workers to finish their connections.
+    pub fn run(self) -> Result<(), Error> {
+        let (sender, receiver) = sync_channel::<TcpStream>(self.config.queue_depth);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut workers = Vec::with_capacity(self.config.threads);
+        for index in 0..self.config.threads {
+            let worker = Worker {
+                receiver: Arc::clone(&receiver),
+                handler: Arc::clone(&self.handler),
+                config: self.config.clone(),
+            };
+            let spawned = thread::Builder::new()
+                .name(format!("gf-worker-{index}"))
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    drop(sender);
+                    join_all(workers);
+                    return Err(Error::Io(e));
+                }
+            }
+        }
+        let result = self.accept_loop(|stream| sender.send(stream).is_ok());
+        drop(sender);
+        join_all(workers);
+        tracing::debug!(local_addr = %self.local_addr, "gfserver stopped");
+        result
+    }
+
+    fn accept_loop(&self, mut dispatch: impl FnMut(TcpStream) -> bool) -> Result<(), Error> {
+        loop {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let mut fds = [
+                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(Error::Io(e.into())),
+            }
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, _)) => {
+                        if !dispatch(stream) {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        thread::sleep(ACCEPT_ERROR_PAUSE);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn join_all(workers: Vec<thread::JoinHandle<()>>) {
+    for worker in workers {
+        if worker.join().is_err() {
+            tracing::error!("a worker thread panicked");
+        }
+    }
+}
+
+/// Creates the listening socket with the options std does not offer.
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if reuse_port {
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    socket::listen(&fd, Backlog::new(BACKLOG)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// One worker thread.
+struct Worker {
+    receiver: Arc<Mutex<Receiver<TcpStream>>>,
+    handler: Arc<dyn Handler>,
+    config: ServerConfig,
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            let next = match self.receiver.lock() {
+                Ok(receiver) => receiver.recv(),
+                // Another worker panicked while holding the lock (it cannot: recv does not
+                // panic); stop rather than spin.
+                Err(_) => return,
+            };
+            let Ok(stream) = next else { return };
+            if let Err(e) = self.serve(&stream) {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+    }
+
+    fn serve(&self, stream: &TcpStream) -> io::Result<()> {
+        let peer = stream.peer_addr()?;
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(self.config.write_timeout))?;
+        let path = match read_request(stream, self.config.header_timeout) {
+            Ok(path) => path,
+            Err(HeaderError::Malformed(reason)) => {
+                tracing::debug!(%peer, %reason, "invalid request");
+                let result = send_all(stream.as_fd(), &ResponseHeader::Invalid.encode());
+                linger_close(stream);
+                return result;
+            }
+            Err(HeaderError::Io(e)) => return Err(e),
+        };
+        let request = Request { path, peer };
+        let mut writer = ResponseWriter::new(stream);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.handler.handle(&request, &mut writer)
+        }));
+        if outcome.is_err() {
+            tracing::error!(path = %request.path, %peer, "handler panicked");
+        }
+        writer.finish();
+        Ok(())
+    }
+}
+
+/// Why no request came out of a connection.
+enum HeaderError {
+    /// Malformed, incomplete or late: answered with INVALID.
+    Malformed(Malformed),
+    /// The connection failed (reset...): nothing to answer.
+    Io(io::Error),
+}
+
+/// Reads the request header within `deadline_after` from now.
+fn read_request(mut stream: &TcpStream, deadline_after: Duration) -> Result<String, HeaderError> {
+    let deadline = Instant::now() + deadline_after;
+    let mut decoder = RequestDecoder::lenient();
+    let mut buf = [0u8; HEADER_READ_CHUNK];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(HeaderError::Malformed(Malformed::Incomplete));
+        }
+        stream
+            .set_read_timeout(Some(remaining))
+            .map_err(HeaderError::Io)?;
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(HeaderError::Malformed(Malformed::Incomplete))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HeaderError::Io(e)),
+        };
+        if n == 0 {
+            return Err(HeaderError::Malformed(Malformed::Incomplete));
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        match decoder.feed(chunk) {
+            Ok(Some((header, _))) => return Ok(header.path),
+            Ok(None) => {}
+            Err(e) => return Err(HeaderError::Malformed(e)),
+        }
+    }
+}
+
+/// Half-closes, then drains what the client still sends (bounded), so the answer is not lost
+/// to a reset caused by unread bytes.
+fn linger_close(mut stream: &TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0usize;
+    let mut buf = [0u8; HEADER_READ_CHUNK];
+    while drained < LINGER_BYTES {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
+    }
+}

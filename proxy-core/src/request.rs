@@ -1,0 +1,526 @@
+//! The request path, top to bottom.
+//!
+//! [`handle`] reads like the design: validate and normalise the path -> pick the cache slot by
+//! rendezvous hashing -> acquire a segment -> GET from that cache -> stream to the client
+//! straight from the segment -> release. A miss goes to the origin (collapsed with concurrent
+//! misses, filled into the owning cache); a cache that cannot answer before the OK header is
+//! skipped for the origin (a fallback). After the OK header a failure can only close the
+//! connection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gfprotocol::{Request, ResponseHeader, ResponseWriter};
+use ipc::{CacheSlot, Counter, Lookup, Region};
+
+use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
+use crate::error::{Error, Side};
+use crate::fill::Fill;
+use crate::origin::{Origin, OriginAnswer, OriginBody};
+use crate::path::CanonicalPath;
+use crate::routing::{Route, Router};
+use crate::stats::{Outcome, Stats};
+use crate::ProxyConfig;
+
+/// Bytes read from the origin at a time.
+const ORIGIN_READ_SIZE: usize = 64 * 1024;
+
+/// Everything a request needs, shared by the worker threads of one proxy process.
+pub(crate) struct Context {
+    pub(crate) region: Arc<Region>,
+    pub(crate) config: ProxyConfig,
+    pub(crate) router: Router,
+    pub(crate) origin: Option<Origin>,
+    pub(crate) flights: Flights,
+    pub(crate) stats: Stats,
+}
+
+/// Answers one GetFile request and records how it ended.
+pub(crate) fn handle(ctx: &Context, request: &Request, response: &mut ResponseWriter<'_>) {
+    let started = Instant::now();
+    let _in_flight = ctx.stats.in_flight();
+    let outcome = serve(ctx, &request.path, response);
+    ctx.stats
+        .finished(outcome, started.elapsed(), response.body_sent());
+}
+
+fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Outcome {
+    // 1. Validate and normalise the path.
+    let path = match CanonicalPath::parse(raw_path) {
+        Ok(path) => path,
+        Err(error) => {
+            tracing::debug!(%error, "refused path");
+            return reply(response, ResponseHeader::FileNotFound);
+        }
+    };
+    let epoch = ctx.flights.epoch();
+
+    // 2. Pick the cache slot by rendezvous hashing.
+    let slot = match ctx.router.route(&ctx.region, path.as_str()) {
+        Route::Cache(slot) => slot,
+        Route::Unavailable(slot) => {
+            tracing::debug!(slot = slot.as_raw(), key = %path, "cache unavailable");
+            ctx.stats.incr(Counter::LookupErrors);
+            return fallback(ctx, &path, epoch, response);
+        }
+        Route::NoCache => return from_origin(ctx, &path, None, epoch, response),
+    };
+
+    // 3-6. Acquire a segment, GET from that cache, stream from the segment, release.
+    match from_cache(ctx, slot, &path, response) {
+        CacheResult::Served(outcome) => outcome,
+        CacheResult::Miss => from_origin(ctx, &path, Some(slot), epoch, response),
+        CacheResult::Failed(error) => {
+            tracing::debug!(slot = slot.as_raw(), key = %path, %error, "cache failed");
+            ctx.stats.incr(Counter::LookupErrors);
+            fallback(ctx, &path, epoch, response)
+        }
+    }
+}
+
+/// What a cache lookup came to.
+enum CacheResult {
+    /// The cache answered and the response is done (a hit, or a transfer that broke after the
+    /// header).
+    Served(Outcome),
+    /// The cache does not hold the object.
+    Miss,
+    /// The cache could not answer before the OK header went out: skip it.
+    Failed(Error),
+}
+
+/// Acquires a segment, GETs `path` from cache `slot` and streams a hit to the client straight
+/// from the segment. The segment is released when the stream drops, at the end or at once when
+/// the client goes away.
+fn from_cache(
+    ctx: &Context,
+    slot: CacheSlot,
+    path: &CanonicalPath,
+    response: &mut ResponseWriter<'_>,
+) -> CacheResult {
+    let timeout = ctx.config.cache_timeout;
+    let lease = match ctx.region.acquire(timeout) {
+        Ok(lease) => lease,
+        Err(error) => return CacheResult::Failed(Error::NoSegment(error)),
+    };
+    let mut stream = match lease.get(slot, path.as_str(), timeout) {
+        Ok(stream) => stream,
+        Err(source) => return cache_failed(ctx, slot, source),
+    };
+    let len = match stream.lookup() {
+        Lookup::Found { len } => len,
+        Lookup::NotFound => {
+            ctx.stats.incr(Counter::LookupMisses);
+            return CacheResult::Miss;
+        }
+        Lookup::Error => {
+            ctx.router.suspect(&ctx.region, slot);
+            return CacheResult::Failed(Error::CacheFault {
+                slot: slot.as_raw(),
+            });
+        }
+    };
+
+    let mut sent: u64 = 0;
+    while sent < len || !response.header_sent() {
+        let chunk = match stream.next_chunk(timeout) {
+            Ok(chunk) => chunk,
+            // Until the header is out, a stalled or dead cache can still be skipped.
+            Err(source) if !response.header_sent() => return cache_failed(ctx, slot, source),
+            Err(source) => {
+                let outcome = cache_broke_off(ctx, slot, &source, response);
+                return CacheResult::Served(outcome);
+            }
+        };
+        if !response.header_sent() {
+            if chunk.is_none() && len > 0 {
+                return CacheResult::Failed(short_object(slot));
+            }
+            ctx.stats.incr(Counter::LookupHits);
+            if let Err(error) = response.send_header(ResponseHeader::Ok { length: len }) {
+                return CacheResult::Served(client_gone(&error, response));
+            }
+        }
+        let Some(chunk) = chunk else { break };
+        let chunk_len = chunk.len() as u64;
+        if sent + chunk_len > len {
+            let outcome = cache_broke_off(ctx, slot, &overlong_object(slot), response);
+            return CacheResult::Served(outcome);
+        }
+        // 5. Stream to the client straight from the segment.
+        if let Err(error) = response.send_body_with(chunk.len(), &mut |fd| chunk.write_all_to(fd)) {
+            return CacheResult::Served(client_gone(&error, response));
+        }
+        sent += chunk_len;
+    }
+    if sent < len {
+        let outcome = cache_broke_off(ctx, slot, &short_object(slot), response);
+        return CacheResult::Served(outcome);
+    }
+    // 6. Release: `stream` drops here and its segment goes back to the pool.
+    CacheResult::Served(Outcome::Hit)
+}
+
+fn cache_failed(ctx: &Context, slot: CacheSlot, source: ipc::Error) -> CacheResult {
+    ctx.router.suspect(&ctx.region, slot);
+    CacheResult::Failed(Error::Cache {
+        slot: slot.as_raw(),
+        source,
+    })
+}
+
+fn cache_broke_off(
+    ctx: &Context,
+    slot: CacheSlot,
+    error: &dyn std::error::Error,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    tracing::debug!(slot = slot.as_raw(), %error, "cache broke off after the header");
+    ctx.router.suspect(&ctx.region, slot);
+    ctx.stats.incr(Counter::LookupErrors);
+    response.abort();
+    Outcome::Aborted
+}
+
+fn short_object(slot: CacheSlot) -> Error {
+    Error::Cache {
+        slot: slot.as_raw(),
+        source: ipc::Error::Protocol {
+            segment: 0,
+            what: "the object ended before its announced length".into(),
+        },
+    }
+}
+
+fn overlong_object(slot: CacheSlot) -> Error {
+    Error::Cache {
+        slot: slot.as_raw(),
+        source: ipc::Error::Protocol {
+            segment: 0,
+            what: "the object ran past its announced length".into(),
+        },
+    }
+}
+
+/// The owner cannot answer: serve from the origin, or ERROR without one.
+fn fallback(
+    ctx: &Context,
+    path: &CanonicalPath,
+    epoch: u64,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    ctx.stats.incr(Counter::Fallbacks);
+    if ctx.origin.is_none() {
+        return reply(response, ResponseHeader::Error);
+    }
+    from_origin(ctx, path, None, epoch, response)
+}
+
+/// A miss: fetch from the origin, collapsed with concurrent misses of the same path, filling
+/// cache `fill_slot` if given. Without an origin a miss is FILE_NOT_FOUND.
+fn from_origin(
+    ctx: &Context,
+    path: &CanonicalPath,
+    fill_slot: Option<CacheSlot>,
+    epoch: u64,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    let Some(origin) = &ctx.origin else {
+        return reply(response, ResponseHeader::FileNotFound);
+    };
+    match ctx.flights.join(path, epoch) {
+        Joined::Follower(follower) => {
+            ctx.stats.incr(Counter::Collapsed);
+            follow(ctx, origin, path, fill_slot, follower, response)
+        }
+        Joined::Leader(leader) => {
+            if leader.is_stale() {
+                // A flight for this path may have filled the cache since our lookup.
+                if let Some(slot) = fill_slot {
+                    match from_cache(ctx, slot, path, response) {
+                        CacheResult::Served(outcome) => {
+                            leader.abandon();
+                            return outcome;
+                        }
+                        CacheResult::Miss => {}
+                        CacheResult::Failed(error) => {
+                            tracing::debug!(%error, "cache failed on the second look");
+                            ctx.stats.incr(Counter::LookupErrors);
+                            ctx.stats.incr(Counter::Fallbacks);
+                            return fetch(ctx, origin, path, None, Some(leader), response);
+                        }
+                    }
+                }
+            }
+            fetch(ctx, origin, path, fill_slot, Some(leader), response)
+        }
+    }
+}
+
+/// Serves a collapsed request from its leader's fetch.
+fn follow(
+    ctx: &Context,
+    origin: &Origin,
+    path: &CanonicalPath,
+    fill_slot: Option<CacheSlot>,
+    follower: Follower,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    let len = match follower.wait_answer(ctx.config.collapse_timeout) {
+        Answer::Body { len } => len,
+        Answer::NotFound => return reply(response, ResponseHeader::FileNotFound),
+        Answer::Error => return reply(response, ResponseHeader::Error),
+        Answer::OnYourOwn => {
+            drop(follower);
+            // The leader may have found the object in the cache, or filled it, meanwhile.
+            if let Some(slot) = fill_slot {
+                match from_cache(ctx, slot, path, response) {
+                    CacheResult::Served(outcome) => return outcome,
+                    CacheResult::Miss => {}
+                    CacheResult::Failed(error) => {
+                        tracing::debug!(%error, "cache failed on the second look");
+                        ctx.stats.incr(Counter::LookupErrors);
+                        ctx.stats.incr(Counter::Fallbacks);
+                        return fetch(ctx, origin, path, None, None, response);
+                    }
+                }
+            }
+            return fetch(ctx, origin, path, fill_slot, None, response);
+        }
+    };
+    if let Err(error) = response.send_header(ResponseHeader::Ok { length: len }) {
+        return client_gone(&error, response);
+    }
+    let mut sent: u64 = 0;
+    let mut index = 0;
+    while sent < len {
+        let pieces = match follower.next_pieces(index, ctx.config.origin_timeout) {
+            Ok(pieces) if !pieces.is_empty() => pieces,
+            Ok(_) | Err(_) => {
+                tracing::debug!(key = %path, "the shared origin body broke off");
+                response.abort();
+                return Outcome::Aborted;
+            }
+        };
+        for piece in pieces {
+            if let Err(error) = response.send_body(&piece) {
+                return client_gone(&error, response);
+            }
+            sent += piece.len() as u64;
+            index += 1;
+        }
+    }
+    Outcome::Miss
+}
+
+/// Fetches `path` from the origin and streams it to the client, sharing it with the leader's
+/// followers and filling cache `fill_slot`.
+fn fetch(
+    ctx: &Context,
+    origin: &Origin,
+    path: &CanonicalPath,
+    fill_slot: Option<CacheSlot>,
+    leader: Option<Leader<'_>>,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    let mut body = match origin.fetch(path) {
+        Ok(OriginAnswer::Found(body)) => *body,
+        Ok(OriginAnswer::NotFound) => {
+            ctx.stats.incr(Counter::OriginNotFound);
+            if let Some(leader) = leader {
+                leader.not_found();
+            }
+            return reply(response, ResponseHeader::FileNotFound);
+        }
+        Err(error) => {
+            tracing::debug!(key = %path, %error, "origin fetch failed");
+            ctx.stats.incr(Counter::OriginError);
+            if let Some(leader) = leader {
+                leader.error();
+            }
+            return reply(response, ResponseHeader::Error);
+        }
+    };
+    match body.content_length() {
+        Some(len) => stream_origin(ctx, path, &mut body, len, fill_slot, leader, response),
+        None => match body.read_to_end_bounded(ctx.config.max_object_size) {
+            Ok(bytes) => send_buffered(ctx, path, Arc::from(bytes), fill_slot, leader, response),
+            Err(error) => {
+                tracing::debug!(key = %path, %error, "origin body without length refused");
+                ctx.stats.incr(Counter::OriginError);
+                if let Some(leader) = leader {
+                    leader.error();
+                }
+                reply(response, ResponseHeader::Error)
+            }
+        },
+    }
+}
+
+/// Streams an origin body of announced length `len` to the client as it arrives, teeing it to
+/// the followers and the fill.
+fn stream_origin(
+    ctx: &Context,
+    path: &CanonicalPath,
+    body: &mut OriginBody,
+    len: u64,
+    fill_slot: Option<CacheSlot>,
+    leader: Option<Leader<'_>>,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    let max = ctx.config.max_object_size;
+    // Followers share a body small enough to keep; for a larger one that will be filled they
+    // wait and read the cache; one too large to fill they fetch themselves.
+    let share = len <= max.min(SHARED_BODY_LIMIT);
+    let leader = match leader {
+        Some(leader) if share => {
+            leader.start_body(len);
+            Some(leader)
+        }
+        Some(leader) if len <= max && fill_slot.is_some() => {
+            leader.start_unshared();
+            Some(leader)
+        }
+        Some(leader) => {
+            leader.abandon();
+            None
+        }
+        None => None,
+    };
+    let mut fill = fill_slot.and_then(|slot| {
+        Fill::start(
+            &ctx.region,
+            &ctx.stats,
+            slot,
+            path,
+            len,
+            max,
+            ctx.config.cache_timeout,
+        )
+    });
+    let mut client = ClientState::Open;
+    if let Err(error) = response.send_header(ResponseHeader::Ok { length: len }) {
+        client = ClientState::Gone(error);
+    }
+    let mut buf = vec![0u8; ORIGIN_READ_SIZE];
+    let mut received: u64 = 0;
+    while received < len {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) => {
+                tracing::debug!(key = %path, %error, "origin body broke off");
+                break;
+            }
+        };
+        let keep = usize::try_from(len - received).map_or(n, |left| n.min(left));
+        let piece = buf.get(..keep).unwrap_or_default();
+        if let ClientState::Open = client {
+            if let Err(error) = response.send_body(piece) {
+                client = ClientState::Gone(error);
+            }
+        }
+        if let ClientState::Gone(_) = client {
+            // Keep fetching only for requests that wait on this fetch.
+            if !leader.as_ref().is_some_and(Leader::has_followers) {
+                break;
+            }
+        }
+        if let Some(leader) = leader.as_ref().filter(|_| share) {
+            leader.push(piece);
+        }
+        if let Some(fill) = fill.as_mut() {
+            fill.write(piece);
+        }
+        received += keep as u64;
+    }
+
+    if received < len {
+        // Nothing is filled: `fill` drops uncommitted.
+        if let Some(leader) = leader {
+            leader.broken();
+        }
+        if let ClientState::Gone(error) = &client {
+            return client_gone(error, response);
+        }
+        ctx.stats.incr(Counter::OriginError);
+        response.abort();
+        return Outcome::Aborted;
+    }
+    ctx.stats.incr(Counter::OriginOk);
+    // The client has every byte: commit the fill before the flight ends, so that a request
+    // arriving after this one either follows the flight or hits the cache.
+    if let Some(fill) = fill {
+        fill.commit(ctx.config.cache_timeout);
+    }
+    if let Some(leader) = leader {
+        leader.complete();
+    }
+    match client {
+        ClientState::Open => Outcome::Miss,
+        ClientState::Gone(error) => client_gone(&error, response),
+    }
+}
+
+/// Serves a body that was read whole (it came without a Content-Length).
+fn send_buffered(
+    ctx: &Context,
+    path: &CanonicalPath,
+    bytes: Arc<[u8]>,
+    fill_slot: Option<CacheSlot>,
+    leader: Option<Leader<'_>>,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    ctx.stats.incr(Counter::OriginOk);
+    let len = bytes.len() as u64;
+    if let Some(leader) = &leader {
+        leader.start_body(len);
+        leader.push_shared(Arc::clone(&bytes));
+    }
+    let sent = response
+        .send_header(ResponseHeader::Ok { length: len })
+        .and_then(|()| response.send_body(&bytes));
+    let max = ctx.config.max_object_size;
+    let timeout = ctx.config.cache_timeout;
+    if let Some(mut fill) = fill_slot
+        .and_then(|slot| Fill::start(&ctx.region, &ctx.stats, slot, path, len, max, timeout))
+    {
+        fill.write(&bytes);
+        fill.commit(ctx.config.cache_timeout);
+    }
+    if let Some(leader) = leader {
+        leader.complete();
+    }
+    match sent {
+        Ok(()) => Outcome::Miss,
+        Err(error) => client_gone(&error, response),
+    }
+}
+
+/// Whether the client can still be written to.
+enum ClientState {
+    Open,
+    Gone(std::io::Error),
+}
+
+/// The client went away or stalled: nothing more to send.
+fn client_gone(error: &std::io::Error, response: &mut ResponseWriter<'_>) -> Outcome {
+    let error = Error::Client(std::io::Error::new(error.kind(), error.to_string()));
+    debug_assert_eq!(error.side(), Side::Client);
+    tracing::debug!(%error, "client gone");
+    response.abort();
+    Outcome::Aborted
+}
+
+/// Sends a header-only answer.
+fn reply(response: &mut ResponseWriter<'_>, header: ResponseHeader) -> Outcome {
+    let outcome = match header {
+        ResponseHeader::FileNotFound => Outcome::NotFound,
+        ResponseHeader::Invalid => Outcome::Invalid,
+        ResponseHeader::Error | ResponseHeader::Ok { .. } => Outcome::Error,
+    };
+    if let Err(error) = response.send_header(header) {
+        return client_gone(&error, response);
+    }
+    outcome
+}

@@ -1,0 +1,131 @@
+//! Degraded mode: dead, stopped and slow caches; clients that leave.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gfprotocol::Status;
+use ipc::{CacheSlot, Counter, Member, MemberState, ProxySlot};
+use nix::sys::signal::Signal;
+use proxy_core::Proxy;
+
+use crate::common::{self, Backend, Rig, TestOrigin};
+
+fn file_set(big: usize) -> HashMap<String, Arc<Vec<u8>>> {
+    let mut files = HashMap::new();
+    files.insert("/big".to_owned(), Arc::new(common::content(100, big)));
+    for i in 0..20 {
+        files.insert(
+            format!("/f{i}"),
+            Arc::new(common::content(i, 1000 + 3001 * i as usize)),
+        );
+    }
+    files
+}
+
+#[test]
+fn a_cache_killed_mid_stream_closes_that_client_and_the_rest_fall_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = file_set(32 << 20);
+    common::write_tree(dir.path(), &files);
+    let origin = TestOrigin::files(files.clone());
+    let mut config = common::proxy_config(Some(origin.url()));
+    config.cache_timeout = Duration::from_millis(300);
+    let mut rig = Rig::start(16, &[Backend::Directory(dir.path().to_path_buf())], config);
+    let addr = rig.addr();
+    common::fetch_ok(&addr, "/f1", &files["/f1"]);
+    assert_eq!(rig.counter(Counter::LookupHits), 1);
+
+    // A client in the middle of /big; the cache dies under it.
+    let partial = common::start_partial(&addr, "/big", 1 << 20);
+    assert_eq!(partial.announced, 32 << 20);
+    let pid = rig.caches[0].pid();
+    rig.caches[0].kill();
+    let received = partial.read_to_close();
+    assert!(
+        received.len() < 32 << 20,
+        "the transfer should have been cut"
+    );
+    assert!(
+        received[..] == files["/big"][..received.len()],
+        "a wrong byte before the cut"
+    );
+    common::wait_for(
+        "the aborted request to be counted",
+        Duration::from_secs(10),
+        || rig.counter(Counter::RequestsAborted) == 1,
+    );
+
+    // Every later request succeeds through the origin, byte for byte.
+    for (path, bytes) in &files {
+        common::fetch_ok(&addr, path, bytes);
+    }
+    assert!(rig.counter(Counter::Fallbacks) >= files.len() as u64);
+
+    // Without an origin, a fallback is ERROR.
+    let mut bare = common::proxy_config(None);
+    bare.slot = ProxySlot::from_raw(1);
+    bare.cache_timeout = Duration::from_millis(300);
+    let bare = Proxy::start(Arc::clone(&rig.region), bare).expect("proxy");
+    common::fetch_status(&bare.local_addr().to_string(), "/f2", Status::Error);
+    drop(bare);
+
+    // What the supervisor does next: mark the slot down and reclaim its segments.
+    let member = Member::Cache(CacheSlot::from_raw(0));
+    rig.region.set_member_state(member, MemberState::Down, 0);
+    rig.region.reclaim_dead(pid);
+    for i in 0..5 {
+        let path = format!("/f{i}");
+        common::fetch_ok(&addr, &path, &files[&path]);
+    }
+    rig.proxy.take();
+    rig.wait_pool_full();
+}
+
+#[test]
+fn a_stalled_cache_is_skipped_before_the_header() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = file_set(1000);
+    common::write_tree(dir.path(), &files);
+    let origin = TestOrigin::files(files.clone());
+    let mut config = common::proxy_config(Some(origin.url()));
+    config.cache_timeout = Duration::from_millis(300);
+    let rig = Rig::start(8, &[Backend::Directory(dir.path().to_path_buf())], config);
+    let addr = rig.addr();
+
+    rig.caches[0].stop();
+    common::fetch_ok(&addr, "/f3", &files["/f3"]);
+    common::fetch_ok(&addr, "/f4", &files["/f4"]);
+    rig.caches[0].signal(Signal::SIGCONT);
+    assert_eq!(rig.counter(Counter::Fallbacks), 2);
+    assert!(rig.counter(Counter::LookupErrors) >= 2);
+    assert_eq!(origin.requests("/f3"), 1);
+    rig.wait_counter(Counter::RequestsOk, 2);
+}
+
+#[test]
+fn a_client_leaving_mid_body_frees_its_segment_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = file_set(32 << 20);
+    common::write_tree(dir.path(), &files);
+    let rig = Rig::start(
+        4,
+        &[Backend::Directory(dir.path().to_path_buf())],
+        common::proxy_config(None),
+    );
+    let addr = rig.addr();
+    for round in 1..=6 {
+        let partial = common::start_partial(&addr, "/big", 64 * 1024);
+        assert!(
+            rig.region.segment_counts().free < 4,
+            "the transfer holds a segment"
+        );
+        drop(partial);
+        rig.wait_pool_full();
+        common::wait_for("the abort to be counted", Duration::from_secs(10), || {
+            rig.counter(Counter::RequestsAborted) == round
+        });
+    }
+    // The pool is whole: a full transfer still works.
+    common::fetch_ok(&addr, "/f5", &files["/f5"]);
+}

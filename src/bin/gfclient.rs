@@ -1,0 +1,227 @@
+//! `gfclient`: downloads one file, or generates load, with the GetFile protocol.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use gfprotocol::load::{self, Limit, LoadConfig};
+use gfprotocol::{Client, Error, Status};
+
+/// Exit codes of `gfclient get`.
+const EXIT_OK: u8 = 0;
+const EXIT_IO: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_NOT_FOUND: u8 = 3;
+const EXIT_ERROR: u8 = 4;
+const EXIT_INVALID: u8 = 5;
+
+/// GetFile client.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Download one file. Exit codes: 0 OK, 3 FILE_NOT_FOUND, 4 ERROR, 5 INVALID or a
+    /// malformed or short response, 2 usage error or no connection, 1 output failure.
+    Get {
+        #[command(flatten)]
+        common: Common,
+        /// The path to fetch (starts with '/').
+        path: String,
+        /// Write the body here instead of stdout (removed unless the download succeeds).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Generate load and print a summary. Exit code 1 if any request failed or did not
+    /// verify.
+    Load {
+        #[command(flatten)]
+        common: Common,
+        /// Paths to request, one per line (as the course's workload.txt).
+        #[arg(short, long)]
+        workload: PathBuf,
+        /// Concurrent clients.
+        #[arg(short, long, default_value_t = 1)]
+        threads: usize,
+        /// Total requests.
+        #[arg(
+            short,
+            long,
+            required_unless_present = "duration",
+            conflicts_with = "duration"
+        )]
+        requests: Option<u64>,
+        /// Run for this many seconds.
+        #[arg(short, long)]
+        duration: Option<f64>,
+        /// Compare every body with DIR/path.
+        #[arg(long)]
+        verify: Option<PathBuf>,
+        /// Also print the summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Server address.
+    #[arg(short, long, default_value = "127.0.0.1:10823")]
+    server: String,
+    /// Seconds allowed to connect.
+    #[arg(long, default_value_t = 5.0)]
+    connect_timeout: f64,
+    /// Seconds allowed for each read or write.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+impl Common {
+    fn client(&self) -> Result<Client, String> {
+        let seconds = |v: f64, name: &str| {
+            Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("--{name} must be a positive number of seconds"))
+        };
+        Ok(Client {
+            connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
+            io_timeout: seconds(self.timeout, "timeout")?,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let code = match Cli::parse().command {
+        Command::Get {
+            common,
+            path,
+            output,
+        } => get(&common, &path, output.as_deref()),
+        Command::Load {
+            common,
+            workload,
+            threads,
+            requests,
+            duration,
+            verify,
+            json,
+        } => {
+            let limit = match (requests, duration) {
+                (Some(n), _) => Ok(Limit::Requests(n)),
+                (None, Some(secs)) => Duration::try_from_secs_f64(secs)
+                    .map(Limit::Duration)
+                    .map_err(|_| "--duration must be a positive number of seconds".to_owned()),
+                (None, None) => Err("give --requests or --duration".to_owned()),
+            };
+            limit
+                .and_then(|limit| load_run(&common, &workload, threads, limit, verify, json))
+                .unwrap_or_else(|message| {
+                    eprintln!("gfclient: {message}");
+                    EXIT_USAGE
+                })
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn get(common: &Common, path: &str, output: Option<&Path>) -> u8 {
+    let client = match common.client() {
+        Ok(c) => c,
+        Err(message) => return usage(&message),
+    };
+    if let Err(e) = gfprotocol::codec::validate_path(path) {
+        return usage(&format!("bad path {path:?}: {e}"));
+    }
+    let result = match output {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            client.fetch(&common.server, path, &mut out)
+        }
+        Some(file) => match File::create(file) {
+            Ok(f) => {
+                let mut out = BufWriter::new(f);
+                let result = client.fetch(&common.server, path, &mut out);
+                drop(out);
+                if !matches!(&result, Ok(o) if o.status == Status::Ok) {
+                    let _ = std::fs::remove_file(file);
+                }
+                result
+            }
+            Err(e) => {
+                eprintln!("gfclient: cannot create {}: {e}", file.display());
+                return EXIT_IO;
+            }
+        },
+    };
+    let (code, line) = match result {
+        Ok(o) => match o.status {
+            Status::Ok => (EXIT_OK, format!("OK {} bytes", o.received)),
+            Status::FileNotFound => (EXIT_NOT_FOUND, "FILE_NOT_FOUND".to_owned()),
+            Status::Error => (EXIT_ERROR, "ERROR".to_owned()),
+            Status::Invalid => (EXIT_INVALID, "INVALID".to_owned()),
+        },
+        Err(e @ Error::Connect { .. }) => (EXIT_USAGE, format!("NO CONNECTION: {e}")),
+        Err(e @ Error::Output(_)) => (EXIT_IO, format!("OUTPUT FAILED: {e}")),
+        Err(e) => (EXIT_INVALID, format!("INVALID: {e}")),
+    };
+    eprintln!("{line}");
+    code
+}
+
+fn usage(message: &str) -> u8 {
+    eprintln!("gfclient: {message}");
+    EXIT_USAGE
+}
+
+fn load_run(
+    common: &Common,
+    workload: &Path,
+    threads: usize,
+    limit: Limit,
+    verify: Option<PathBuf>,
+    json: bool,
+) -> Result<u8, String> {
+    let client = common.client()?;
+    let paths = load::read_workload(workload).map_err(|e| e.to_string())?;
+    if threads == 0 {
+        return Err("--threads must be at least 1".to_owned());
+    }
+    let config = LoadConfig {
+        server: common.server.clone(),
+        paths,
+        threads,
+        limit,
+        verify,
+        client,
+        progress: LoadConfig::stderr_is_terminal(),
+    };
+    let summary = load::run(&config).map_err(|e| e.to_string())?;
+    let mut stdout = std::io::stdout().lock();
+    let _ = write!(stdout, "{}", summary.render());
+    if json {
+        let _ = writeln!(stdout, "{}", summary.to_json());
+    }
+    let _ = stdout.flush();
+    Ok(if summary.failed + summary.verify_failed > 0 {
+        EXIT_IO
+    } else {
+        EXIT_OK
+    })
+}

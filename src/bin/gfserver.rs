@@ -1,0 +1,95 @@
+//! `gfserver`: serves the files under a root directory (or of a course-format listing) with the
+//! GetFile protocol.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use gfprotocol::{BodyMode, FileServer, Handler, Server, ServerConfig};
+
+/// Serve files with the GetFile protocol.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Serve the files beneath this directory (nothing outside it is reachable).
+    #[arg(
+        short,
+        long,
+        required_unless_present = "content",
+        conflicts_with = "content"
+    )]
+    root: Option<PathBuf>,
+    /// Serve a course-format listing instead: one `<path> <file>` per line.
+    #[arg(short = 'm', long)]
+    content: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(short, long, default_value = "127.0.0.1:10823")]
+    listen: SocketAddr,
+    /// Worker threads.
+    #[arg(short, long, default_value_t = 16)]
+    threads: usize,
+    /// Accepted connections waiting for a worker.
+    #[arg(long, default_value_t = 1024)]
+    queue_depth: usize,
+    /// Seconds a client has to send its request header.
+    #[arg(long, default_value_t = 5.0)]
+    header_timeout: f64,
+    /// Set SO_REUSEPORT (several servers on one port).
+    #[arg(long)]
+    reuse_port: bool,
+    /// How file bodies are sent: sendfile(2), or read(2) + send(2).
+    #[arg(long, value_enum, default_value_t = SendMode::Sendfile)]
+    send_mode: SendMode,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SendMode {
+    Sendfile,
+    ReadWrite,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let files = match (&args.root, &args.content) {
+        (Some(root), _) => FileServer::from_root(root)?,
+        (None, Some(listing)) => FileServer::from_listing(listing)?,
+        (None, None) => anyhow::bail!("give --root DIR or --content FILE"),
+    };
+    let mode = match args.send_mode {
+        SendMode::Sendfile => BodyMode::Sendfile,
+        SendMode::ReadWrite => BodyMode::ReadWrite,
+    };
+    let handler: Arc<dyn Handler> = Arc::new(files.with_body_mode(mode));
+    let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
+        .context("--header-timeout must be a positive number of seconds")?;
+    let config = ServerConfig {
+        listen: args.listen,
+        threads: args.threads,
+        queue_depth: args.queue_depth,
+        header_timeout,
+        reuse_port: args.reuse_port,
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(config, handler)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    gfprotocol::signals::shutdown_on_signals(server.shutdown_handle())
+        .context("installing signal handlers")?;
+    tracing::info!(listen = %server.local_addr(), threads = args.threads, "gfserver ready");
+    // Scripts and tests started with port 0 read the real address from this line.
+    println!("listening on {}", server.local_addr());
+    std::io::stdout().flush().context("writing to stdout")?;
+    server.run()?;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The client commands: `stop`, `status`, `reload`, `cleanup`, `check-config`. Each finds the
+//! running supervisor of a config through the run directory's lock.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::config::{Config, ConfigError};
+use crate::status::{self, ReloadStatus, StatusReport};
+use crate::Error;
+
+const POLL: Duration = Duration::from_millis(25);
+
+/// What the client commands need from a config: where the run lives and how long a stop takes.
+struct Target {
+    run_dir: PathBuf,
+    shutdown_timeout: Duration,
+}
+
+/// The target of a config. A file that no longer validates (being edited) still names its run
+/// directory, so that `status`, `stop` and `cleanup` keep working; only unparsable TOML fails.
+fn target(config_path: &Path) -> Result<Target, Error> {
+    match Config::load(config_path) {
+        Ok(c) => Ok(Target {
+            run_dir: c.supervisor.run_dir,
+            shutdown_timeout: c.supervisor.shutdown_timeout,
+        }),
+        Err(e @ ConfigError::Invalid { .. }) => match lenient_target(config_path) {
+            Some(t) => {
+                tracing::warn!("{e}");
+                tracing::warn!(run_dir = %t.run_dir.display(), "the config is invalid; using its supervisor.run_dir anyway");
+                Ok(t)
+            }
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn lenient_target(config_path: &Path) -> Option<Target> {
+    let text = std::fs::read_to_string(config_path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let supervisor = table.get("supervisor").and_then(toml::Value::as_table);
+    let field = |key: &str| {
+        supervisor
+            .and_then(|s| s.get(key))
+            .and_then(toml::Value::as_str)
+    };
+    let run_dir = PathBuf::from(field("run_dir").unwrap_or("var/run"));
+    let run_dir = if run_dir.is_absolute() {
+        run_dir
+    } else {
+        std::env::current_dir().ok()?.join(run_dir)
+    };
+    let shutdown_timeout = field("shutdown_timeout")
+        .and_then(|d| crate::config::parse_duration(d).ok())
+        .unwrap_or(Duration::from_secs(10));
+    Some(Target {
+        run_dir,
+        shutdown_timeout,
+    })
+}
+
+fn running_pid(run_dir: &Path) -> Result<i32, Error> {
+    ipc::lock_holder(run_dir)?.ok_or_else(|| Error::NotRunning {
+        dir: run_dir.to_path_buf(),
+    })
+}
+
+fn signal(pid: i32, signal: Signal) -> Result<(), Error> {
+    kill(Pid::from_raw(pid), signal).map_err(|e| Error::Os {
+        op: "kill",
+        source: e.into(),
+    })
+}
+
+/// `stop`: SIGTERM to the supervisor of `config_path`, then waits until it released the run
+/// directory (every child stopped, every IPC object removed). Returns its pid.
+pub fn stop(config_path: &Path) -> Result<i32, Error> {
+    let target = target(config_path)?;
+    let run_dir = &target.run_dir;
+    let pid = running_pid(run_dir)?;
+    signal(pid, Signal::SIGTERM)?;
+    let limit = target.shutdown_timeout * 2 + Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    while ipc::lock_holder(run_dir)?.is_some() {
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "gfsupervisor (pid {pid}) still holds {} after {limit:?}",
+                run_dir.display()
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(pid)
+}
+
+/// `status`: the running supervisor's status file, checked against the lock holder, with the
+/// uptimes brought up to date.
+pub fn status(config_path: &Path) -> Result<StatusReport, Error> {
+    let target = target(config_path)?;
+    let run_dir = &target.run_dir;
+    let pid = running_pid(run_dir)?;
+    // Just after a start the file may not be written yet (or still be the previous run's).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match StatusReport::read(run_dir) {
+            Ok(mut report) if report.pid == pid => {
+                report.refresh_uptimes(status::unix_now());
+                return Ok(report);
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(POLL),
+            Ok(report) => {
+                return Err(Error::Timeout(format!(
+                    "the status file names pid {}, but pid {pid} holds {}",
+                    report.pid,
+                    run_dir.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Timeout(format!(
+                    "no status file from pid {pid} in {}: {e}",
+                    run_dir.display()
+                )))
+            }
+        }
+    }
+}
+
+/// `reload`: SIGHUP to the supervisor, then waits for its verdict in the status file. An invalid
+/// file is reported here without disturbing the supervisor (which would reject it too).
+pub fn reload(config_path: &Path) -> Result<ReloadStatus, Error> {
+    let config = Config::load(config_path)?;
+    reload_in(&config.supervisor.run_dir)
+}
+
+fn reload_in(run_dir: &Path) -> Result<ReloadStatus, Error> {
+    let pid = running_pid(run_dir)?;
+    let before = StatusReport::read(run_dir)
+        .ok()
+        .and_then(|r| r.last_reload)
+        .map_or(0, |r| r.sequence);
+    signal(pid, Signal::SIGHUP)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(reload) = StatusReport::read(run_dir)
+            .ok()
+            .filter(|r| r.pid == pid)
+            .and_then(|r| r.last_reload)
+        {
+            if reload.sequence > before {
+                return Ok(reload);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "gfsupervisor (pid {pid}) did not report the reload within 10s; see its log"
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// `cleanup`: removes the IPC objects a dead run left (refused while the run is alive).
+pub fn cleanup(config_path: &Path) -> Result<ipc::SweepReport, Error> {
+    let target = target(config_path)?;
+    let run_dir = &target.run_dir;
+    if !run_dir.exists() {
+        return Ok(ipc::SweepReport::default());
+    }
+    let report = ipc::sweep(run_dir).map_err(|e| crate::supervise::locked_or(e, run_dir))?;
+    let _ = std::fs::remove_file(status::status_path(run_dir));
+    Ok(report)
+}
+
+/// `check-config`: loads and validates; returns a one-line summary.
+pub fn check_config(config_path: &Path) -> Result<String, Error> {
+    let c = Config::load(config_path)?;
+    Ok(format!(
+        "{}: ok: proxy on {} ({} process(es), {} threads, origin {}), {} {} cache(s), {} segments of {}, run dir {}, metrics {}",
+        config_path.display(),
+        c.proxy.listen,
+        c.proxy.processes,
+        c.proxy.threads,
+        c.proxy.origin.as_deref().unwrap_or("none"),
+        c.cache.processes,
+        c.cache.backend.kind(),
+        c.ipc.segments,
+        crate::config::fmt_size(c.ipc.segment_size as u64),
+        c.supervisor.run_dir.display(),
+        c.supervisor.metrics_listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
+    ))
+}

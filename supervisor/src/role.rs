@@ -1,0 +1,196 @@
+//! The child side: what a re-executed `gfsupervisor role cache|proxy --slot N` does, and the
+//! [`ChildSpec`] the supervisor hands it through the environment (so a child never reads a
+//! half-edited config file).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CacheSettings, ProxySettings};
+use crate::metrics::Role;
+use crate::Error;
+
+/// Environment variable with the region id (`ipc::RegionId` text form).
+pub const ENV_REGION: &str = "GFCACHE_REGION";
+/// Environment variable with the supervisor's pid.
+pub const ENV_SUPERVISOR_PID: &str = "GFCACHE_SUPERVISOR_PID";
+/// Environment variable with the child's settings as JSON ([`ChildSpec`]).
+pub const ENV_CHILD_SPEC: &str = "GFCACHE_CHILD_SPEC";
+
+/// Everything a child needs besides the region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChildSpec {
+    /// A cache process.
+    Cache {
+        /// Its slot.
+        slot: u32,
+        /// `[cache]`.
+        cache: CacheSettings,
+        /// Drain limit on SIGTERM.
+        shutdown_timeout: Duration,
+    },
+    /// A proxy process.
+    Proxy {
+        /// Its slot.
+        slot: u32,
+        /// `[proxy]`.
+        proxy: ProxySettings,
+        /// Drain limit on SIGTERM.
+        shutdown_timeout: Duration,
+    },
+}
+
+impl ChildSpec {
+    /// Its role.
+    pub fn role(&self) -> Role {
+        match self {
+            ChildSpec::Cache { .. } => Role::Cache,
+            ChildSpec::Proxy { .. } => Role::Proxy,
+        }
+    }
+
+    /// Its slot.
+    pub fn slot(&self) -> u32 {
+        match self {
+            ChildSpec::Cache { slot, .. } | ChildSpec::Proxy { slot, .. } => *slot,
+        }
+    }
+
+    /// The backend kind of a cache.
+    pub fn backend_kind(&self) -> Option<&'static str> {
+        match self {
+            ChildSpec::Cache { cache, .. } => Some(cache.backend.kind()),
+            ChildSpec::Proxy { .. } => None,
+        }
+    }
+
+    /// The ipc member this child is.
+    pub fn member(&self) -> ipc::Member {
+        member(self.role(), self.slot())
+    }
+}
+
+/// The ipc member of a role and slot.
+pub fn member(role: Role, slot: u32) -> ipc::Member {
+    match role {
+        Role::Cache => ipc::Member::Cache(ipc::CacheSlot::from_raw(slot)),
+        Role::Proxy => ipc::Member::Proxy(ipc::ProxySlot::from_raw(slot)),
+    }
+}
+
+/// The proxy-core settings of a proxy spec.
+pub fn proxy_config(
+    slot: u32,
+    p: &ProxySettings,
+    shutdown_timeout: Duration,
+) -> proxy_core::ProxyConfig {
+    proxy_core::ProxyConfig {
+        slot: ipc::ProxySlot::from_raw(slot),
+        listen: p.listen,
+        reuse_port: p.processes > 1,
+        threads: p.threads,
+        origin: p.origin.clone(),
+        origin_connect_timeout: p.origin_connect_timeout,
+        origin_timeout: p.origin_timeout,
+        origin_max_redirects: p.max_redirects,
+        max_object_size: p.max_object_size,
+        cache_timeout: p.cache_timeout,
+        collapse_timeout: p.collapse_timeout,
+        header_timeout: p.header_timeout,
+        shutdown_timeout,
+    }
+}
+
+/// The cache-backends settings of a cache spec.
+pub fn cache_config(
+    slot: u32,
+    c: &CacheSettings,
+    shutdown_timeout: Duration,
+) -> cache_backends::CacheProcessConfig {
+    cache_backends::CacheProcessConfig {
+        slot: ipc::CacheSlot::from_raw(slot),
+        workers: c.workers,
+        transfer_timeout: c.transfer_timeout,
+        shutdown_timeout,
+    }
+}
+
+fn env(name: &str) -> Result<String, Error> {
+    std::env::var(name).map_err(|_| {
+        Error::Child(format!(
+            "{name} is not set: the role subcommands are started by `gfsupervisor start`"
+        ))
+    })
+}
+
+/// Runs a child role until SIGTERM/SIGINT. Called by the hidden `role` subcommand.
+pub fn run_role(role: Role, slot: u32) -> Result<(), Error> {
+    // The signal mask survives exec: whatever the parent blocked must not stay blocked here.
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| Error::Os {
+            op: "pthread_sigmask",
+            source: e.into(),
+        })?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| Error::Os {
+        op: "prctl(PR_SET_PDEATHSIG)",
+        source: e.into(),
+    })?;
+    let supervisor: i32 = env(ENV_SUPERVISOR_PID)?
+        .parse()
+        .map_err(|_| Error::Child(format!("{ENV_SUPERVISOR_PID} is not a pid")))?;
+    // The supervisor may have died before PR_SET_PDEATHSIG took effect: then we were reparented.
+    if nix::unistd::getppid().as_raw() != supervisor {
+        return Err(Error::Child(format!(
+            "the supervisor (pid {supervisor}) is gone"
+        )));
+    }
+    let spec: ChildSpec = serde_json::from_str(&env(ENV_CHILD_SPEC)?)
+        .map_err(|e| Error::Child(format!("{ENV_CHILD_SPEC} is not a child spec: {e}")))?;
+    if spec.role() != role || spec.slot() != slot {
+        return Err(Error::Child(format!(
+            "{ENV_CHILD_SPEC} describes {} {}, not {} {slot}",
+            spec.role().as_str(),
+            spec.slot(),
+            role.as_str()
+        )));
+    }
+    let region_id: ipc::RegionId = env(ENV_REGION)?.parse()?;
+    let region = ipc::Region::attach(region_id)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| Error::Os {
+            op: "sigaction",
+            source: e,
+        })?;
+    }
+    tracing::info!(
+        role = role.as_str(),
+        slot,
+        pid = std::process::id(),
+        "child starting"
+    );
+    match spec {
+        ChildSpec::Cache {
+            slot,
+            cache,
+            shutdown_timeout,
+        } => {
+            let backend = cache_backends::open_backend(&cache.backend.to_backend_config())?;
+            let config = cache_config(slot, &cache, shutdown_timeout);
+            cache_backends::run_cache_process(&region, backend.as_ref(), &config, &stop)?;
+        }
+        ChildSpec::Proxy {
+            slot,
+            proxy,
+            shutdown_timeout,
+        } => {
+            let config = proxy_config(slot, &proxy, shutdown_timeout);
+            proxy_core::run(Arc::new(region), config, &stop)?;
+        }
+    }
+    tracing::info!(role = role.as_str(), slot, "child stopped");
+    Ok(())
+}

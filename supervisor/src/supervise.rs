@@ -1,0 +1,974 @@
+//! The running supervisor: owns the run directory's ledger and the region, starts the children,
+//! restarts them with backoff, quarantines crash loops, applies reloads, serves metrics, writes
+//! the status file, and removes every IPC object on the way out.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use ipc::{Member, MemberState, Region};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
+
+use crate::backoff::{RestartDecision, RestartTracker};
+use crate::config::{BackendSettings, Config};
+use crate::metrics::{ChildSample, MemberSample, MetricsServer, Role, Sample, SampleSource};
+use crate::role::{self, ChildSpec};
+use crate::status::{self, ChildStatus, ReloadStatus, ShownState, StatusReport};
+use crate::Error;
+
+/// How often the loop wakes up without a signal (readiness, backoff deadlines, status file).
+const TICK: Duration = Duration::from_millis(50);
+/// How often the status file is rewritten when nothing changed.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Extra time a stopping child gets beyond `shutdown_timeout` before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// What the child process of a slot is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChildState {
+    /// Spawned; its member state is not Ready yet.
+    Starting {
+        pid: Pid,
+        since: Instant,
+        started_at: SystemTime,
+    },
+    /// Ready and serving.
+    Running {
+        pid: Pid,
+        since: Instant,
+        started_at: SystemTime,
+    },
+    /// Sent SIGTERM; `then` says what happens when it exits.
+    Stopping {
+        pid: Pid,
+        since: Instant,
+        started_at: SystemTime,
+        then: AfterStop,
+        killed: bool,
+    },
+    /// Died; started again at `until`.
+    Backoff { until: Instant },
+    /// Crash-looped; started again at `since + revive_after` or on reload.
+    Quarantined { since: Instant },
+    /// No process and none planned (shutdown).
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterStop {
+    /// Start it again at once with its (new) spec: a reload.
+    Restart,
+    /// Leave it stopped: shutdown.
+    Exit,
+    /// It failed (not ready in time): count it as a crash.
+    Crash,
+}
+
+impl ChildState {
+    fn pid(&self) -> Option<Pid> {
+        match *self {
+            ChildState::Starting { pid, .. }
+            | ChildState::Running { pid, .. }
+            | ChildState::Stopping { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+    fn started_at(&self) -> Option<SystemTime> {
+        match *self {
+            ChildState::Starting { started_at, .. }
+            | ChildState::Running { started_at, .. }
+            | ChildState::Stopping { started_at, .. } => Some(started_at),
+            _ => None,
+        }
+    }
+    fn shown(&self) -> ShownState {
+        match self {
+            ChildState::Starting { .. } => ShownState::Starting,
+            ChildState::Running { .. } => ShownState::Running,
+            ChildState::Stopping { .. } => ShownState::Stopping,
+            ChildState::Backoff { .. } => ShownState::Backoff,
+            ChildState::Quarantined { .. } => ShownState::Quarantined,
+            ChildState::Stopped => ShownState::Stopped,
+        }
+    }
+}
+
+/// One child slot.
+struct Child {
+    /// The settings its next process gets.
+    spec: ChildSpec,
+    /// The settings its current process runs with.
+    running: Option<ChildSpec>,
+    state: ChildState,
+    restarts: u64,
+    tracker: RestartTracker,
+    /// Spawned at least once (the first start is not a restart).
+    spawned: bool,
+}
+
+impl Child {
+    fn role(&self) -> Role {
+        self.spec.role()
+    }
+    fn slot(&self) -> u32 {
+        self.spec.slot()
+    }
+    fn member(&self) -> Member {
+        self.spec.member()
+    }
+    fn name(&self) -> String {
+        format!("{} {}", self.role().as_str(), self.slot())
+    }
+}
+
+/// What the metrics thread sees of the children.
+#[derive(Clone, Debug, Default)]
+struct SharedView {
+    children: Vec<ChildView>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ChildView {
+    role: Role,
+    slot: u32,
+    running: bool,
+    quarantined: bool,
+    restarts: u64,
+}
+
+/// The live [`SampleSource`]: the region's stats area plus the shared view.
+struct LiveSource {
+    region: Arc<Region>,
+    view: Arc<Mutex<SharedView>>,
+}
+
+fn lock(view: &Mutex<SharedView>) -> MutexGuard<'_, SharedView> {
+    view.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LiveSource {
+    fn is_ready(&self, view: &SharedView) -> bool {
+        let has_proxy = view
+            .children
+            .iter()
+            .any(|c| c.role == Role::Proxy && !c.quarantined);
+        has_proxy
+            && view.children.iter().all(|c| {
+                c.quarantined
+                    || (c.running
+                        && self.region.member_state(role::member(c.role, c.slot))
+                            == MemberState::Ready)
+            })
+    }
+}
+
+impl SampleSource for LiveSource {
+    fn sample(&self) -> Sample {
+        let view = lock(&self.view).clone();
+        let ready = self.is_ready(&view);
+        let children = view
+            .children
+            .iter()
+            .map(|c| {
+                let member = role::member(c.role, c.slot);
+                ChildSample {
+                    role: c.role,
+                    slot: c.slot,
+                    up: c.running && self.region.member_state(member) == MemberState::Ready,
+                    quarantined: c.quarantined,
+                    restarts: c.restarts,
+                    stats: MemberSample::from_snapshot(&self.region.stats_snapshot(member)),
+                }
+            })
+            .collect();
+        Sample {
+            children,
+            segments: self.region.segment_counts(),
+            reloads_ok: view.reloads_ok,
+            reloads_failed: view.reloads_failed,
+            ready,
+        }
+    }
+    fn ready(&self) -> bool {
+        let view = lock(&self.view).clone();
+        self.is_ready(&view)
+    }
+}
+
+/// Runs `gfsupervisor start`: in the foreground until SIGTERM or SIGINT. Returns after every
+/// child stopped and every IPC object of the run was removed.
+pub fn start(config_path: &Path) -> Result<(), Error> {
+    let config = Config::load(config_path)?;
+    let run_dir = config.supervisor.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|source| Error::RunDir {
+        dir: run_dir.clone(),
+        source,
+    })?;
+    if let BackendSettings::Directory {
+        root: Some(root),
+        writable: true,
+        ..
+    } = &config.cache.backend
+    {
+        std::fs::create_dir_all(root).map_err(|source| Error::RunDir {
+            dir: root.clone(),
+            source,
+        })?;
+    }
+    let swept = ipc::sweep(&run_dir).map_err(|e| locked_or(e, &run_dir))?;
+    if !swept.removed.is_empty() || !swept.skipped.is_empty() {
+        tracing::warn!(removed = swept.removed.len(), skipped = swept.skipped.len(), run_dir = %run_dir.display(), "swept the IPC objects of a previous run that died");
+    }
+    let mut ledger = ipc::Ledger::open(&run_dir).map_err(|e| locked_or(e, &run_dir))?;
+    let region = match Region::create(&config.region_config(), Some(&mut ledger)) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            let _ = ledger.close();
+            return Err(e.into());
+        }
+    };
+    tracing::info!(pid = std::process::id(), config = %config.source.display(), run_dir = %run_dir.display(), region = %region.id(), "gfsupervisor starting");
+    let outcome = Supervisor::new(config, Arc::clone(&region)).and_then(Supervisor::run);
+    drop(region);
+    let _ = std::fs::remove_file(status::status_path(&run_dir));
+    match ledger.close() {
+        Ok(report) => tracing::info!(
+            removed = report.removed.len(),
+            "removed the IPC objects of this run"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "could not remove every IPC object; `gfsupervisor cleanup` will retry")
+        }
+    }
+    outcome
+}
+
+/// `RunDirLocked` becomes the user-facing "already running" error.
+pub(crate) fn locked_or(e: ipc::Error, run_dir: &Path) -> Error {
+    match e {
+        ipc::Error::RunDirLocked { pid, .. } => Error::AlreadyRunning {
+            dir: run_dir.to_path_buf(),
+            pid,
+        },
+        other => Error::Ipc(other),
+    }
+}
+
+struct Supervisor {
+    config: Config,
+    region: Arc<Region>,
+    children: Vec<Child>,
+    view: Arc<Mutex<SharedView>>,
+    signals: Receiver<i32>,
+    signals_handle: signal_hook::iterator::Handle,
+    metrics: Option<MetricsServer>,
+    exe: PathBuf,
+    started: Instant,
+    started_at: SystemTime,
+    ready_notified: bool,
+    not_ready_logged: bool,
+    rolling: VecDeque<usize>,
+    rolling_current: Option<usize>,
+    last_reload: Option<ReloadStatus>,
+    status_dirty: bool,
+    status_written: Option<Instant>,
+}
+
+impl Supervisor {
+    fn new(config: Config, region: Arc<Region>) -> Result<Supervisor, Error> {
+        use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+            .map_err(|source| Error::Os {
+            op: "sigaction",
+            source,
+        })?;
+        let signals_handle = signals.handle();
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if tx.send(signal).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| Error::Os {
+                op: "spawn the signal thread",
+                source,
+            })?;
+        let exe = std::env::current_exe().map_err(|source| Error::Os {
+            op: "current_exe",
+            source,
+        })?;
+        let children = child_specs(&config)
+            .into_iter()
+            .map(|spec| Child {
+                spec,
+                running: None,
+                state: ChildState::Stopped,
+                restarts: 0,
+                tracker: RestartTracker::new(),
+                spawned: false,
+            })
+            .collect();
+        let view = Arc::new(Mutex::new(SharedView::default()));
+        let mut sup = Supervisor {
+            config,
+            region,
+            children,
+            view,
+            signals: rx,
+            signals_handle,
+            metrics: None,
+            exe,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            ready_notified: false,
+            not_ready_logged: false,
+            rolling: VecDeque::new(),
+            rolling_current: None,
+            last_reload: None,
+            status_dirty: true,
+            status_written: None,
+        };
+        sup.publish_view();
+        if let Some(addr) = sup.config.supervisor.metrics_listen {
+            let source = Arc::new(LiveSource {
+                region: Arc::clone(&sup.region),
+                view: Arc::clone(&sup.view),
+            });
+            let server = MetricsServer::start(addr, source)?;
+            tracing::info!(addr = %server.addr(), "serving /metrics, /healthz and /readyz");
+            sup.metrics = Some(server);
+        }
+        Ok(sup)
+    }
+
+    fn run(mut self) -> Result<(), Error> {
+        // Caches first, so that the proxy finds them ready.
+        let order: Vec<usize> = (0..self.children.len())
+            .filter(|&i| self.children[i].role() == Role::Cache)
+            .chain((0..self.children.len()).filter(|&i| self.children[i].role() == Role::Proxy))
+            .collect();
+        for i in order {
+            self.spawn(i);
+        }
+        let mut shutdown = false;
+        while !shutdown {
+            let mut reload = false;
+            match self.signals.recv_timeout(TICK) {
+                Ok(signal) => self.on_signal(signal, &mut shutdown, &mut reload),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => shutdown = true,
+            }
+            while let Ok(signal) = self.signals.try_recv() {
+                self.on_signal(signal, &mut shutdown, &mut reload);
+            }
+            self.reap();
+            if shutdown {
+                break;
+            }
+            if reload {
+                self.reload();
+            }
+            self.tick();
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn on_signal(&self, signal: i32, shutdown: &mut bool, reload: &mut bool) {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        match signal {
+            SIGTERM | SIGINT => {
+                tracing::info!(signal = signal_name(signal), "shutdown requested");
+                *shutdown = true;
+            }
+            SIGHUP => *reload = true,
+            _ => {}
+        }
+    }
+
+    // -- children ------------------------------------------------------------------------------
+
+    fn spawn(&mut self, index: usize) {
+        let region_id = self.region.id().to_string();
+        let Some(child) = self.children.get_mut(index) else {
+            return;
+        };
+        let spec_json = match serde_json::to_string(&child.spec) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(child = %child.name(), error = %e, "cannot encode the child spec");
+                return;
+            }
+        };
+        self.region
+            .set_member_state(child.member(), MemberState::Down, 0);
+        let spawned = Command::new(&self.exe)
+            .args([
+                "role",
+                child.role().as_str(),
+                "--slot",
+                &child.slot().to_string(),
+            ])
+            .env(role::ENV_REGION, &region_id)
+            .env(role::ENV_SUPERVISOR_PID, std::process::id().to_string())
+            .env(role::ENV_CHILD_SPEC, spec_json)
+            .stdin(Stdio::null())
+            // Own process group: a Ctrl-C in the terminal reaches the supervisor only, which then
+            // stops the children in order (proxy first).
+            .process_group(0)
+            .spawn();
+        let restart = child.spawned;
+        child.spawned = true;
+        if restart {
+            child.restarts += 1;
+        }
+        let now = Instant::now();
+        match spawned {
+            Ok(process) => {
+                let pid = Pid::from_raw(i32::try_from(process.id()).unwrap_or(i32::MAX));
+                child.state = ChildState::Starting {
+                    pid,
+                    since: now,
+                    started_at: SystemTime::now(),
+                };
+                child.running = Some(child.spec.clone());
+                if restart {
+                    tracing::info!(child = %child.name(), pid = pid.as_raw(), restarts = child.restarts, backend = child.spec.backend_kind(), "restarted child");
+                } else {
+                    tracing::info!(child = %child.name(), pid = pid.as_raw(), backend = child.spec.backend_kind(), "started child");
+                }
+            }
+            Err(e) => {
+                tracing::error!(child = %child.name(), error = %e, exe = %self.exe.display(), "cannot start child");
+                child.running = None;
+                let decision = child.tracker.on_exit(
+                    &self.config.supervisor.backoff,
+                    now,
+                    Duration::ZERO,
+                    fastrand::f64(),
+                );
+                apply_decision(child, decision, now, &self.region);
+            }
+        }
+        self.status_dirty = true;
+        self.publish_view();
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => self.on_exit(pid, Exit::Signal(signal)),
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::ECHILD) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waitpid failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, exit: Exit) {
+        let Some(index) = self
+            .children
+            .iter()
+            .position(|c| c.state.pid() == Some(pid))
+        else {
+            tracing::debug!(pid = pid.as_raw(), "reaped an unknown process");
+            return;
+        };
+        let now = Instant::now();
+        let child = &mut self.children[index];
+        let member = child.member();
+        self.region.set_member_state(member, MemberState::Down, 0);
+        let reclaimed = self.region.reclaim_dead(pid.as_raw());
+        child.running = None;
+        let lived = match child.state {
+            ChildState::Starting { since, .. }
+            | ChildState::Running { since, .. }
+            | ChildState::Stopping { since, .. } => now.duration_since(since),
+            _ => Duration::ZERO,
+        };
+        match child.state {
+            ChildState::Stopping {
+                then: AfterStop::Restart,
+                ..
+            } => {
+                tracing::info!(child = %child.name(), pid = pid.as_raw(), exit = %exit, reclaimed, "child stopped for reload");
+                self.status_dirty = true;
+                self.spawn(index);
+                return;
+            }
+            ChildState::Stopping {
+                then: AfterStop::Exit,
+                ..
+            } => {
+                tracing::info!(child = %child.name(), pid = pid.as_raw(), exit = %exit, reclaimed, "child stopped");
+                child.state = ChildState::Stopped;
+            }
+            _ => {
+                tracing::warn!(child = %child.name(), pid = pid.as_raw(), exit = %exit, lived_ms = lived.as_millis() as u64, reclaimed, "child died");
+                let decision = child.tracker.on_exit(
+                    &self.config.supervisor.backoff,
+                    now,
+                    lived,
+                    fastrand::f64(),
+                );
+                apply_decision(child, decision, now, &self.region);
+            }
+        }
+        self.status_dirty = true;
+        self.publish_view();
+    }
+
+    fn signal(child: &Child, signal: Signal) {
+        if let Some(pid) = child.state.pid() {
+            if let Err(e) = kill(pid, signal) {
+                tracing::debug!(child = %child.name(), pid = pid.as_raw(), error = %e, "kill failed (already gone?)");
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let policy = self.config.supervisor.backoff;
+        let kill_after = self.config.supervisor.shutdown_timeout + KILL_GRACE;
+        let ready_timeout = self.config.supervisor.ready_timeout;
+        let mut to_spawn = Vec::new();
+        for (i, child) in self.children.iter_mut().enumerate() {
+            match child.state {
+                ChildState::Starting {
+                    pid,
+                    since,
+                    started_at,
+                } => {
+                    if self.region.member_state(child.member()) == MemberState::Ready {
+                        tracing::info!(child = %child.name(), pid = pid.as_raw(), startup_ms = now.duration_since(since).as_millis() as u64, "child ready");
+                        child.state = ChildState::Running {
+                            pid,
+                            since,
+                            started_at,
+                        };
+                        self.status_dirty = true;
+                    } else if now.duration_since(since) > ready_timeout {
+                        tracing::warn!(child = %child.name(), pid = pid.as_raw(), "child not ready in time; killing it");
+                        Self::signal(child, Signal::SIGKILL);
+                        child.state = ChildState::Stopping {
+                            pid,
+                            since,
+                            started_at,
+                            then: AfterStop::Crash,
+                            killed: true,
+                        };
+                    }
+                }
+                ChildState::Stopping {
+                    pid,
+                    since,
+                    started_at,
+                    then,
+                    killed: false,
+                } if now.duration_since(since) > kill_after => {
+                    tracing::warn!(child = %child.name(), pid = pid.as_raw(), "child did not stop in time; sending SIGKILL");
+                    Self::signal(child, Signal::SIGKILL);
+                    child.state = ChildState::Stopping {
+                        pid,
+                        since,
+                        started_at,
+                        then,
+                        killed: true,
+                    };
+                }
+                ChildState::Backoff { until } if now >= until => to_spawn.push(i),
+                ChildState::Quarantined { since }
+                    if now.duration_since(since) >= policy.revive_after =>
+                {
+                    tracing::info!(child = %child.name(), "reviving quarantined slot");
+                    child.tracker.reset();
+                    to_spawn.push(i);
+                }
+                _ => {}
+            }
+        }
+        for i in to_spawn {
+            self.spawn(i);
+        }
+        self.advance_rolling();
+        self.publish_view();
+        self.check_ready(now);
+        self.write_status_if_due(now);
+    }
+
+    fn check_ready(&mut self, now: Instant) {
+        let source = LiveSource {
+            region: Arc::clone(&self.region),
+            view: Arc::clone(&self.view),
+        };
+        if self.ready_notified || !source.ready() {
+            if !self.ready_notified
+                && !self.not_ready_logged
+                && now.duration_since(self.started) > self.config.supervisor.ready_timeout
+            {
+                tracing::warn!(waited = ?self.config.supervisor.ready_timeout, "not every child is ready yet");
+                self.not_ready_logged = true;
+            }
+            return;
+        }
+        self.ready_notified = true;
+        self.status_dirty = true;
+        tracing::info!(startup_ms = now.duration_since(self.started).as_millis() as u64, listen = %self.config.proxy.listen, "gfsupervisor ready");
+        match crate::notify::notify("READY=1") {
+            Ok(true) => tracing::debug!("told systemd READY=1"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
+        }
+    }
+
+    fn publish_view(&self) {
+        let children = self
+            .children
+            .iter()
+            .map(|c| ChildView {
+                role: c.role(),
+                slot: c.slot(),
+                running: matches!(c.state, ChildState::Running { .. }),
+                quarantined: matches!(c.state, ChildState::Quarantined { .. }),
+                restarts: c.restarts,
+            })
+            .collect();
+        lock(&self.view).children = children;
+    }
+
+    // -- reload --------------------------------------------------------------------------------
+
+    fn reload(&mut self) {
+        let sequence = self.last_reload.as_ref().map_or(1, |r| r.sequence + 1);
+        tracing::info!(config = %self.config.source.display(), "reloading the config");
+        let new = match Config::load(&self.config.source) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload rejected; the running config stays: {e}");
+                lock(&self.view).reloads_failed += 1;
+                self.last_reload = Some(ReloadStatus {
+                    sequence,
+                    ok: false,
+                    message: e.to_string(),
+                });
+                self.status_dirty = true;
+                return;
+            }
+        };
+        let old = &self.config;
+        let mut notes = Vec::new();
+        let mut applied = new.clone();
+        if new.ipc != old.ipc {
+            notes.push(
+                "ipc.segments and ipc.segment_size need a full restart (stop, start): not applied"
+                    .to_string(),
+            );
+            applied.ipc = old.ipc;
+        }
+        if new.cache.processes != old.cache.processes {
+            notes.push("cache.processes needs a full restart: not applied".to_string());
+            applied.cache.processes = old.cache.processes;
+        }
+        if new.proxy.processes != old.proxy.processes {
+            notes.push("proxy.processes needs a full restart: not applied".to_string());
+            applied.proxy.processes = old.proxy.processes;
+        }
+        if new.supervisor.run_dir != old.supervisor.run_dir {
+            notes.push("supervisor.run_dir needs a full restart: not applied".to_string());
+            applied.supervisor.run_dir = old.supervisor.run_dir.clone();
+        }
+        if new.supervisor.metrics_listen != old.supervisor.metrics_listen {
+            notes.push("supervisor.metrics_listen needs a full restart: not applied".to_string());
+            applied.supervisor.metrics_listen = old.supervisor.metrics_listen;
+        }
+        for note in &notes {
+            tracing::warn!("reload: {note}");
+        }
+        let specs = child_specs(&applied);
+        let now = Instant::now();
+        let mut revived = 0;
+        for (child, spec) in self.children.iter_mut().zip(specs) {
+            child.spec = spec;
+            if matches!(child.state, ChildState::Quarantined { .. }) {
+                child.tracker.reset();
+                child.state = ChildState::Backoff { until: now };
+                revived += 1;
+            }
+        }
+        self.config = applied;
+        // Caches one at a time first (the proxy keeps serving, falling back to the origin), then
+        // the proxies.
+        let stale = |c: &Child| c.state.pid().is_some() && c.running.as_ref() != Some(&c.spec);
+        let caches = (0..self.children.len())
+            .filter(|&i| self.children[i].role() == Role::Cache && stale(&self.children[i]));
+        let proxies = (0..self.children.len())
+            .filter(|&i| self.children[i].role() == Role::Proxy && stale(&self.children[i]));
+        self.rolling = caches
+            .chain(proxies)
+            .filter(|&i| Some(i) != self.rolling_current)
+            .collect();
+        let restarting = self.rolling.len() + usize::from(self.rolling_current.is_some());
+        let mut message = format!(
+            "applied; backend {}; restarting {restarting} children one at a time",
+            self.config.cache.backend.kind()
+        );
+        if revived > 0 {
+            message.push_str(&format!("; reviving {revived} quarantined"));
+        }
+        for note in &notes {
+            message.push_str("; ");
+            message.push_str(note);
+        }
+        tracing::info!("reload {message}");
+        lock(&self.view).reloads_ok += 1;
+        self.last_reload = Some(ReloadStatus {
+            sequence,
+            ok: true,
+            message,
+        });
+        self.status_dirty = true;
+    }
+
+    fn advance_rolling(&mut self) {
+        loop {
+            if let Some(current) = self.rolling_current {
+                match self.children.get(current).map(|c| c.state) {
+                    Some(ChildState::Starting { .. } | ChildState::Stopping { .. }) => return,
+                    _ => self.rolling_current = None,
+                }
+            }
+            let Some(next) = self.rolling.pop_front() else {
+                return;
+            };
+            let Some(child) = self.children.get_mut(next) else {
+                continue;
+            };
+            if child.running.as_ref() == Some(&child.spec) {
+                continue;
+            }
+            if let ChildState::Starting {
+                pid,
+                since: _,
+                started_at,
+            }
+            | ChildState::Running {
+                pid,
+                since: _,
+                started_at,
+            } = child.state
+            {
+                tracing::info!(child = %child.name(), pid = pid.as_raw(), backend = child.spec.backend_kind(), "reload: restarting child with the new settings");
+                Self::signal(child, Signal::SIGTERM);
+                child.state = ChildState::Stopping {
+                    pid,
+                    since: Instant::now(),
+                    started_at,
+                    then: AfterStop::Restart,
+                    killed: false,
+                };
+                self.rolling_current = Some(next);
+                self.status_dirty = true;
+                return;
+            }
+        }
+    }
+
+    // -- shutdown ------------------------------------------------------------------------------
+
+    fn shutdown(&mut self) {
+        if let Err(e) = crate::notify::notify("STOPPING=1") {
+            tracing::debug!(error = %e, "cannot notify systemd");
+        }
+        tracing::info!("stopping: proxies first (they drain), then caches");
+        for child in &mut self.children {
+            if matches!(
+                child.state,
+                ChildState::Backoff { .. } | ChildState::Quarantined { .. }
+            ) {
+                child.state = ChildState::Stopped;
+            }
+        }
+        self.stop_role(Role::Proxy);
+        self.stop_role(Role::Cache);
+        self.status_dirty = true;
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
+        self.signals_handle.close();
+        tracing::info!("every child stopped");
+    }
+
+    fn stop_role(&mut self, role: Role) {
+        let now = Instant::now();
+        for child in self.children.iter_mut().filter(|c| c.role() == role) {
+            if let Some(pid) = child.state.pid() {
+                Self::signal(child, Signal::SIGTERM);
+                let started_at = child.state.started_at().unwrap_or_else(SystemTime::now);
+                child.state = ChildState::Stopping {
+                    pid,
+                    since: now,
+                    started_at,
+                    then: AfterStop::Exit,
+                    killed: false,
+                };
+            }
+        }
+        let deadline = now + self.config.supervisor.shutdown_timeout + KILL_GRACE;
+        let mut killed = false;
+        loop {
+            self.reap();
+            let alive = self
+                .children
+                .iter()
+                .any(|c| c.role() == role && c.state.pid().is_some());
+            if !alive {
+                return;
+            }
+            let impatient = matches!(self.signals.try_recv(), Ok(s) if s == signal_hook::consts::SIGINT || s == signal_hook::consts::SIGTERM);
+            if !killed && (impatient || Instant::now() >= deadline) {
+                tracing::warn!(
+                    role = role.as_str(),
+                    "children did not stop in time; sending SIGKILL"
+                );
+                for child in self.children.iter().filter(|c| c.role() == role) {
+                    Self::signal(child, Signal::SIGKILL);
+                }
+                killed = true;
+            }
+            self.write_status_if_due(Instant::now());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    // -- status file ---------------------------------------------------------------------------
+
+    fn write_status_if_due(&mut self, now: Instant) {
+        let due = self
+            .status_written
+            .is_none_or(|t| now.duration_since(t) >= STATUS_EVERY);
+        if !self.status_dirty && !due {
+            return;
+        }
+        let report = self.status_report();
+        if let Err(e) = report.write_atomically(&self.config.supervisor.run_dir) {
+            tracing::warn!(error = %e, "cannot write the status file");
+        }
+        self.status_dirty = false;
+        self.status_written = Some(now);
+    }
+
+    fn status_report(&self) -> StatusReport {
+        let now = status::unix_now();
+        let started = status::unix_seconds(self.started_at);
+        let children = self
+            .children
+            .iter()
+            .map(|c| {
+                let started_at = c.state.started_at().map(status::unix_seconds);
+                let stats = MemberSample::from_snapshot(&self.region.stats_snapshot(c.member()));
+                ChildStatus {
+                    role: c.role().as_str().to_string(),
+                    slot: c.slot(),
+                    pid: c.state.pid().map(Pid::as_raw),
+                    state: c.state.shown(),
+                    uptime_seconds: started_at.map_or(0.0, |s| (now - s).max(0.0)),
+                    started_at_unix: started_at,
+                    restarts: c.restarts,
+                    requests: crate::metrics::requests_served(c.role(), &stats),
+                    backend: c
+                        .running
+                        .as_ref()
+                        .unwrap_or(&c.spec)
+                        .backend_kind()
+                        .map(str::to_string),
+                }
+            })
+            .collect();
+        let source = LiveSource {
+            region: Arc::clone(&self.region),
+            view: Arc::clone(&self.view),
+        };
+        StatusReport {
+            pid: i32::try_from(std::process::id()).unwrap_or(0),
+            started_at_unix: started,
+            uptime_seconds: (now - started).max(0.0),
+            updated_at_unix: now,
+            config: self.config.source.clone(),
+            backend: self.config.cache.backend.kind().to_string(),
+            listen: self.config.proxy.listen.to_string(),
+            metrics_listen: self.metrics.as_ref().map(|m| m.addr().to_string()),
+            ready: source.ready(),
+            last_reload: self.last_reload.clone(),
+            children,
+        }
+    }
+}
+
+fn apply_decision(child: &mut Child, decision: RestartDecision, now: Instant, region: &Region) {
+    match decision {
+        RestartDecision::RetryAfter(delay) => {
+            tracing::info!(child = %child.name(), delay_ms = delay.as_millis() as u64, "restarting after backoff");
+            child.state = ChildState::Backoff { until: now + delay };
+        }
+        RestartDecision::Quarantine => {
+            tracing::error!(child = %child.name(), crashes = child.tracker.recent_crashes(), "slot crash-loops; quarantined");
+            region.set_member_state(child.member(), MemberState::Quarantined, 0);
+            child.state = ChildState::Quarantined { since: now };
+        }
+    }
+}
+
+/// The specs of every child slot of a config: proxies first, then caches.
+fn child_specs(config: &Config) -> Vec<ChildSpec> {
+    let shutdown_timeout = config.supervisor.shutdown_timeout;
+    let proxies = (0..config.proxy.processes).map(|slot| ChildSpec::Proxy {
+        slot,
+        proxy: config.proxy.clone(),
+        shutdown_timeout,
+    });
+    let caches = (0..config.cache.processes).map(|slot| ChildSpec::Cache {
+        slot,
+        cache: config.cache.clone(),
+        shutdown_timeout,
+    });
+    proxies.chain(caches).collect()
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug)]
+enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal(signal) => write!(f, "killed by {}", signal.as_str()),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    Signal::try_from(signal).map_or("unknown signal", Signal::as_str)
+}

@@ -1,0 +1,271 @@
+//! Black-box tests of the `gfclient` binary against fake servers that send scripted (often
+//! malformed) responses over real TCP on 127.0.0.1:0.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::thread;
+
+const GFCLIENT: &str = env!("CARGO_BIN_EXE_gfclient");
+
+/// How the fake server writes its response.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// One write.
+    AtOnce,
+    /// One byte per write (with TCP_NODELAY).
+    ByteByByte,
+}
+
+/// A one-connection server: reads the request header, sends `response`, closes.
+/// Returns the address and a handle yielding the request it received.
+fn fake_server(response: Vec<u8>, pace: Pace) -> (String, thread::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let handle = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let request = read_request(&mut stream);
+        stream.set_nodelay(true).expect("nodelay");
+        match pace {
+            Pace::AtOnce => {
+                let _ = stream.write_all(&response);
+            }
+            Pace::ByteByByte => {
+                for byte in &response {
+                    if stream.write_all(std::slice::from_ref(byte)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        request
+    });
+    (addr, handle)
+}
+
+fn read_request(stream: &mut TcpStream) -> Vec<u8> {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => request.push(byte[0]),
+            _ => break,
+        }
+    }
+    request
+}
+
+fn get(addr: &str, path: &str, out: &Path) -> Output {
+    Command::new(GFCLIENT)
+        .args(["get", "--server", addr, "--timeout", "30", path, "-o"])
+        .arg(out)
+        .output()
+        .expect("run gfclient")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).trim().to_owned()
+}
+
+/// Runs `gfclient get` against a fake server; returns (exit code, stderr, body file content).
+fn exchange(response: &[u8], pace: Pace) -> (i32, String, Option<Vec<u8>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("body");
+    let (addr, server) = fake_server(response.to_vec(), pace);
+    let output = get(&addr, "/some/file.txt", &out);
+    let request = server.join().expect("fake server");
+    assert_eq!(request, b"GETFILE GET /some/file.txt\r\n\r\n");
+    let code = output.status.code().expect("exit code");
+    (code, stderr(&output), std::fs::read(&out).ok())
+}
+
+#[test]
+fn ok_at_once_and_byte_by_byte() {
+    for pace in [Pace::AtOnce, Pace::ByteByByte] {
+        let (code, status, body) = exchange(b"GETFILE OK 5\r\n\r\nhello", pace);
+        assert_eq!((code, status.as_str()), (0, "OK 5 bytes"));
+        assert_eq!(body.as_deref(), Some(&b"hello"[..]));
+    }
+}
+
+#[test]
+fn body_may_contain_the_terminator() {
+    let (code, status, body) = exchange(b"GETFILE OK 8\r\n\r\n\r\n\r\nab\r\n", Pace::ByteByByte);
+    assert_eq!((code, status.as_str()), (0, "OK 8 bytes"));
+    assert_eq!(body.as_deref(), Some(&b"\r\n\r\nab\r\n"[..]));
+}
+
+#[test]
+fn empty_body() {
+    let (code, status, body) = exchange(b"GETFILE OK 0\r\n\r\n", Pace::AtOnce);
+    assert_eq!((code, status.as_str()), (0, "OK 0 bytes"));
+    assert_eq!(body.as_deref(), Some(&b""[..]));
+}
+
+#[test]
+fn statuses_map_to_exit_codes() {
+    for (response, code, line) in [
+        (&b"GETFILE FILE_NOT_FOUND\r\n\r\n"[..], 3, "FILE_NOT_FOUND"),
+        (b"GETFILE ERROR\r\n\r\n", 4, "ERROR"),
+        (b"GETFILE INVALID\r\n\r\n", 5, "INVALID"),
+    ] {
+        for pace in [Pace::AtOnce, Pace::ByteByByte] {
+            let (got, status, body) = exchange(response, pace);
+            assert_eq!((got, status.as_str()), (code, line));
+            assert_eq!(body, None, "no output file is left for {line}");
+        }
+    }
+}
+
+#[test]
+fn malformed_responses_are_invalid() {
+    let cases: &[(&[u8], &str)] = &[
+        (b"HTTP/1.0 200 OK\r\n\r\nhello", "wrong scheme"),
+        (b"getfile OK 5\r\n\r\nhello", "wrong scheme"),
+        (b"GETFILE ok 5\r\n\r\nhello", "unknown status"),
+        (b"GETFILE FOUND\r\n\r\n", "unknown status"),
+        (b"GETFILE OK\r\n\r\n", "OK without a length"),
+        (b"GETFILE OK abc\r\n\r\n", "non-numeric length"),
+        (b"GETFILE OK 5x\r\n\r\nhello", "non-numeric length"),
+        (b"GETFILE OK 18446744073709551616\r\n\r\n", "overflows"),
+        (
+            b"GETFILE OK 00000000000000000000000000000005\r\n\r\nhello",
+            "overflows",
+        ),
+        (
+            b"GETFILE FILE_NOT_FOUND 5\r\n\r\n",
+            "length on a non-OK status",
+        ),
+        (b"GETFILE ERROR 0\r\n\r\n", "length on a non-OK status"),
+        (b"GETFILE  OK 5\r\n\r\nhello", "separator"),
+        (b"GETFILE OK 5\n\nhello", "terminator"),
+        (b"GETFILE OK 5\r\n\nhello", "terminator"),
+        (b"GETFILE OK 5\r\nX-Junk\r\n\r\nhello", "terminator"),
+        (b"GETFILE FILE_NOT_FOUND\r\n\r\nextra", "more bytes"),
+        (b"GETFILE ERROR\r\n\r\n\r\n", "more bytes"),
+        (b"GETFILE OK 5\r\n\r", "incomplete"),
+        (b"GETFILE FILE_NOT_FOU", "incomplete"),
+        (b"", "incomplete"),
+    ];
+    for &(response, reason) in cases {
+        for pace in [Pace::AtOnce, Pace::ByteByByte] {
+            let (code, status, body) = exchange(response, pace);
+            let shown = String::from_utf8_lossy(response);
+            assert_eq!(code, 5, "{shown:?}: {status}");
+            assert!(status.starts_with("INVALID: "), "{shown:?}: {status}");
+            assert!(
+                status.contains(reason),
+                "{shown:?}: {status} lacks {reason:?}"
+            );
+            assert_eq!(body, None, "{shown:?}");
+        }
+    }
+}
+
+#[test]
+fn short_body_is_a_failure_with_counts() {
+    for pace in [Pace::AtOnce, Pace::ByteByByte] {
+        let (code, status, body) = exchange(b"GETFILE OK 10\r\n\r\nabc", pace);
+        assert_eq!(code, 5, "{status}");
+        assert!(status.contains("received 3 of 10"), "{status}");
+        assert_eq!(body, None);
+    }
+}
+
+#[test]
+fn stdout_output() {
+    let (addr, server) = fake_server(b"GETFILE OK 3\r\n\r\nxyz".to_vec(), Pace::AtOnce);
+    let output = Command::new(GFCLIENT)
+        .args(["get", "--server", &addr, "/x"])
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(output.stdout, b"xyz");
+    assert_eq!(stderr(&output), "OK 3 bytes");
+}
+
+#[test]
+fn no_connection_and_usage_errors_exit_2() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let dir = tempfile::tempdir().unwrap();
+    let output = get(&addr, "/x", &dir.path().join("out"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).starts_with("NO CONNECTION"));
+
+    for args in [
+        &["get"][..],
+        &["get", "relative/path"],
+        &["get", "/a b"],
+        &["frobnicate"],
+        &[
+            "load",
+            "--workload",
+            "/nonexistent",
+            "--threads",
+            "1",
+            "--requests",
+            "1",
+        ],
+        &["load", "--workload", "/nonexistent", "--threads", "1"],
+    ] {
+        let output = Command::new(GFCLIENT).args(args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn load_counts_statuses_and_failures() {
+    // A fake server answering every connection by path: /ok, /missing, /short.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = thread::spawn(move || {
+        for _ in 0..9 {
+            let (mut stream, _) = listener.accept().unwrap();
+            let request = read_request(&mut stream);
+            let response: &[u8] = match request.as_slice() {
+                b"GETFILE GET /ok\r\n\r\n" => b"GETFILE OK 2\r\n\r\nhi",
+                b"GETFILE GET /missing\r\n\r\n" => b"GETFILE FILE_NOT_FOUND\r\n\r\n",
+                _ => b"GETFILE OK 9\r\n\r\nhi",
+            };
+            let _ = stream.write_all(response);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("workload.txt");
+    std::fs::write(&workload, "/ok\n/missing\n\n/short\n").unwrap();
+    let output = Command::new(GFCLIENT)
+        .args([
+            "load",
+            "--server",
+            &addr,
+            "--threads",
+            "1",
+            "--requests",
+            "9",
+            "--json",
+            "--workload",
+        ])
+        .arg(&workload)
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    // Failures make the exit code 1; the summary is still printed.
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["requests"], 9);
+    assert_eq!(summary["ok"], 3);
+    assert_eq!(summary["not_found"], 3);
+    assert_eq!(summary["failed"], 3);
+    assert_eq!(summary["failures"]["short_body"], 3);
+    assert_eq!(summary["bytes"], 12);
+}

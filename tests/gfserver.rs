@@ -1,0 +1,409 @@
+//! Black-box tests of the `gfserver` binary over real TCP on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::thread;
+
+use gfprotocol::{Client, Status};
+
+const GFSERVER: &str = env!("CARGO_BIN_EXE_gfserver");
+const GFCLIENT: &str = env!("CARGO_BIN_EXE_gfclient");
+
+const NOT_FOUND: &[u8] = b"GETFILE FILE_NOT_FOUND\r\n\r\n";
+const INVALID: &[u8] = b"GETFILE INVALID\r\n\r\n";
+
+/// A running gfserver, killed on drop.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl ServerProcess {
+    fn start(args: &[&str]) -> ServerProcess {
+        let mut child = Command::new(GFSERVER)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gfserver");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the address line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("gfserver did not start: {line:?}")
+            })
+            .parse()
+            .expect("address");
+        ServerProcess {
+            child,
+            addr,
+            _stdout: stdout,
+        }
+    }
+
+    fn root(root: &Path, extra: &[&str]) -> ServerProcess {
+        let mut args = vec![
+            "--root",
+            root.to_str().expect("utf-8 temp path"),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        ServerProcess::start(&args)
+    }
+
+    fn server_arg(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `len` pseudo-random bytes (xorshift: cheap even in debug builds).
+fn write_random_file(path: &Path, len: usize, seed: u64) {
+    let mut state = seed | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::write(path, data).expect("write test file");
+}
+
+fn raw_exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.write_all(request).expect("send");
+    if half_close {
+        stream.shutdown(Shutdown::Write).expect("shutdown");
+    }
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read");
+    answer
+}
+
+fn fetch(addr: SocketAddr, path: &str) -> (Status, Vec<u8>) {
+    let mut body = Vec::new();
+    let outcome = Client::default()
+        .fetch(&addr.to_string(), path, &mut body)
+        .expect("fetch");
+    (outcome.status, body)
+}
+
+/// Runs `gfclient load --json` and returns the summary object.
+fn load(
+    server: &ServerProcess,
+    workload: &Path,
+    threads: u32,
+    requests: u32,
+    verify: &Path,
+) -> serde_json::Value {
+    let output = Command::new(GFCLIENT)
+        .args(["load", "--server", &server.server_arg(), "--workload"])
+        .arg(workload)
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--requests",
+            &requests.to_string(),
+        ])
+        .arg("--verify")
+        .arg(verify)
+        .arg("--json")
+        .output()
+        .expect("run gfclient load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("bad JSON {last:?}: {e}; {stdout}"))
+}
+
+/// Concurrent downloads of 0 B, 1 B, 1 MiB and 64 MiB files, verified byte for byte.
+fn concurrent_downloads_are_byte_exact(send_mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty"), b"").unwrap();
+    std::fs::write(dir.path().join("one"), b"x").unwrap();
+    write_random_file(&dir.path().join("mib"), 1 << 20, 1);
+    write_random_file(&dir.path().join("big"), 64 << 20, 2);
+    let workload = dir.path().join("workload.txt");
+    std::fs::write(&workload, "/empty\n/one\n/mib\n/big\n/mib\n/one\n").unwrap();
+    let server = ServerProcess::root(dir.path(), &["--threads", "4", "--send-mode", send_mode]);
+
+    let summary = load(&server, &workload, 6, 24, dir.path());
+    assert_eq!(summary["requests"], 24, "{summary}");
+    assert_eq!(summary["ok"], 24, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["verify_failed"], 0, "{summary}");
+    for key in [
+        "not_found",
+        "error",
+        "invalid",
+        "seconds",
+        "req_per_s",
+        "mb_per_s",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+    ] {
+        assert!(summary.get(key).is_some(), "missing {key} in {summary}");
+    }
+    // 4 x (0 + 1 + 1 MiB + 64 MiB + 1 MiB + 1) bytes.
+    let expected_bytes = 4 * (2 + (2 << 20) + (64u64 << 20));
+    assert_eq!(summary["bytes"], expected_bytes);
+
+    assert_eq!(fetch(server.addr, "/empty"), (Status::Ok, Vec::new()));
+    assert_eq!(fetch(server.addr, "/one"), (Status::Ok, b"x".to_vec()));
+}
+
+#[test]
+fn concurrent_downloads_with_sendfile() {
+    concurrent_downloads_are_byte_exact("sendfile");
+}
+
+#[test]
+fn concurrent_downloads_with_read_write() {
+    concurrent_downloads_are_byte_exact("read-write");
+}
+
+#[test]
+fn verify_detects_a_different_file() {
+    let served = tempfile::tempdir().unwrap();
+    let reference = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("a"), b"served").unwrap();
+    std::fs::write(reference.path().join("a"), b"SERVED").unwrap();
+    let workload = served.path().join("workload.txt");
+    std::fs::write(&workload, "/a\n").unwrap();
+    let server = ServerProcess::root(served.path(), &[]);
+    let summary = load(&server, &workload, 2, 4, reference.path());
+    assert_eq!(summary["ok"], 4, "{summary}");
+    assert_eq!(summary["verify_failed"], 4, "{summary}");
+}
+
+#[test]
+fn silent_client_does_not_delay_others() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), b"hello").unwrap();
+    // A long header deadline: the silent clients keep their workers for the whole test, so
+    // the others can only be served by the remaining worker.
+    let server = ServerProcess::root(dir.path(), &["--threads", "3", "--header-timeout", "600"]);
+    let silent = TcpStream::connect(server.addr).unwrap();
+    let mut half = TcpStream::connect(server.addr).unwrap();
+    half.write_all(b"GETFILE GET /a").unwrap();
+    for _ in 0..5 {
+        assert_eq!(fetch(server.addr, "/a"), (Status::Ok, b"hello".to_vec()));
+    }
+    drop(half);
+    drop(silent);
+}
+
+#[test]
+fn silent_client_gets_invalid_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::root(dir.path(), &["--header-timeout", "0.2"]);
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    silent.write_all(b"GETFILE GET /a").unwrap();
+    let mut answer = Vec::new();
+    silent.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, INVALID);
+}
+
+#[test]
+fn partial_header_then_half_close_gets_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::root(dir.path(), &[]);
+    for partial in [&b"GETFILE GET /a\r\n"[..], b"GETF", b"GETFILE GET /a\r\n\r"] {
+        assert_eq!(raw_exchange(server.addr, partial, true), INVALID);
+    }
+    assert_eq!(
+        raw_exchange(server.addr, b"GETFILE GET a\r\n\r\n", false),
+        INVALID
+    );
+}
+
+#[test]
+fn early_close_and_reset_leave_it_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random_file(&dir.path().join("big"), 16 << 20, 3);
+    std::fs::write(dir.path().join("a"), b"still here").unwrap();
+    let mut server = ServerProcess::root(dir.path(), &["--threads", "4"]);
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let addr = server.addr;
+        handles.push(thread::spawn(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.write_all(b"GETFILE GET /big\r\n\r\n").unwrap();
+            let mut some = [0u8; 4096];
+            let _ = stream.read(&mut some);
+            if i % 2 == 0 {
+                // Close with an RST instead of a FIN.
+                nix::sys::socket::setsockopt(
+                    &stream,
+                    nix::sys::socket::sockopt::Linger,
+                    &nix::libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    },
+                )
+                .unwrap();
+            }
+            drop(stream);
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    // Closing before sending anything at all.
+    for _ in 0..4 {
+        drop(TcpStream::connect(server.addr).unwrap());
+    }
+    assert_eq!(
+        fetch(server.addr, "/a"),
+        (Status::Ok, b"still here".to_vec())
+    );
+    let (status, body) = fetch(server.addr, "/big");
+    assert_eq!(status, Status::Ok);
+    assert_eq!(body, std::fs::read(dir.path().join("big")).unwrap());
+    assert!(server.is_running());
+}
+
+#[test]
+fn escapes_get_file_not_found() {
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::write(outer.path().join("secret"), b"secret").unwrap();
+    let root = outer.path().join("root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/ok"), b"fine").unwrap();
+    symlink("../secret", root.join("relative-link")).unwrap();
+    symlink(outer.path().join("secret"), root.join("absolute-link")).unwrap();
+    symlink("..", root.join("sub/up")).unwrap();
+    symlink("ok", root.join("sub/inner-link")).unwrap();
+    let server = ServerProcess::root(&root, &[]);
+    for path in [
+        "/../secret",
+        "/sub/../../secret",
+        "/relative-link",
+        "/absolute-link",
+        "/sub/up/../secret",
+        "/sub/up/up/secret",
+        "//../secret",
+        "/etc/passwd",
+        "/proc/self/environ",
+        "/",
+        "/sub",
+        "/missing",
+    ] {
+        let request = format!("GETFILE GET {path}\r\n\r\n");
+        assert_eq!(
+            raw_exchange(server.addr, request.as_bytes(), false),
+            NOT_FOUND,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        fetch(server.addr, "/sub/inner-link"),
+        (Status::Ok, b"fine".to_vec())
+    );
+    assert_eq!(
+        fetch(server.addr, "/sub/up/sub/ok"),
+        (Status::Ok, b"fine".to_vec())
+    );
+}
+
+#[test]
+fn listing_mode_serves_named_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), b"listed").unwrap();
+    let listing = dir.path().join("content.txt");
+    std::fs::write(
+        &listing,
+        format!(
+            "/named.txt {}\n/gone {}\n",
+            dir.path().join("file").display(),
+            dir.path().join("nope").display()
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::start(&[
+        "--content",
+        listing.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(
+        fetch(server.addr, "/named.txt"),
+        (Status::Ok, b"listed".to_vec())
+    );
+    assert_eq!(fetch(server.addr, "/gone").0, Status::FileNotFound);
+    assert_eq!(fetch(server.addr, "/file").0, Status::FileNotFound);
+}
+
+#[test]
+fn restart_on_the_same_port_works_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), b"A").unwrap();
+    let server = ServerProcess::root(dir.path(), &[]);
+    let addr = server.addr;
+    // Completed exchanges leave TIME_WAIT sockets on the server's port.
+    for _ in 0..3 {
+        assert_eq!(fetch(addr, "/a"), (Status::Ok, b"A".to_vec()));
+    }
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    let again = ServerProcess::start(&[
+        "--root",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        &addr.to_string(),
+    ]);
+    assert_eq!(again.addr, addr);
+    assert_eq!(fetch(addr, "/a"), (Status::Ok, b"A".to_vec()));
+}
+
+#[test]
+fn sigterm_stops_it_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::root(dir.path(), &[]);
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let status = Command::new(GFSERVER)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let status = Command::new(GFSERVER)
+        .args(["--root", "/nonexistent/dir", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
