@@ -60,6 +60,6 @@ try:
                 break
 except OSError:
     pass
-print(json.dumps({"kernel": platform.release(), "cpus": os.cpu_count(), "cpu": cpu}))
+print(json.dumps({"kernel": platform.release(), "cpus": os.cpu_count(), "cpu": cpu, "loadavg_1m": os.getloadavg()[0]}))
 PY
 }

@@ -269,3 +269,26 @@ fn load_counts_statuses_and_failures() {
     assert_eq!(summary["failures"]["short_body"], 3);
     assert_eq!(summary["bytes"], 12);
 }
+
+#[test]
+fn a_failed_download_keeps_the_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("body");
+    std::fs::write(&out, b"previous").unwrap();
+    for response in [
+        &b"GETFILE FILE_NOT_FOUND\r\n\r\n"[..],
+        b"GETFILE OK 10\r\n\r\nabc",
+    ] {
+        let (addr, server) = fake_server(response.to_vec(), Pace::AtOnce);
+        let output = get(&addr, "/x", &out);
+        server.join().unwrap();
+        assert_ne!(output.status.code(), Some(0));
+        assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+    }
+    let (addr, server) = fake_server(b"GETFILE OK 3\r\n\r\nnew".to_vec(), Pace::AtOnce);
+    assert_eq!(get(&addr, "/x", &out).status.code(), Some(0));
+    server.join().unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), b"new");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no partial files are left");
+}

@@ -21,7 +21,11 @@ fn assert_serves_content(run: &Run, files: &[(String, Vec<u8>)]) {
 fn stop_and_check_nothing_left(mut run: Run) {
     let status = run.status();
     let pids = child_pids(&status);
-    assert_eq!(pids.len(), 1 + run.setup.caches as usize, "{status}");
+    assert_eq!(
+        pids.len(),
+        (run.setup.proxies + run.setup.caches) as usize,
+        "{status}"
+    );
     let ledger = run.ledger();
     assert!(!ledger.is_empty(), "the ledger lists the run's objects");
     let out = gfsupervisor(&["stop"], &run.config);
@@ -219,4 +223,50 @@ fn commands_without_a_running_supervisor_say_so() {
     }
     let cleanup = gfsupervisor(&["cleanup"], &run.config);
     assert!(cleanup.status.success(), "{}", output_text(&cleanup));
+}
+
+#[test]
+fn systemd_is_told_ready_and_stopping_and_sigint_stops_cleanly() {
+    let content = tempfile::tempdir().unwrap();
+    let files = make_content(content.path());
+    let mut run = Run::prepare(Setup::new(Backend::Directory(content.path().to_path_buf())));
+    let socket_path = run.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    run.spawn_with_env(&[("NOTIFY_SOCKET", socket_path.as_os_str())]);
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification");
+    assert_eq!(&buf[..n], b"READY=1");
+    // READY=1 comes only once everything serves.
+    assert!(run.ready());
+    let (path, body) = &files[0];
+    assert_eq!(run.get(path), Ok(Reply::Ok(body.clone())));
+    let ledger = run.ledger();
+    nix::sys::signal::kill(run.pid(), nix::sys::signal::Signal::SIGINT).unwrap();
+    let n = socket.recv(&mut buf).expect("a notification");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let exit = run.wait_exit();
+    assert!(exit.success(), "exit {exit}; log:\n{}", run.log_text());
+    assert_eq!(surviving_objects(&ledger), Vec::new());
+}
+
+#[test]
+fn two_proxies_share_the_port() {
+    let content = tempfile::tempdir().unwrap();
+    let files = make_content(content.path());
+    let mut setup = Setup::new(Backend::Directory(content.path().to_path_buf()));
+    setup.proxies = 2;
+    let run = Run::start(setup);
+    let status = run.status();
+    let proxies = status["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "proxy")
+        .count();
+    assert_eq!(proxies, 2, "{status}");
+    for _ in 0..10 {
+        assert_serves_content(&run, &files);
+    }
+    stop_and_check_nothing_left(run);
 }

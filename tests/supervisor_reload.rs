@@ -1,7 +1,7 @@
 //! Black-box tests of reload: a backend change under load, and an invalid config.
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
@@ -17,12 +17,15 @@ fn reload_from_directory_to_memory_under_load_loses_no_request() {
     let run = Run::start(setup.clone());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (flag, proxy, loop_files) = (Arc::clone(&stop), run.proxy, files.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    let (flag, count) = (Arc::clone(&stop), Arc::clone(&done));
+    let (proxy, loop_files) = (run.proxy, files.clone());
     let clients = std::thread::spawn(move || {
         let (mut n, mut failures) = (0u64, Vec::new());
         while !flag.load(Ordering::Relaxed) {
             for (path, body) in &loop_files {
                 n += 1;
+                count.fetch_add(1, Ordering::Relaxed);
                 match getfile(proxy, path) {
                     Ok(Reply::Ok(got)) if got == *body => {}
                     other => failures.push(format!("{path}: {other:?}")),
@@ -32,6 +35,10 @@ fn reload_from_directory_to_memory_under_load_loses_no_request() {
         (n, failures)
     });
 
+    let requests = || done.load(Ordering::Relaxed);
+    wait_for("the client loop to get going", DEADLINE, || {
+        (requests() >= 20).then_some(())
+    });
     setup.backend = Backend::Memory;
     std::fs::write(&run.config, setup.render(&run.run_dir)).unwrap();
     let out = gfsupervisor(&["reload"], &run.config);
@@ -128,4 +135,48 @@ fn an_invalid_reload_keeps_the_running_config() {
         "{text}"
     );
     assert!(run.log_text().contains("reload rejected"));
+}
+
+#[test]
+fn a_reload_reports_settings_that_need_a_full_restart_and_restarts_the_proxy_for_its_settings() {
+    let content = tempfile::tempdir().unwrap();
+    let files = make_content(content.path());
+    let origin_dir = tempfile::tempdir().unwrap();
+    std::fs::write(origin_dir.path().join("late.txt"), b"late").unwrap();
+    let origin = Origin::serve(origin_dir.path());
+    let mut setup = Setup::new(Backend::Directory(content.path().to_path_buf()));
+    let run = Run::start(setup.clone());
+    assert_eq!(
+        run.get("/late.txt"),
+        Ok(Reply::FileNotFound),
+        "no origin yet"
+    );
+    let caches_before: Vec<_> = (0..2)
+        .map(|s| run.child("cache", s)["pid"].clone())
+        .collect();
+    // A new segment count cannot be applied live; a new origin restarts only the proxy.
+    setup.segments = 4;
+    setup.origin = Some(origin.url());
+    std::fs::write(&run.config, setup.render(&run.run_dir)).unwrap();
+    let out = gfsupervisor(&["reload"], &run.config);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("ipc.segments") && said.contains("full restart"),
+        "{said}"
+    );
+    let proxy = wait_for("the proxy to restart", DEADLINE, || {
+        let p = run.child("proxy", 0);
+        (p["restarts"] == 1 && p["state"] == "running").then_some(p)
+    });
+    assert!(proxy["pid"].is_i64());
+    let caches_after: Vec<_> = (0..2)
+        .map(|s| run.child("cache", s)["pid"].clone())
+        .collect();
+    assert_eq!(caches_before, caches_after, "the caches were not restarted");
+    wait_for("/readyz", DEADLINE, || run.ready().then_some(()));
+    assert_eq!(run.get(&files[0].0), Ok(Reply::Ok(files[0].1.clone())));
+    // The new proxy has the origin: a path only the origin has is now served.
+    let reply = run.get("/late.txt");
+    assert_eq!(reply, Ok(Reply::Ok(b"late".to_vec())));
 }

@@ -220,8 +220,14 @@ impl DirectoryInner {
                 if relative.starts_with(FILL_PREFIX) {
                     return Ok(None);
                 }
-                let opened = open_beneath(dir, relative, OFlag::O_NONBLOCK | OFlag::O_NOCTTY);
-                open_result(opened, root.join(relative))
+                let file_path = root.join(relative);
+                match gfprotocol::paths::open_beneath(dir, relative) {
+                    Ok(file) => Ok(file.map(|file| (file, file_path))),
+                    Err(source) => Err(Error::Io {
+                        path: file_path,
+                        source,
+                    }),
+                }
             }
         }
     }
@@ -276,7 +282,9 @@ impl DirectoryInner {
     }
 }
 
-/// Opens `relative` beneath `dir` read-only: `RESOLVE_BENEATH` keeps every step inside.
+/// Opens `relative` beneath `dir` read-only with extra flags (`O_DIRECTORY` for the parents of
+/// a fill): `RESOLVE_BENEATH` keeps every step inside. Objects are opened with
+/// `gfprotocol::paths::open_beneath`, which adds the regular-file check.
 fn open_beneath(dir: &OwnedFd, relative: &str, extra: OFlag) -> nix::Result<OwnedFd> {
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | extra)
@@ -284,7 +292,7 @@ fn open_beneath(dir: &OwnedFd, relative: &str, extra: OFlag) -> nix::Result<Owne
     nix::fcntl::openat2(dir, relative, how)
 }
 
-/// Maps the outcome of opening an object: missing, escaping or non-regular files are not found.
+/// Maps the outcome of opening a listed file: missing or non-regular files are not found.
 fn open_result(
     opened: nix::Result<OwnedFd>,
     path: PathBuf,
@@ -298,12 +306,10 @@ fn open_result(
             })?;
             Ok(meta.is_file().then_some((file, path)))
         }
-        // ENOENT/ENOTDIR: absent; EXDEV: resolution left the root; ELOOP: symlink loop;
-        // ENXIO: a socket; ENAMETOOLONG: cannot exist.
+        // ENOENT/ENOTDIR: absent; ELOOP: symlink loop; ENXIO: a socket.
         Err(
             Errno::ENOENT
             | Errno::ENOTDIR
-            | Errno::EXDEV
             | Errno::ELOOP
             | Errno::EISDIR
             | Errno::ENXIO
@@ -359,7 +365,17 @@ fn scan_tree(
 ) -> std::io::Result<()> {
     let mut pending = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)? {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // The root itself must be readable; a subdirectory that is not is left out (its
+            // files could not be served either).
+            Err(error) if !prefix.is_empty() => {
+                tracing::warn!(dir = %dir.display(), %error, "not scanned");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
             let entry = entry?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;

@@ -43,6 +43,7 @@
 //! exactly one function, the read-only `mmap` of a pack file, whose SAFETY comment rests on packs
 //! being write-once.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
 mod directory;
@@ -252,6 +253,13 @@ pub struct CacheProcessConfig {
 /// marks the slot Starting, opens nothing itself (the backend is given), marks it Ready, serves
 /// its slot's requests with `workers` threads, copies the backend stats into the stats area,
 /// then drains and marks the slot Down. Returns Ok after a clean drain.
+///
+/// Draining: once `stop` is set, no new request is taken (requests already queued for the slot
+/// are answered error / declined at once); transfers in flight may finish until
+/// `config.shutdown_timeout`, after which every transfer this process is the cache side of is
+/// aborted through [`ipc::Region::reclaim_dead`] with the process's own pid. A test that runs a
+/// proxy side in the same process should therefore let transfers finish before the deadline.
+/// docs/backends.md describes the loop.
 pub fn run_cache_process(
     region: &ipc::Region,
     backend: &dyn CacheBackend,

@@ -49,12 +49,13 @@ struct MemoryInner {
 impl MemoryBackend {
     /// A backend bounded to `capacity` bytes that does not store objects over
     /// `max_object_size`. It uses up to [`MAX_SHARDS`] shards, fewer when a shard's share of
-    /// the capacity would not hold an object of `max_object_size`.
+    /// the capacity would not hold an object of `max_object_size` with the longest key.
     pub fn new(capacity: u64, max_object_size: u64) -> Result<MemoryBackend, Error> {
         let mut shards = MAX_SHARDS;
-        while shards > 1
-            && capacity / shards as u64 <= max_object_size.saturating_add(ENTRY_OVERHEAD)
-        {
+        let largest_charge = max_object_size
+            .saturating_add(crate::paths::MAX_PATH_LEN as u64)
+            .saturating_add(ENTRY_OVERHEAD);
+        while shards > 1 && capacity / (shards as u64) < largest_charge {
             shards /= 2;
         }
         MemoryBackend::with_shards(capacity, max_object_size, shards)

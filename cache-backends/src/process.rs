@@ -98,8 +98,7 @@ pub(crate) fn run(
                     shared.running_workers.fetch_sub(1, Ordering::AcqRel);
                 });
             if let Err(source) = spawned {
-                // The workers already running see the stop flag they share with us only
-                // through `abort`; stop them and report.
+                // Stop the workers already running (they watch `abort`) and report.
                 shared
                     .running_workers
                     .fetch_sub(config.workers - number, Ordering::AcqRel);

@@ -205,6 +205,39 @@ fn concurrent_gets(subject: &Subject) {
     });
 }
 
+/// Writers replace a few keys with uniform bodies (every byte equal to a version whose length
+/// is derived from it) while readers check that each object they get is one whole version.
+fn concurrent_puts_and_gets(subject: &Subject) {
+    if !subject.writable {
+        return;
+    }
+    let body = |version: u8| vec![version; 1000 + usize::from(version) * 37];
+    std::thread::scope(|scope| {
+        for writer in 0..2u8 {
+            let backend = &subject.backend;
+            scope.spawn(move || {
+                for round in 0..40u8 {
+                    let version = round.wrapping_mul(2).wrapping_add(writer);
+                    let key = format!("/busy/{}", round % 3);
+                    put_one(backend.as_ref(), &key, &body(version)).unwrap();
+                }
+            });
+        }
+        for _reader in 0..2 {
+            let backend = &subject.backend;
+            scope.spawn(move || {
+                for round in 0..200 {
+                    let key = format!("/busy/{}", round % 3);
+                    if let Some(bytes) = get_bytes(backend.as_ref(), &key) {
+                        let version = bytes[0];
+                        assert_eq!(bytes, body(version), "{key}: a torn object");
+                    }
+                }
+            });
+        }
+    });
+}
+
 fn put_then_get(subject: &Subject) {
     let backend = subject.backend.as_ref();
     let body = common::pattern(70_000, 3);
@@ -314,6 +347,10 @@ macro_rules! contract_suite {
             #[test]
             fn concurrent() {
                 concurrent_gets(&$make());
+            }
+            #[test]
+            fn concurrent_puts() {
+                concurrent_puts_and_gets(&$make());
             }
             #[test]
             fn put_get() {

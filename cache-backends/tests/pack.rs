@@ -250,3 +250,16 @@ fn build_replaces_the_output_atomically_and_leaves_no_temp_files() {
     );
     assert_eq!(PackBackend::open(&empty_pack).unwrap().objects().count(), 0);
 }
+
+#[test]
+fn a_pack_written_inside_its_tree_does_not_swallow_itself() {
+    let dir = TempDir::new().unwrap();
+    std::fs::write(dir.path().join("a"), b"a").unwrap();
+    let pack_path = dir.path().join("self.pack");
+    build_pack(dir.path(), &pack_path).unwrap();
+    let report = build_pack(dir.path(), &pack_path).unwrap();
+    assert_eq!(report.objects, 1, "{report:?}");
+    let pack = PackBackend::open(&pack_path).unwrap();
+    let paths: Vec<_> = pack.objects().map(|object| object.path).collect();
+    assert_eq!(paths, ["/a"]);
+}

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use crate::codec::{encode_request, ResponseDecoder};
+use crate::codec::{encode_request, Malformed, ResponseDecoder};
 use crate::{Error, ResponseHeader, Status};
 
 /// How long to wait for the close (or stray bytes) after a non-OK header.
@@ -88,7 +88,8 @@ fn receive(mut stream: TcpStream, out: &mut dyn Write) -> Result<FetchOutcome, E
     let (header, leftover) = loop {
         let n = read_some(&mut stream, &mut buf)?;
         if n == 0 {
-            decoder.finish()?;
+            let reason = decoder.finish().err().unwrap_or(Malformed::Incomplete);
+            return Err(reason.into());
         }
         let chunk = buf.get(..n).unwrap_or_default();
         if let Some((header, used)) = decoder.feed(chunk)? {

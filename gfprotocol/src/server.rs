@@ -95,6 +95,9 @@ impl<'c> ResponseWriter<'c> {
     }
 
     /// Sends the header (once). For `Ok { length }` exactly `length` body bytes must follow.
+    ///
+    /// An OK header with a non-zero length is held back and leaves with the first body bytes
+    /// (or when the handler aborts or returns), so a small response is one segment.
     pub fn send_header(&mut self, header: ResponseHeader) -> io::Result<()> {
         match self.state {
             ResponseState::NoHeader => {}
@@ -181,7 +184,8 @@ impl<'c> ResponseWriter<'c> {
         self.after_write(result.map(|()| body_state(announced, sent + len)))
     }
 
-    /// Whether the header went out.
+    /// Whether a header was sent (an OK header may still be waiting for the first body bytes;
+    /// either way no other header can be sent).
     pub fn header_sent(&self) -> bool {
         !matches!(self.state, ResponseState::NoHeader)
     }

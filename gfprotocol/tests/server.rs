@@ -275,3 +275,81 @@ fn bad_config_is_an_error() {
     );
     assert!(matches!(result, Err(Error::Config(_))));
 }
+
+/// Streams 64 MiB in 1 MiB chunks and reports how the transfer ended.
+struct Streamer {
+    report: std::sync::Mutex<std::sync::mpsc::Sender<std::io::Result<u64>>>,
+}
+
+impl Handler for Streamer {
+    fn handle(&self, _request: &Request, response: &mut ResponseWriter<'_>) {
+        let chunk = vec![7u8; 1 << 20];
+        let result = response
+            .send_header(ResponseHeader::Ok { length: 64 << 20 })
+            .and_then(|()| {
+                for _ in 0..64 {
+                    response.send_body(&chunk)?;
+                }
+                Ok(response.body_sent())
+            });
+        if let Ok(report) = self.report.lock() {
+            let _ = report.send(result);
+        }
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let (report, results) = std::sync::mpsc::channel();
+    let server = Running::start(
+        Arc::new(Streamer {
+            report: std::sync::Mutex::new(report),
+        }),
+        ServerConfig {
+            write_timeout: Duration::from_millis(200),
+            ..config()
+        },
+    );
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled.write_all(b"GETFILE GET /big\r\n\r\n").unwrap();
+    // The stalled client never reads: the handler's send fails with a timeout.
+    let outcome = results.recv().unwrap();
+    let error = outcome.expect_err("64 MiB cannot fit in socket buffers");
+    assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    // A reading client still gets everything.
+    let (result, body) = fetch(server.addr, "/big");
+    assert_eq!(result.unwrap().received, 64 << 20);
+    assert!(body.iter().all(|&b| b == 7));
+    assert_eq!(results.recv().unwrap().unwrap(), 64 << 20);
+    drop(stalled);
+    server.stop();
+}
+
+#[test]
+fn random_garbage_never_hurts_the_server() {
+    let server = Running::start(Arc::new(Scripted), config());
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..64 {
+        let mut junk = Vec::new();
+        for _ in 0..(round * 13 % 200) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            junk.push(state as u8);
+        }
+        if round % 4 == 0 {
+            // Sometimes valid-looking up to the path.
+            junk.splice(0..0, b"GETFILE GET /".iter().copied());
+        }
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        let _ = stream.write_all(&junk);
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        assert!(answer.starts_with(b"GETFILE "), "{answer:?}");
+    }
+    let (result, body) = fetch(server.addr, "/chunks");
+    assert_eq!(result.unwrap().status, Status::Ok);
+    assert_eq!(body, b"0123456789");
+    server.stop();
+}

@@ -4,7 +4,9 @@
 //!    another process (`ipc-testpeer cache --mode bench`, one copy from its buffer into the
 //!    segment) and in another thread, proxy side copying each chunk out into a 64 MiB buffer;
 //!    beside a plain memcpy of the same 64 MiB in the same run.
-//! 2. Round trips: GETs of a 100-byte object with 1, 4 and 16 concurrent requester threads
+//! 2. Hand-offs: ping-pong between two threads with a futex (with and without the spin), a SysV
+//!    semaphore pair and a SysV message queue.
+//! 3. Round trips: GETs of a 100-byte object with 1, 4 and 16 concurrent requester threads
 //!    against a cache process with 2 worker threads, 16 segments.
 
 use std::io::{BufRead, BufReader};
@@ -12,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ipc::testkit::handoff::{ping_pong, Primitive};
 use ipc::{CacheSlot, ChunkDest, Lookup, Region, RegionConfig};
 
 const OBJECT: usize = 64 << 20;
@@ -158,8 +161,7 @@ fn round_trips(region: &Region, requesters: usize, duration: Duration) -> f64 {
 
 fn main() {
     let object = ipc::testkit::pattern(3, OBJECT);
-    let mut dst = Vec::with_capacity(OBJECT);
-    dst.resize(OBJECT, 0);
+    let mut dst = vec![0; OBJECT];
 
     let memcpy = measure(|| {
         dst.copy_from_slice(std::hint::black_box(&object));
@@ -202,6 +204,28 @@ fn main() {
             assert!(dst == object, "stream delivered wrong bytes");
             stream_row("segment, cache in a thread (GB/s)", &times, &memcpy);
         });
+    }
+
+    println!();
+    println!("hand-off round trips between two threads (A wakes B, B wakes A), 10000 rounds");
+    println!(
+        "{:<34} {:>12} {:>12}",
+        "primitive", "round trips/s", "us/round trip"
+    );
+    for (name, primitive) in [
+        ("futex, spin 100 then sleep", Primitive::FutexSpin),
+        ("futex, sleep at once", Primitive::FutexSleep),
+        ("SysV semaphore pair (semop)", Primitive::Semaphore),
+        ("SysV message queue", Primitive::MessageQueue),
+    ] {
+        let rounds = 10_000;
+        let _ = ping_pong(primitive, 500); // warm
+        let time = ping_pong(primitive, rounds).expect("ping-pong");
+        println!(
+            "{name:<34} {:>12.0} {:>12.2}",
+            rounds as f64 / time.as_secs_f64(),
+            time.as_secs_f64() * 1e6 / rounds as f64
+        );
     }
 
     println!();

@@ -81,6 +81,15 @@ pub(crate) fn wait_flag_word(
         }
         std::hint::spin_loop();
     }
+    wait_flag_word_no_spin(word, deadline, ready)
+}
+
+/// [`wait_flag_word`] without the spin: straight to `FUTEX_WAIT` when not ready.
+pub(crate) fn wait_flag_word_no_spin(
+    word: &AtomicU32,
+    deadline: Instant,
+    ready: impl Fn(u32) -> bool,
+) -> Result<Option<u32>, std::io::Error> {
     loop {
         let value = word.load(Ordering::Acquire);
         if ready(value) {

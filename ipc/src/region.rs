@@ -700,6 +700,23 @@ mod tests {
     }
 
     #[test]
+    fn create_with_a_ledger_records_the_object_before_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let region = Region::create(&small_config(), Some(&mut ledger)).unwrap();
+        let shm = region.id().shm.as_raw();
+        let entries = ledger.entries().to_vec();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].kind, entries[0].id), (IpcKind::Shm, shm));
+        assert_eq!(entries[0].creator_pid, current_pid());
+        // Closing while attached is harmless: the object is already marked for removal.
+        ledger.close().unwrap();
+        assert!(Region::attach(region.id()).is_ok());
+        drop(region);
+        assert!(sys::shm_stat(shm).is_err());
+    }
+
+    #[test]
     fn attach_rejects_a_wrong_nonce() {
         let region = Region::create(&small_config(), None).unwrap();
         let wrong = RegionId {

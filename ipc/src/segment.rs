@@ -1960,6 +1960,100 @@ mod tests {
         assert_eq!(region.segment_counts().free, 1);
     }
 
+    /// Claims the next request of slot 0 and answers it by writing the header directly, as a
+    /// broken or hostile peer could.
+    fn forge_answer(region: &Region, status: u32, total: u64, half_len: u32, published: u32) {
+        let request = loop {
+            if let Some(request) = region.next_request(CacheSlot::from_raw(0), T).unwrap() {
+                break request;
+            }
+        };
+        let header = request.seg.as_ref().unwrap().header;
+        header.request.status.store(status, Ordering::Relaxed);
+        header.request.total_len.store(total, Ordering::Relaxed);
+        header.half_len[0].store(half_len, Ordering::Relaxed);
+        header.half_len[1].store(half_len, Ordering::Relaxed);
+        futex::update_flag_word(&header.produced, |v| {
+            (v & !COUNT_MASK) | ((v + published) & COUNT_MASK) | FINAL
+        });
+        std::mem::forget(request); // the forger never finishes its side
+    }
+
+    fn forged_get(forgery: impl FnOnce(&Region) + Send) -> Result<Vec<u8>> {
+        let region = region(1);
+        std::thread::scope(|scope| {
+            scope.spawn(|| forgery(&region));
+            let mut stream = region.acquire(T)?.get(CacheSlot::from_raw(0), "/x", T)?;
+            let mut body = Vec::new();
+            while let Some(chunk) = stream.next_chunk(T)? {
+                chunk.append_to(&mut body);
+            }
+            Ok(body)
+        })
+    }
+
+    #[test]
+    fn impossible_values_from_the_peer_are_protocol_errors() {
+        let status = forged_get(|r| forge_answer(r, 99, 10, 10, 1)).unwrap_err();
+        assert!(matches!(status, Error::Protocol { .. }), "{status}");
+        let too_long = forged_get(|r| forge_answer(r, 1, 1 << 20, 5000, 1)).unwrap_err();
+        assert!(matches!(too_long, Error::Protocol { .. }), "{too_long}");
+        let beyond_total = forged_get(|r| forge_answer(r, 1, 100, 200, 1)).unwrap_err();
+        assert!(
+            matches!(beyond_total, Error::Protocol { .. }),
+            "{beyond_total}"
+        );
+        let empty = forged_get(|r| forge_answer(r, 1, 100, 0, 1)).unwrap_err();
+        assert!(matches!(empty, Error::Protocol { .. }), "{empty}");
+        let ahead = forged_get(|r| forge_answer(r, 1, 1 << 20, 4096, 5)).unwrap_err();
+        assert!(matches!(ahead, Error::Protocol { .. }), "{ahead}");
+    }
+
+    #[test]
+    fn a_malformed_path_is_answered_with_an_error() {
+        let region = region(1);
+        let lease = region.acquire(T).unwrap();
+        let index = lease.segment().as_raw();
+        std::thread::scope(|scope| {
+            let cache = scope.spawn(|| {
+                region
+                    .next_request(CacheSlot::from_raw(0), Duration::from_millis(300))
+                    .unwrap()
+            });
+            // Not starting with '/': the cache answers Error and keeps looking.
+            let stream = lease.get(CacheSlot::from_raw(0), "relative", T).unwrap();
+            assert_eq!(stream.lookup(), Lookup::Error);
+            assert!(cache.join().unwrap().is_none());
+        });
+        // A path length beyond the area (the segment is free again: nobody else reads it).
+        let header = region.segment_header(index).unwrap();
+        header
+            .request
+            .path_len
+            .store(MAX_PATH_LEN as u32 + 1, Ordering::Relaxed);
+        let seg = Seg {
+            region: &region,
+            index,
+            generation: 0,
+            header,
+        };
+        assert!(matches!(read_path(&seg), Err(Error::Protocol { .. })));
+    }
+
+    #[test]
+    fn a_put_whose_proxy_vanished_before_any_claim_is_reclaimed() {
+        let region = region(1);
+        let put = region
+            .acquire(T)
+            .unwrap()
+            .put(CacheSlot::from_raw(0), "/p", 10)
+            .unwrap();
+        std::mem::forget(put);
+        assert_eq!(region.segment_counts().busy, 1);
+        assert_eq!(region.reclaim_dead(region.pid()), 1);
+        assert_eq!(region.segment_counts().free, 1);
+    }
+
     #[test]
     fn reclaim_of_a_vanished_cache_returns_the_segment() {
         let region = region(1);

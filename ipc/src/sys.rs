@@ -156,6 +156,27 @@ pub(crate) fn sem_stat(id: i32) -> io::Result<IpcStat> {
     })
 }
 
+/// `semop(id, {num, delta, 0})`: adds `delta` to semaphore `num`, blocking while that would make
+/// it negative. No SEM_UNDO.
+pub(crate) fn sem_add(id: i32, num: u16, delta: i16) -> io::Result<()> {
+    let mut op = libc::sembuf {
+        sem_num: num,
+        sem_op: delta,
+        sem_flg: 0,
+    };
+    loop {
+        // SAFETY: `op` is one valid sembuf, and the count passed is 1.
+        let ret = unsafe { libc::semop(id, &mut op, 1) };
+        if ret == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// `semctl(id, 0, IPC_RMID)`: removes the set at once.
 pub(crate) fn sem_remove(id: i32) -> io::Result<()> {
     // SAFETY: IPC_RMID takes no fourth argument.
@@ -194,6 +215,67 @@ pub(crate) fn msg_stat(id: i32) -> io::Result<IpcStat> {
         size: 0,
         attached: 0,
     })
+}
+
+/// A message: its type and one word of payload.
+#[repr(C)]
+struct Message {
+    mtype: libc::c_long,
+    payload: u64,
+}
+
+/// `msgsnd(id, {mtype, payload}, 8, 0)`.
+pub(crate) fn msg_send(id: i32, mtype: i64, payload: u64) -> io::Result<()> {
+    let message = Message {
+        mtype: mtype as libc::c_long,
+        payload,
+    };
+    loop {
+        // SAFETY: `message` starts with the `long` type the kernel expects, followed by exactly
+        // the 8 payload bytes announced.
+        let ret = unsafe {
+            libc::msgsnd(
+                id,
+                (&message as *const Message).cast::<libc::c_void>(),
+                8,
+                0,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// `msgrcv(id, buf, 8, mtype, 0)`: the payload of the next message of type `mtype`.
+pub(crate) fn msg_receive(id: i32, mtype: i64) -> io::Result<u64> {
+    let mut message = Message {
+        mtype: 0,
+        payload: 0,
+    };
+    loop {
+        // SAFETY: `message` has room for the type and the 8 payload bytes asked for.
+        let ret = unsafe {
+            libc::msgrcv(
+                id,
+                (&mut message as *mut Message).cast::<libc::c_void>(),
+                8,
+                mtype as libc::c_long,
+                0,
+            )
+        };
+        if ret >= 0 {
+            return Ok(message.payload);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// `msgctl(id, IPC_RMID)`: removes the queue at once.

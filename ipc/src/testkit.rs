@@ -83,6 +83,125 @@ impl Checksum {
     }
 }
 
+/// Ping-pong hand-offs between two threads with each primitive, for the benchmark: the figures
+/// behind the choice of futexes (docs/ipc.md).
+pub mod handoff {
+    use std::sync::atomic::AtomicU32;
+    use std::time::{Duration, Instant};
+
+    use crate::futex::{deadline_after, update_flag_word, wait_flag_word, COUNT_MASK};
+    use crate::sys;
+    use crate::{Error, Result};
+
+    /// Which way `ping_pong` hands off.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Primitive {
+        /// A futex word per direction, spinning briefly before `FUTEX_WAIT` (what the crate uses).
+        FutexSpin,
+        /// A futex word per direction, `FUTEX_WAIT` at once.
+        FutexSleep,
+        /// A SysV semaphore per direction (`semop`, no SEM_UNDO).
+        Semaphore,
+        /// A SysV message queue, one message type per direction.
+        MessageQueue,
+    }
+
+    /// Removes a SysV object on drop.
+    struct Remove(Box<dyn Fn()>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+
+    /// Runs `rounds` round trips (A signals B, B signals A) between two threads and returns the
+    /// elapsed time.
+    pub fn ping_pong(primitive: Primitive, rounds: u32) -> Result<Duration> {
+        let os = |op| move |source| Error::Os { op, source };
+        match primitive {
+            Primitive::FutexSpin | Primitive::FutexSleep => {
+                let spin = primitive == Primitive::FutexSpin;
+                let words = [AtomicU32::new(0), AtomicU32::new(0)];
+                let wait = |word: &AtomicU32, target: u32| {
+                    let deadline = deadline_after(Duration::from_secs(10));
+                    let _ = wait_flag_word_maybe_spin(word, deadline, spin, |v| {
+                        v & COUNT_MASK == target
+                    });
+                };
+                let start = Instant::now();
+                std::thread::scope(|scope| {
+                    scope.spawn(|| {
+                        for round in 1..=rounds {
+                            wait(&words[0], round & COUNT_MASK);
+                            update_flag_word(&words[1], |v| {
+                                (v & !COUNT_MASK) | ((v + 1) & COUNT_MASK)
+                            });
+                        }
+                    });
+                    for round in 1..=rounds {
+                        update_flag_word(&words[0], |v| (v & !COUNT_MASK) | ((v + 1) & COUNT_MASK));
+                        wait(&words[1], round & COUNT_MASK);
+                    }
+                });
+                Ok(start.elapsed())
+            }
+            Primitive::Semaphore => {
+                let id = sys::sem_create(2).map_err(os("semget"))?;
+                let _remove = Remove(Box::new(move || drop(sys::sem_remove(id))));
+                let start = Instant::now();
+                std::thread::scope(|scope| {
+                    let peer = scope.spawn(|| -> std::io::Result<()> {
+                        for _ in 0..rounds {
+                            sys::sem_add(id, 0, -1)?;
+                            sys::sem_add(id, 1, 1)?;
+                        }
+                        Ok(())
+                    });
+                    for _ in 0..rounds {
+                        sys::sem_add(id, 0, 1).map_err(os("semop"))?;
+                        sys::sem_add(id, 1, -1).map_err(os("semop"))?;
+                    }
+                    peer.join().unwrap_or(Ok(())).map_err(os("semop"))
+                })?;
+                Ok(start.elapsed())
+            }
+            Primitive::MessageQueue => {
+                let id = sys::msg_create().map_err(os("msgget"))?;
+                let _remove = Remove(Box::new(move || drop(sys::msg_remove(id))));
+                let start = Instant::now();
+                std::thread::scope(|scope| {
+                    let peer = scope.spawn(|| -> std::io::Result<()> {
+                        for _ in 0..rounds {
+                            let n = sys::msg_receive(id, 1)?;
+                            sys::msg_send(id, 2, n)?;
+                        }
+                        Ok(())
+                    });
+                    for round in 0..rounds {
+                        sys::msg_send(id, 1, u64::from(round)).map_err(os("msgsnd"))?;
+                        sys::msg_receive(id, 2).map_err(os("msgrcv"))?;
+                    }
+                    peer.join().unwrap_or(Ok(())).map_err(os("msgrcv"))
+                })?;
+                Ok(start.elapsed())
+            }
+        }
+    }
+
+    fn wait_flag_word_maybe_spin(
+        word: &AtomicU32,
+        deadline: Instant,
+        spin: bool,
+        ready: impl Fn(u32) -> bool,
+    ) -> std::io::Result<Option<u32>> {
+        if spin {
+            wait_flag_word(word, deadline, ready)
+        } else {
+            crate::futex::wait_flag_word_no_spin(word, deadline, ready)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +217,19 @@ mod tests {
         part[5] ^= 1;
         assert_eq!(check_pattern(7, 13, &part, &mut scratch), Err(18));
         assert_ne!(pattern(8, 16), pattern(7, 16));
+    }
+
+    #[test]
+    fn every_handoff_primitive_ping_pongs() {
+        use handoff::{ping_pong, Primitive};
+        for primitive in [
+            Primitive::FutexSpin,
+            Primitive::FutexSleep,
+            Primitive::Semaphore,
+            Primitive::MessageQueue,
+        ] {
+            ping_pong(primitive, 100).unwrap();
+        }
     }
 
     #[test]

@@ -1,105 +1,243 @@
 //! Filling a cache with an origin body while it streams to the client.
 //!
-//! The fill is a side show: every write waits at most [`FILL_WAIT`] for the cache to make room,
-//! and any failure (declined, too slow, cache gone) drops the fill and nothing else. The client
-//! is never held up for longer than that once.
+//! The fill is a side show that must never slow the client. The request thread hands each piece
+//! of the body to a [`FillFeed`] (an `Arc` clone, no copy, and never a wait) and goes on sending
+//! to the client; a fill thread ([`run_fill`]) takes the pieces from the feed and PUTs them into
+//! the cache at the cache's pace. If the cache declines, fails, takes longer than
+//! `cache_timeout` for a chunk, or falls more than [`FILL_BACKLOG`] bytes behind, the fill is
+//! dropped and nothing else happens. When the client's transfer ends the request thread marks
+//! the feed complete and waits for the fill thread to commit.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipc::{CacheSlot, Counter, PutStream, Region};
+use ipc::{CacheSlot, Counter, Region};
 
 use crate::path::CanonicalPath;
 use crate::stats::Stats;
 
-/// Longest wait for a free segment or for room in it before a fill is dropped.
-pub const FILL_WAIT: Duration = Duration::from_millis(50);
+/// Most bytes a fill may fall behind the client before it is dropped.
+pub const FILL_BACKLOG: u64 = 64 << 20;
 
-/// A fill in progress into one cache. Dropping it uncommitted aborts it and counts it dropped.
-pub struct Fill<'r> {
-    stream: Option<PutStream<'r>>,
-    slot: CacheSlot,
-    stats: &'r Stats,
-    wait: Duration,
+/// The pieces of a body on their way to a fill thread.
+#[derive(Debug)]
+pub struct FillFeed {
+    state: Mutex<FeedState>,
+    changed: Condvar,
+    backlog_limit: u64,
 }
 
-impl<'r> Fill<'r> {
-    /// Offers cache `slot` an object of `len` bytes. `None` (counted as dropped) when it is over
-    /// `max_object_size`, no segment is free at once, or the request cannot be posted.
-    pub fn start(
-        region: &'r Region,
-        stats: &'r Stats,
-        slot: CacheSlot,
-        path: &CanonicalPath,
-        len: u64,
-        max_object_size: u64,
-        cache_timeout: Duration,
-    ) -> Option<Fill<'r>> {
-        if len > max_object_size {
-            stats.incr(Counter::FillsDropped);
-            return None;
-        }
-        let wait = cache_timeout.min(FILL_WAIT);
-        let stream = region
-            .acquire(wait)
-            .and_then(|lease| lease.put(slot, path.as_str(), len));
-        match stream {
-            Ok(stream) => Some(Fill {
-                stream: Some(stream),
-                slot,
-                stats,
-                wait,
-            }),
-            Err(error) => {
-                tracing::debug!(slot = slot.as_raw(), %path, %error, "fill not started");
-                stats.incr(Counter::FillsDropped);
-                None
-            }
+#[derive(Debug, Default)]
+struct FeedState {
+    pieces: VecDeque<Arc<[u8]>>,
+    queued: u64,
+    end: FeedEnd,
+}
+
+/// How the producer or the consumer ended the feed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum FeedEnd {
+    /// Pieces may still come.
+    #[default]
+    Open,
+    /// Every piece was pushed: commit.
+    Complete,
+    /// The body broke off, or the fill gave up: drop.
+    Cancelled,
+}
+
+impl FillFeed {
+    /// A feed that gives up when more than `backlog_limit` bytes wait.
+    pub fn new(backlog_limit: u64) -> FillFeed {
+        FillFeed {
+            state: Mutex::new(FeedState::default()),
+            changed: Condvar::new(),
+            backlog_limit,
         }
     }
 
-    /// Whether the fill is still going.
-    pub fn is_active(&self) -> bool {
-        self.stream.is_some()
-    }
-
-    /// Appends bytes; on any failure the fill is dropped.
-    pub fn write(&mut self, data: &[u8]) {
-        let Some(stream) = self.stream.as_mut() else {
-            return;
-        };
-        if let Err(error) = stream.write(data, self.wait) {
-            tracing::debug!(slot = self.slot.as_raw(), %error, "fill dropped");
-            self.drop_fill();
-        }
-    }
-
-    /// Publishes the rest and waits up to `timeout` for the cache to store it. True if stored.
-    pub fn commit(mut self, timeout: Duration) -> bool {
-        let Some(stream) = self.stream.take() else {
+    /// Queues a piece. Never waits. Returns false once the fill is dropped (so the caller can
+    /// stop feeding it).
+    pub fn push(&self, piece: Arc<[u8]>) -> bool {
+        let mut state = lock(&self.state);
+        if state.end != FeedEnd::Open {
             return false;
-        };
-        match stream.finish(timeout) {
-            Ok(()) => {
-                self.stats.incr(Counter::FillsStored);
-                true
-            }
-            Err(error) => {
-                tracing::debug!(slot = self.slot.as_raw(), %error, "fill not stored");
-                self.stats.incr(Counter::FillsDropped);
-                false
-            }
         }
+        let len = piece.len() as u64;
+        if state.queued + len > self.backlog_limit {
+            tracing::debug!(queued = state.queued, "fill fell too far behind");
+            state.end = FeedEnd::Cancelled;
+            state.pieces.clear();
+            drop(state);
+            self.changed.notify_all();
+            return false;
+        }
+        if len > 0 {
+            state.queued += len;
+            state.pieces.push_back(piece);
+            drop(state);
+            self.changed.notify_all();
+        }
+        true
     }
 
-    fn drop_fill(&mut self) {
-        if self.stream.take().is_some() {
-            self.stats.incr(Counter::FillsDropped);
+    /// Every piece was pushed: the fill may commit.
+    pub fn complete(&self) {
+        self.end(FeedEnd::Complete);
+    }
+
+    /// The body will not be complete: the fill is dropped.
+    pub fn cancel(&self) {
+        self.end(FeedEnd::Cancelled);
+    }
+
+    fn end(&self, end: FeedEnd) {
+        let mut state = lock(&self.state);
+        if state.end == FeedEnd::Open {
+            state.end = end;
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// The next piece; `Ok(None)` when complete; `Err(())` when cancelled.
+    fn next(&self, timeout: Duration) -> Result<Option<Arc<[u8]>>, ()> {
+        let mut state = lock(&self.state);
+        loop {
+            if state.end == FeedEnd::Cancelled {
+                return Err(());
+            }
+            if let Some(piece) = state.pieces.pop_front() {
+                state.queued -= piece.len() as u64;
+                return Ok(Some(piece));
+            }
+            if state.end == FeedEnd::Complete {
+                return Ok(None);
+            }
+            let (next, waited) = match self.changed.wait_timeout(state, timeout) {
+                Ok(pair) => pair,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            state = next;
+            if waited.timed_out() && state.pieces.is_empty() && state.end == FeedEnd::Open {
+                // The producer is bounded by the origin's deadline; this only guards against a
+                // producer that forgot to end the feed.
+                return Err(());
+            }
         }
     }
 }
 
-impl Drop for Fill<'_> {
-    fn drop(&mut self) {
-        self.drop_fill();
+/// Offers cache `slot` the `len` bytes fed through `feed` and commits them when the feed is
+/// complete. Runs on the fill thread; counts the fill stored or dropped. `feed_timeout` bounds
+/// the wait for the next piece (the origin's deadline), `cache_timeout` each wait on the cache.
+#[allow(clippy::too_many_arguments)]
+pub fn run_fill(
+    region: &Region,
+    stats: &Stats,
+    slot: CacheSlot,
+    path: &CanonicalPath,
+    len: u64,
+    feed: &FillFeed,
+    feed_timeout: Duration,
+    cache_timeout: Duration,
+) -> bool {
+    let stored = fill(region, slot, path, len, feed, feed_timeout, cache_timeout);
+    match &stored {
+        Ok(()) => stats.incr(Counter::FillsStored),
+        Err(reason) => {
+            tracing::debug!(slot = slot.as_raw(), %path, %reason, "fill dropped");
+            stats.incr(Counter::FillsDropped);
+            // Tell the producer to stop queueing.
+            feed.cancel();
+        }
+    }
+    stored.is_ok()
+}
+
+fn fill(
+    region: &Region,
+    slot: CacheSlot,
+    path: &CanonicalPath,
+    len: u64,
+    feed: &FillFeed,
+    feed_timeout: Duration,
+    cache_timeout: Duration,
+) -> Result<(), String> {
+    let lease = region.acquire(cache_timeout).map_err(|e| e.to_string())?;
+    let mut stream = lease
+        .put(slot, path.as_str(), len)
+        .map_err(|e| e.to_string())?;
+    loop {
+        match feed.next(feed_timeout) {
+            Ok(Some(piece)) => stream
+                .write(&piece, cache_timeout)
+                .map_err(|e| e.to_string())?,
+            Ok(None) => return stream.finish(cache_timeout).map_err(|e| e.to_string()),
+            Err(()) => return Err("the body did not complete".into()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(bytes: &[u8]) -> Arc<[u8]> {
+        Arc::from(bytes)
+    }
+
+    #[test]
+    fn pieces_come_out_in_order_then_the_end() {
+        let feed = FillFeed::new(100);
+        assert!(feed.push(piece(b"ab")));
+        assert!(feed.push(piece(b"cd")));
+        feed.complete();
+        let t = Duration::from_secs(1);
+        assert_eq!(feed.next(t).unwrap().as_deref(), Some(&b"ab"[..]));
+        assert_eq!(feed.next(t).unwrap().as_deref(), Some(&b"cd"[..]));
+        assert_eq!(feed.next(t), Ok(None));
+    }
+
+    #[test]
+    fn a_backlog_over_the_limit_drops_the_fill() {
+        let feed = FillFeed::new(5);
+        assert!(feed.push(piece(b"abc")));
+        assert!(!feed.push(piece(b"def")));
+        assert!(!feed.push(piece(b"g")));
+        assert_eq!(feed.next(Duration::from_secs(1)), Err(()));
+    }
+
+    #[test]
+    fn a_cancelled_feed_is_never_committed() {
+        let feed = FillFeed::new(100);
+        assert!(feed.push(piece(b"abc")));
+        feed.cancel();
+        feed.complete();
+        assert_eq!(feed.next(Duration::from_secs(1)), Err(()));
+    }
+
+    #[test]
+    fn the_consumer_waits_for_the_producer() {
+        let feed = Arc::new(FillFeed::new(100));
+        let consumer = {
+            let feed = Arc::clone(&feed);
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Ok(Some(p)) = feed.next(Duration::from_secs(10)) {
+                    got.extend_from_slice(&p);
+                }
+                got
+            })
+        };
+        assert!(feed.push(piece(b"12")));
+        assert!(feed.push(piece(b"34")));
+        feed.complete();
+        assert_eq!(consumer.join().unwrap(), b"1234");
     }
 }

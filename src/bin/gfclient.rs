@@ -35,7 +35,7 @@ enum Command {
         common: Common,
         /// The path to fetch (starts with '/').
         path: String,
-        /// Write the body here instead of stdout (removed unless the download succeeds).
+        /// Write the body here instead of stdout (only a complete OK body is written).
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -154,21 +154,30 @@ fn get(common: &Common, path: &str, output: Option<&Path>) -> u8 {
             let mut out = BufWriter::new(stdout.lock());
             client.fetch(&common.server, path, &mut out)
         }
-        Some(file) => match File::create(file) {
-            Ok(f) => {
-                let mut out = BufWriter::new(f);
-                let result = client.fetch(&common.server, path, &mut out);
-                drop(out);
-                if !matches!(&result, Ok(o) if o.status == Status::Ok) {
-                    let _ = std::fs::remove_file(file);
+        Some(file) => {
+            // Written beside the target and renamed on success: a failed download neither
+            // leaves a partial file nor destroys an existing one.
+            let part = part_path(file);
+            match File::create(&part) {
+                Ok(f) => {
+                    let mut out = BufWriter::new(f);
+                    let result = client.fetch(&common.server, path, &mut out);
+                    drop(out);
+                    let result = match result {
+                        Ok(o) if o.status == Status::Ok => std::fs::rename(&part, file)
+                            .map(|()| o)
+                            .map_err(Error::Output),
+                        other => other,
+                    };
+                    let _ = std::fs::remove_file(&part);
+                    result
                 }
-                result
+                Err(e) => {
+                    eprintln!("gfclient: cannot create {}: {e}", part.display());
+                    return EXIT_IO;
+                }
             }
-            Err(e) => {
-                eprintln!("gfclient: cannot create {}: {e}", file.display());
-                return EXIT_IO;
-            }
-        },
+        }
     };
     let (code, line) = match result {
         Ok(o) => match o.status {
@@ -183,6 +192,13 @@ fn get(common: &Common, path: &str, output: Option<&Path>) -> u8 {
     };
     eprintln!("{line}");
     code
+}
+
+/// `FILE` -> `FILE.part-<pid>` in the same directory.
+fn part_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(format!(".part-{}", std::process::id()));
+    PathBuf::from(name)
 }
 
 fn usage(message: &str) -> u8 {

@@ -1,10 +1,11 @@
-//! gfsupervisor: starts and supervises the gfcache proxy and cache processes (see docs/supervisor.md).
-use std::io::IsTerminal;
+//! gfsupervisor: starts and supervises the gfcache proxy and cache processes (docs/supervisor.md).
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use supervisor::{commands, supervise, Role, DEFAULT_CONFIG_PATH};
+use supervisor::commands::{self, ClientCommand};
+use supervisor::{supervise, Role, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
 #[command(
@@ -26,13 +27,13 @@ enum Command {
     Start,
     /// Stops the running supervisor of the config and waits for it to exit.
     Stop,
-    /// Shows the running supervisor and its children.
+    /// Shows the running supervisor and its children (exit code 3 if none runs).
     Status {
         /// Prints JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Asks the running supervisor to re-read the config (same as SIGHUP).
+    /// Asks the running supervisor to re-read the config (same as SIGHUP) and prints its verdict.
     Reload,
     /// Removes the IPC objects left by a run that died (refused while it runs).
     Cleanup,
@@ -50,10 +51,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter.unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -70,43 +70,28 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = cli.config.as_path();
-    match cli.command {
-        Command::Start => supervise::start(config)?,
-        Command::Stop => {
-            let pid = commands::stop(config)?;
-            println!("gfsupervisor (pid {pid}) stopped");
-        }
-        Command::Status { json } => {
-            let report = commands::status(config)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render_table());
-            }
-        }
-        Command::Reload => {
-            let outcome = commands::reload(config)?;
-            println!("{outcome}");
-            return Ok(if outcome.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
-        }
-        Command::Cleanup => {
-            let report = commands::cleanup(config)?;
-            println!(
-                "removed {} IPC object(s); skipped {} no longer ours",
-                report.removed.len(),
-                report.skipped.len()
-            );
-        }
-        Command::CheckConfig => println!("{}", commands::check_config(config)?),
+    let client = match cli.command {
+        Command::Start => return Ok(supervise::start(&cli.config).map(|()| ExitCode::SUCCESS)?),
         Command::Role { role, slot } => {
             let _span = tracing::info_span!("child", role = role.as_str(), slot).entered();
             supervisor::role::run_role(role, slot)?;
+            return Ok(ExitCode::SUCCESS);
         }
+        Command::Stop => ClientCommand::Stop,
+        Command::Status { json } => ClientCommand::Status { json },
+        Command::Reload => ClientCommand::Reload,
+        Command::Cleanup => ClientCommand::Cleanup,
+        Command::CheckConfig => ClientCommand::CheckConfig,
+    };
+    let (text, ok) = commands::run_client(client, &cli.config)?;
+    // A closed pipe (`| head`) is not an error.
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -94,7 +94,22 @@ pub fn stop(config_path: &Path) -> Result<i32, Error> {
         }
         std::thread::sleep(POLL);
     }
+    // The lock goes with the last IPC object; the process exits right after.
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
     Ok(pid)
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its parent counts as gone).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => false,
+    }
 }
 
 /// `status`: the running supervisor's status file, checked against the lock holder, with the
@@ -192,4 +207,61 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         c.supervisor.run_dir.display(),
         c.supervisor.metrics_listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
     ))
+}
+
+/// A client command, as the binary's command line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCommand {
+    /// `stop`.
+    Stop,
+    /// `status`, as a table or as JSON.
+    Status {
+        /// JSON instead of a table.
+        json: bool,
+    },
+    /// `reload`.
+    Reload,
+    /// `cleanup`.
+    Cleanup,
+    /// `check-config`.
+    CheckConfig,
+}
+
+/// Runs a client command: the text for stdout, and whether it succeeded (a rejected reload is
+/// reported, not an error).
+pub fn run_client(command: ClientCommand, config_path: &Path) -> Result<(String, bool), Error> {
+    Ok(match command {
+        ClientCommand::Stop => (
+            format!("gfsupervisor (pid {}) stopped\n", stop(config_path)?),
+            true,
+        ),
+        ClientCommand::Status { json } => {
+            let report = status(config_path)?;
+            match json {
+                true => (
+                    serde_json::to_string_pretty(&report).map_err(|e| Error::Os {
+                        op: "encode JSON",
+                        source: e.into(),
+                    })? + "\n",
+                    true,
+                ),
+                false => (report.render_table(), true),
+            }
+        }
+        ClientCommand::Reload => {
+            let outcome = reload(config_path)?;
+            (format!("{outcome}\n"), outcome.ok)
+        }
+        ClientCommand::Cleanup => {
+            let report = cleanup(config_path)?;
+            let (removed, gone) = (report.removed.len(), report.skipped.len());
+            (
+                format!(
+                    "removed {removed} IPC object(s) left by a dead run; {gone} already gone\n"
+                ),
+                true,
+            )
+        }
+        ClientCommand::CheckConfig => (check_config(config_path)? + "\n", true),
+    })
 }

@@ -365,6 +365,7 @@ impl Config {
             }
         }
         if !v.issues.is_empty() {
+            v.issues.sort_by_key(|issue| issue.line);
             return Err(v.issues);
         }
         Ok(Config {
@@ -389,14 +390,51 @@ impl Config {
 
 fn toml_issue(text: &str, error: &toml::de::Error) -> ConfigIssue {
     let span = error.span();
-    let key = span
+    let mut key = span
         .clone()
         .map(|s| key_at(text, s.start))
-        .unwrap_or_else(|| "(file)".to_string());
+        .unwrap_or_else(|| "(top level)".to_string());
+    let mut message = error
+        .message()
+        .trim()
+        .replace("expected i64", "expected an integer");
+    // serde names the field in the message; make it part of the key path.
+    let field = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string)
+    };
+    let parent = key
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let join = |name: &str| {
+        if parent == "(top level)" {
+            name.to_string()
+        } else {
+            format!("{parent}.{name}")
+        }
+    };
+    if let Some(name) = field("missing field `") {
+        let section = matches!(name.as_str(), "proxy" | "cache")
+            && span.as_ref().is_none_or(|s| s.start == 0);
+        key = if section {
+            format!("[{name}]")
+        } else {
+            join(&name)
+        };
+        message = "is required".to_string();
+    } else if let Some(name) = field("unknown field `") {
+        if !parent.ends_with(&format!(".{name}")) && parent != name {
+            key = join(&name);
+        }
+        message = message.replacen("unknown field", "unknown key", 1);
+    }
     ConfigIssue {
         key,
         line: span.map(|s| line_of(text, s.start)),
-        message: error.message().trim().to_string(),
+        message,
     }
 }
 
@@ -1042,7 +1080,28 @@ memory = { capacity = "1MiB" }
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].line, Some(3));
         assert_eq!(issues[0].key, "proxy.colour");
-        assert!(issues[0].message.contains("colour"), "{issues:?}");
+        assert!(
+            issues[0].message.contains("unknown key `colour`"),
+            "{issues:?}"
+        );
+        let inline = MINIMAL.replace("capacity = \"1MiB\"", "capacity = \"1MiB\", colour = 1");
+        let issues = parse(&inline).unwrap_err();
+        assert_eq!(
+            (issues[0].key.as_str(), issues[0].line),
+            ("cache.memory.colour", Some(7))
+        );
+    }
+
+    #[test]
+    fn missing_keys_are_named() {
+        let issues = parse(&MINIMAL.replace("listen = \"127.0.0.1:10823\"", "")).unwrap_err();
+        assert_eq!(
+            (issues[0].key.as_str(), issues[0].message.as_str()),
+            ("proxy.listen", "is required")
+        );
+        let issues =
+            parse("[cache]\nbackend = \"memory\"\nmemory = { capacity = \"1MiB\" }\n").unwrap_err();
+        assert_eq!(issues[0].key, "[proxy]");
     }
 
     #[test]

@@ -67,6 +67,30 @@ impl ChildSpec {
         }
     }
 
+    /// Whether a process running `self` must be restarted to run `desired`. The drain limit
+    /// alone is not worth a restart: it reaches the process at its next start.
+    pub fn needs_restart_for(&self, desired: &ChildSpec) -> bool {
+        match (self, desired) {
+            (
+                ChildSpec::Cache {
+                    slot: a, cache: x, ..
+                },
+                ChildSpec::Cache {
+                    slot: b, cache: y, ..
+                },
+            ) => a != b || x != y,
+            (
+                ChildSpec::Proxy {
+                    slot: a, proxy: x, ..
+                },
+                ChildSpec::Proxy {
+                    slot: b, proxy: y, ..
+                },
+            ) => a != b || x != y,
+            _ => true,
+        }
+    }
+
     /// The ipc member this child is.
     pub fn member(&self) -> ipc::Member {
         member(self.role(), self.slot())

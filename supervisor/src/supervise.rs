@@ -674,32 +674,7 @@ impl Supervisor {
                 return;
             }
         };
-        let old = &self.config;
-        let mut notes = Vec::new();
-        let mut applied = new.clone();
-        if new.ipc != old.ipc {
-            notes.push(
-                "ipc.segments and ipc.segment_size need a full restart (stop, start): not applied"
-                    .to_string(),
-            );
-            applied.ipc = old.ipc;
-        }
-        if new.cache.processes != old.cache.processes {
-            notes.push("cache.processes needs a full restart: not applied".to_string());
-            applied.cache.processes = old.cache.processes;
-        }
-        if new.proxy.processes != old.proxy.processes {
-            notes.push("proxy.processes needs a full restart: not applied".to_string());
-            applied.proxy.processes = old.proxy.processes;
-        }
-        if new.supervisor.run_dir != old.supervisor.run_dir {
-            notes.push("supervisor.run_dir needs a full restart: not applied".to_string());
-            applied.supervisor.run_dir = old.supervisor.run_dir.clone();
-        }
-        if new.supervisor.metrics_listen != old.supervisor.metrics_listen {
-            notes.push("supervisor.metrics_listen needs a full restart: not applied".to_string());
-            applied.supervisor.metrics_listen = old.supervisor.metrics_listen;
-        }
+        let (applied, notes) = plan_reload(&self.config, new);
         for note in &notes {
             tracing::warn!("reload: {note}");
         }
@@ -717,7 +692,12 @@ impl Supervisor {
         self.config = applied;
         // Caches one at a time first (the proxy keeps serving, falling back to the origin), then
         // the proxies.
-        let stale = |c: &Child| c.state.pid().is_some() && c.running.as_ref() != Some(&c.spec);
+        let stale = |c: &Child| {
+            c.state.pid().is_some()
+                && c.running
+                    .as_ref()
+                    .is_some_and(|r| r.needs_restart_for(&c.spec))
+        };
         let caches = (0..self.children.len())
             .filter(|&i| self.children[i].role() == Role::Cache && stale(&self.children[i]));
         let proxies = (0..self.children.len())
@@ -762,7 +742,11 @@ impl Supervisor {
             let Some(child) = self.children.get_mut(next) else {
                 continue;
             };
-            if child.running.as_ref() == Some(&child.spec) {
+            if !child
+                .running
+                .as_ref()
+                .is_some_and(|r| r.needs_restart_for(&child.spec))
+            {
                 continue;
             }
             if let ChildState::Starting {
@@ -937,6 +921,49 @@ fn apply_decision(child: &mut Child, decision: RestartDecision, now: Instant, re
     }
 }
 
+/// The config a reload applies, and notes on the changes it cannot apply live (those settings
+/// keep their running values).
+fn plan_reload(old: &Config, new: Config) -> (Config, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut applied = new;
+    let mut keep = |changed: bool, what: &str| {
+        if changed {
+            notes.push(format!(
+                "{what} needs a full restart (stop, then start): not applied"
+            ));
+        }
+        changed
+    };
+    if keep(applied.ipc != old.ipc, "ipc.segments / ipc.segment_size") {
+        applied.ipc = old.ipc;
+    }
+    if keep(
+        applied.cache.processes != old.cache.processes,
+        "cache.processes",
+    ) {
+        applied.cache.processes = old.cache.processes;
+    }
+    if keep(
+        applied.proxy.processes != old.proxy.processes,
+        "proxy.processes",
+    ) {
+        applied.proxy.processes = old.proxy.processes;
+    }
+    if keep(
+        applied.supervisor.run_dir != old.supervisor.run_dir,
+        "supervisor.run_dir",
+    ) {
+        applied.supervisor.run_dir = old.supervisor.run_dir.clone();
+    }
+    if keep(
+        applied.supervisor.metrics_listen != old.supervisor.metrics_listen,
+        "supervisor.metrics_listen",
+    ) {
+        applied.supervisor.metrics_listen = old.supervisor.metrics_listen;
+    }
+    (applied, notes)
+}
+
 /// The specs of every child slot of a config: proxies first, then caches.
 fn child_specs(config: &Config) -> Vec<ChildSpec> {
     let shutdown_timeout = config.supervisor.shutdown_timeout;
@@ -971,4 +998,93 @@ impl std::fmt::Display for Exit {
 
 fn signal_name(signal: i32) -> &'static str {
     Signal::try_from(signal).map_or("unknown signal", Signal::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let dir = std::env::temp_dir();
+        Config::parse(text, &dir.join("t.toml"), &dir).unwrap()
+    }
+
+    const BASE: &str = "[proxy]\nlisten = \"127.0.0.1:1\"\n[ipc]\nsegments = 8\n[cache]\nbackend = \"memory\"\nmemory = { capacity = \"1MiB\" }\n";
+
+    #[test]
+    fn specs_cover_every_slot() {
+        let c = config(&BASE.replace("[cache]", "[cache]\nprocesses = 3"));
+        let specs = child_specs(&c);
+        let roles: Vec<(Role, u32)> = specs.iter().map(|s| (s.role(), s.slot())).collect();
+        assert_eq!(
+            roles,
+            vec![
+                (Role::Proxy, 0),
+                (Role::Cache, 0),
+                (Role::Cache, 1),
+                (Role::Cache, 2)
+            ]
+        );
+        assert_eq!(specs[1].backend_kind(), Some("memory"));
+        assert_eq!(specs[0].backend_kind(), None);
+    }
+
+    #[test]
+    fn reload_keeps_what_needs_a_full_restart() {
+        let old = config(BASE);
+        let new = config(
+            &BASE
+                .replace("segments = 8", "segments = 4")
+                .replace("[cache]", "[cache]\nprocesses = 5\nworkers = 7"),
+        );
+        let (applied, notes) = plan_reload(&old, new);
+        assert_eq!(applied.ipc.segments, 8);
+        assert_eq!(applied.cache.processes, old.cache.processes);
+        assert_eq!(applied.cache.workers, 7, "other cache settings apply");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("ipc.segments") && notes[1].contains("cache.processes"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn an_identical_reload_changes_nothing() {
+        let old = config(BASE);
+        let (applied, notes) = plan_reload(&old, old.clone());
+        assert_eq!(applied, old);
+        assert!(notes.is_empty());
+        assert_eq!(child_specs(&applied), child_specs(&old));
+    }
+
+    #[test]
+    fn only_service_changes_need_a_child_restart() {
+        let old = config(BASE);
+        let slower = config(&format!("{BASE}[supervisor]\nshutdown_timeout = \"1m\"\n"));
+        let directory = config(&BASE.replace(
+            "backend = \"memory\"",
+            "backend = \"memory\"\ndirectory = { root = \"/\" }",
+        ));
+        let bigger = config(&BASE.replace("1MiB", "2MiB"));
+        for (a, b) in child_specs(&old).iter().zip(child_specs(&slower).iter()) {
+            assert_ne!(a, b);
+            assert!(
+                !a.needs_restart_for(b),
+                "a drain limit alone restarts nothing"
+            );
+        }
+        assert!(
+            !child_specs(&old)[1].needs_restart_for(&child_specs(&directory)[1]),
+            "an unused table changes nothing"
+        );
+        let (old_specs, new_specs) = (child_specs(&old), child_specs(&bigger));
+        assert!(
+            !old_specs[0].needs_restart_for(&new_specs[0]),
+            "the proxy keeps running"
+        );
+        assert!(
+            old_specs[1].needs_restart_for(&new_specs[1]),
+            "the caches restart"
+        );
+    }
 }

@@ -238,6 +238,8 @@ pub struct Setup {
     pub backend: Backend,
     pub origin: Option<String>,
     pub caches: u32,
+    pub proxies: u32,
+    pub segments: u32,
     pub max_restarts: u32,
     pub proxy_port: u16,
     pub metrics_port: u16,
@@ -249,6 +251,8 @@ impl Setup {
             backend,
             origin: None,
             caches: 2,
+            proxies: 1,
+            segments: 8,
             max_restarts: 3,
             proxy_port: free_port(),
             metrics_port: free_port(),
@@ -270,10 +274,11 @@ impl Setup {
             r#"[proxy]
 listen = "127.0.0.1:{proxy}"
 threads = 4
+processes = {proxies}
 {origin}cache_timeout = "2s"
 
 [ipc]
-segments = 8
+segments = {segments}
 segment_size = "128KiB"
 
 [cache]
@@ -293,6 +298,8 @@ revive_after = "10m"
 "#,
             proxy = self.proxy_port,
             caches = self.caches,
+            proxies = self.proxies,
+            segments = self.segments,
             run_dir = run_dir.display().to_string(),
             metrics = self.metrics_port,
             max_restarts = self.max_restarts,
@@ -361,8 +368,13 @@ impl Run {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    pub fn spawn_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         let log = std::fs::File::create(&self.log).expect("create log");
         let child = Command::new(SUPERVISOR)
+            .envs(env.iter().copied())
             .args(["start", "-c"])
             .arg(&self.config)
             .env("RUST_LOG", "info")

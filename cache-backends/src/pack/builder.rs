@@ -1,11 +1,12 @@
 //! Building a pack from a directory tree.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use super::format::{self, Footer, IndexEntry};
@@ -30,14 +31,8 @@ pub struct BuildReport {
 /// `output`'s directory, fsynced, then renamed over `output` (and the directory fsynced), so
 /// `output` always names a complete pack. Object paths are `/` + the path under `dir`; symlinks
 /// are followed only when they resolve inside `dir`, and symlinked directories are not entered.
+/// An earlier `output` inside `dir` is not packed into the new one.
 pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
-    let io_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io {
-            path: path.clone(),
-            source,
-        }
-    };
     let root: OwnedFd = nix::fcntl::open(
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -46,7 +41,10 @@ pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
     .map_err(|errno| io_error(dir)(errno.into()))?;
     let mut report = BuildReport::default();
     let mut objects = Vec::new();
-    collect_files(dir, &root, &mut objects, &mut report.skipped)?;
+    let exclude = std::fs::metadata(output)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()));
+    collect_files(dir, &root, exclude, &mut objects, &mut report.skipped)?;
     objects.sort();
 
     let output_dir = match output.parent() {
@@ -59,64 +57,28 @@ pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
         .tempfile_in(&output_dir)
         .map_err(io_error(&output_dir))?;
     let temp_path = temp.path().to_path_buf();
-    let mut writer = BufWriter::with_capacity(1 << 20, temp);
     let write_error = io_error(&temp_path);
-    writer
-        .write_all(&format::encode_header())
-        .map_err(&write_error)?;
-    let mut position = format::HEADER_LEN;
-    let mut index = Vec::with_capacity(objects.len());
-    let mut buffer = vec![0u8; 1 << 20];
-    for relative in &objects {
-        let offset = format::align_up(position)
-            .ok_or_else(|| Error::Config("pack offsets overflow".into()))?;
-        write_zeros(&mut writer, offset - position).map_err(&write_error)?;
-        let source_path = dir.join(relative);
-        let mut file = File::from(
-            open_beneath(&root, relative).map_err(|errno| io_error(&source_path)(errno.into()))?,
-        );
-        let mut len = 0u64;
-        let mut crc = 0u32;
-        loop {
-            let read = match file.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(read) => read,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(io_error(&source_path)(error)),
-            };
-            let chunk = buffer.get(..read).unwrap_or_default();
-            crc = crc32c::crc32c_append(crc, chunk);
-            writer.write_all(chunk).map_err(&write_error)?;
-            len += read as u64;
-        }
-        position = offset + len;
-        index.push(IndexEntry {
-            path: format!("/{relative}"),
-            offset,
-            len,
-            crc,
-        });
-        report.objects += 1;
-        report.bytes += len;
-    }
-    let mut index_bytes = Vec::new();
-    for entry in &index {
-        format::encode_entry(entry, &mut index_bytes).map_err(|error| Error::Config(error.0))?;
-    }
-    let footer = Footer {
-        index_offset: position,
-        index_len: index_bytes.len() as u64,
-        object_count: index.len() as u64,
-        index_crc: crc32c::crc32c(&index_bytes),
+    let mut writer = PackWriter {
+        out: BufWriter::with_capacity(1 << 20, temp),
+        position: 0,
+        buffer: vec![0u8; 1 << 20],
     };
-    writer.write_all(&index_bytes).map_err(&write_error)?;
     writer
-        .write_all(&format::encode_footer(&footer))
+        .write(&format::encode_header())
         .map_err(&write_error)?;
-    let mut temp = writer
+    let mut index = Vec::with_capacity(objects.len());
+    for relative in &objects {
+        let entry = writer.copy_object(dir, &root, relative)?;
+        report.objects += 1;
+        report.bytes += entry.len;
+        index.push(entry);
+    }
+    writer.finish_index(&index)?;
+    let temp = writer
+        .out
         .into_inner()
         .map_err(|error| write_error(error.into_error()))?;
-    report.pack_len = temp.stream_position().map_err(&write_error)?;
+    report.pack_len = writer.position;
     temp.as_file().sync_all().map_err(&write_error)?;
     temp.persist(output)
         .map_err(|error| io_error(output)(error.error))?;
@@ -124,6 +86,98 @@ pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
         .and_then(|dir| dir.sync_all())
         .map_err(io_error(&output_dir))?;
     Ok(report)
+}
+
+/// An `Error::Io` about `path`.
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        path: path.clone(),
+        source,
+    }
+}
+
+/// The pack being written, and where it has got to.
+struct PackWriter {
+    out: BufWriter<tempfile::NamedTempFile>,
+    position: u64,
+    buffer: Vec<u8>,
+}
+
+impl PackWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.position += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn temp_error(&self) -> impl Fn(std::io::Error) -> Error {
+        io_error(self.out.get_ref().path())
+    }
+
+    /// Pads to the next page and copies the file `relative` under `root`, computing its CRC32C
+    /// on the way. The length is what was read (a file that changes during the build is packed
+    /// as it was read).
+    fn copy_object(
+        &mut self,
+        dir: &Path,
+        root: &OwnedFd,
+        relative: &str,
+    ) -> Result<IndexEntry, Error> {
+        let write_error = self.temp_error();
+        let offset = format::align_up(self.position)
+            .ok_or_else(|| Error::Config("pack offsets overflow".into()))?;
+        write_zeros(&mut self.out, offset - self.position).map_err(&write_error)?;
+        self.position = offset;
+        let source_path = dir.join(relative);
+        let read_error = io_error(&source_path);
+        let mut file = gfprotocol::paths::open_beneath(root, relative)
+            .map_err(&read_error)?
+            .ok_or_else(|| {
+                read_error(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "vanished or changed type during the build",
+                ))
+            })?;
+        let mut crc = 0u32;
+        loop {
+            let read = match file.read(&mut self.buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(read_error(error)),
+            };
+            let chunk = self.buffer.get(..read).unwrap_or_default();
+            crc = crc32c::crc32c_append(crc, chunk);
+            self.out.write_all(chunk).map_err(&write_error)?;
+            self.position += read as u64;
+        }
+        Ok(IndexEntry {
+            path: format!("/{relative}"),
+            offset,
+            len: self.position - offset,
+            crc,
+        })
+    }
+
+    /// Writes the index right after the last object, then the footer.
+    fn finish_index(&mut self, index: &[IndexEntry]) -> Result<(), Error> {
+        let mut index_bytes = Vec::new();
+        for entry in index {
+            format::encode_entry(entry, &mut index_bytes)
+                .map_err(|error| Error::Config(error.0))?;
+        }
+        let footer = Footer {
+            index_offset: self.position,
+            index_len: index_bytes.len() as u64,
+            object_count: index.len() as u64,
+            index_crc: crc32c::crc32c(&index_bytes),
+        };
+        let write_error = self.temp_error();
+        self.write(&index_bytes).map_err(&write_error)?;
+        self.write(&format::encode_footer(&footer))
+            .map_err(&write_error)
+    }
 }
 
 fn write_zeros(writer: &mut impl Write, count: u64) -> std::io::Result<()> {
@@ -137,17 +191,11 @@ fn write_zeros(writer: &mut impl Write, count: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn open_beneath(root: &OwnedFd, relative: &str) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    nix::fcntl::openat2(root, relative, how)
-}
-
 /// Collects the relative paths of the files to pack, depth first.
 fn collect_files(
     dir: &Path,
     root: &OwnedFd,
+    exclude: Option<(u64, u64)>,
     out: &mut Vec<String>,
     skipped: &mut Vec<(PathBuf, String)>,
 ) -> Result<(), Error> {
@@ -176,17 +224,20 @@ fn collect_files(
             if file_type.is_dir() {
                 pending.push((entry.path(), relative));
             } else if file_type.is_file() {
+                let meta = entry.metadata().map_err(io_error)?;
+                if Some((meta.dev(), meta.ino())) == exclude {
+                    skipped.push((entry.path(), "the output pack itself".into()));
+                    continue;
+                }
                 out.push(relative);
             } else if file_type.is_symlink() {
-                match open_beneath(root, &relative).map(File::from) {
-                    Ok(file) if file.metadata().is_ok_and(|meta| meta.is_file()) => {
-                        out.push(relative)
-                    }
-                    Ok(_) => skipped.push((entry.path(), "symlink to a non-file".into())),
-                    Err(errno) => skipped.push((
+                match gfprotocol::paths::open_beneath(root, &relative) {
+                    Ok(Some(_)) => out.push(relative),
+                    Ok(None) => skipped.push((
                         entry.path(),
-                        format!("symlink does not resolve inside the tree: {errno}"),
+                        "symlink that leaves the tree or names no regular file".into(),
                     )),
+                    Err(error) => skipped.push((entry.path(), format!("symlink: {error}"))),
                 }
             } else {
                 skipped.push((entry.path(), "not a regular file".into()));
