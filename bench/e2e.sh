@@ -164,11 +164,25 @@ run_load() {
         --json | tail -n 1
 }
 
+# check_pass ADDR WORKLOAD THREADS LIMIT...: a load run that verifies every body; exits on a
+# failure.
+check_pass() {
+    local addr=$1 workload=$2
+    local summary
+    summary=$(run_load "$@" --verify "$(dirname "$workload")")
+    if [[ $(json_field "$summary" ok) != $(json_field "$summary" requests) ]]; then
+        echo "verification run on $addr failed: $summary" >&2
+        exit 1
+    fi
+}
+
 # measure NAME ADDR: the three hit loads against ADDR; sets small, latency and big.
 measure() {
     local name=$1 addr=$2 perf_pid=
-    run_load "$addr" "$fileset/small.txt" 8 --requests 2000 >/dev/null
-    run_load "$addr" "$fileset/big.txt" 1 --requests 2 >/dev/null
+    # A verified pass over every file first (it also warms the page cache and the server); the
+    # timed runs below do not verify, so that the client's comparing does not eat the CPUs.
+    check_pass "$addr" "$fileset/small.txt" 8 --requests 2000
+    check_pass "$addr" "$fileset/big.txt" 1 --requests 2
     if [[ -n ${PROFILE:-} && $name != gfserver ]]; then
         local proxy_pid
         proxy_pid=$(pgrep -f "gfsupervisor.*role proxy" | head -n 1 || true)
@@ -177,7 +191,7 @@ measure() {
             perf_pid=$!
         fi
     fi
-    small=$(run_load "$addr" "$fileset/small.txt" 32 --duration "$small_secs" --verify "$fileset")
+    small=$(run_load "$addr" "$fileset/small.txt" 32 --duration "$small_secs")
     if [[ -n $perf_pid ]]; then
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
@@ -186,7 +200,7 @@ measure() {
         echo "profile of the proxy ($name, 1 KiB x 32): $work/perf-$name.txt" >&2
     fi
     latency=$(run_load "$addr" "$fileset/small.txt" 1 --duration "$latency_secs")
-    big=$(run_load "$addr" "$fileset/big.txt" 1 --duration "$big_secs" --verify "$fileset")
+    big=$(run_load "$addr" "$fileset/big.txt" 1 --duration "$big_secs")
     printf '%-10s 1 KiB x 32: %8.0f req/s p50 %6s us p99 %6s us | 1 KiB x 1: p50 %5s us | 64 MiB x 1: %7.1f MB/s | failed %s/%s/%s\n' \
         "$name" "$(json_field "$small" req_per_s)" "$(json_field "$small" p50_us)" \
         "$(json_field "$small" p99_us)" "$(json_field "$latency" p50_us)" \
@@ -262,14 +276,28 @@ stop_supervisor() {
     "$gfsupervisor" stop -c "$config" >/dev/null 2>&1 || true
 }
 
-# metric NAME: the sum of a metric's samples at /metrics.
+# metric NAME [LABEL]: the sum of a metric's samples at /metrics (those with LABEL if given).
 metric() {
     curl -sf "http://$metrics/metrics" |
-        awk -v name="$1" '$1 == name || index($1, name "{") == 1 { sum += $NF } END { print sum + 0 }'
+        awk -v name="$1" -v label="${2:-}" '
+            ($1 == name || index($1, name "{") == 1) && index($1, label) > 0 { sum += $NF }
+            END { printf "%d\n", sum }'
+}
+
+# lookups: cache lookups by result and fallbacks so far, as one line.
+lookups() {
+    printf 'lookups: hit %s, miss %s, error %s; fallbacks %s; origin fetches %s; fills stored %s, dropped %s' \
+        "$(metric gfcache_cache_lookups_total 'result="hit"')" \
+        "$(metric gfcache_cache_lookups_total 'result="miss"')" \
+        "$(metric gfcache_cache_lookups_total 'result="error"')" \
+        "$(metric gfcache_origin_fallbacks_total)" "$(metric gfcache_origin_fetches_total)" \
+        "$(metric gfcache_fills_total 'result="stored"')" \
+        "$(metric gfcache_fills_total 'result="dropped"')"
 }
 
 results=("\"gfserver\": {\"small_1k_32t\": $base_small, \"small_1k_1t\": $base_latency, \"big_64m_1t\": $base_big}")
 rows=()
+notes=()
 for backend in $backends; do
     if [[ $backend == memory ]]; then
         start_supervisor "$backend" memory "$origin"
@@ -280,6 +308,8 @@ for backend in $backends; do
         start_supervisor "$backend" "$backend"
     fi
     measure "$backend" "$addr"
+    echo "$backend $(lookups)" >&2
+    notes+=("$backend $(lookups)")
     stop_supervisor
     results+=("\"$backend\": {\"small_1k_32t\": $small, \"small_1k_1t\": $latency, \"big_64m_1t\": $big}")
     rows+=("$(python3 - "$backend" "$base_small" "$base_latency" "$base_big" "$small" "$latency" "$big" <<'PY'
@@ -302,6 +332,7 @@ done
 start_supervisor miss memory "$origin"
 miss=$(run_load "$addr" "$missdir/miss.txt" 32 --requests "$miss_requests" --verify "$missdir")
 origin_fetches=$(metric gfcache_origin_fetches_total)
+notes+=("miss $(lookups)")
 stop_supervisor
 results+=("\"miss_memory_origin\": $miss")
 
@@ -321,6 +352,9 @@ results+=("\"miss_memory_origin\": $miss")
         echo "$row"
     done
     echo "(goals: 1K ratio >= 0.7, 64M ratio >= 0.85, hop <= 100 us; '!' marks a miss)"
+    for note in "${notes[@]}"; do
+        echo "  $note"
+    done
     printf 'miss-heavy (memory + origin, %s unique 1 KiB paths, 32 threads): %.0f req/s p50 %s us p99 %s us, ok %s, failed %s, origin fetches counted %s\n' \
         "$miss_requests" "$(json_field "$miss" req_per_s)" "$(json_field "$miss" p50_us)" \
         "$(json_field "$miss" p99_us)" "$(json_field "$miss" ok)" "$(json_field "$miss" failed)" \

@@ -11,14 +11,16 @@
 //!   - [`CacheBackend::put`] starts a [`Fill`] of an announced length, or declines (`None`) when
 //!     the backend is read-only or the object is not storable. Only [`Fill::commit`] after
 //!     exactly the announced bytes makes the object visible; a dropped fill leaves nothing.
-//!   - [`CacheBackend::stats`] gives [`BackendStats`]. Every `get` counts one hit or one miss.
+//!   - [`CacheBackend::stats`] gives [`BackendStats`]. Every `get` that does not fail counts one
+//!     hit or one miss.
 //!   - All backends are `Send + Sync` and safe under concurrent gets and puts.
 //! - The backends: [`DirectoryBackend`] (files under a root or a listing, optionally writable
 //!   with an LRU size bound), [`MemoryBackend`] (sharded LRU bounded in bytes) and
 //!   [`PackBackend`] (a `gfpack` file, see [`pack`]); [`open_backend`] opens one from a
 //!   [`BackendConfig`].
 //! - [`run_cache_process`] is the cache process loop on an attached [`ipc::Region`];
-//!   [`run_cache_slot`] attaches, opens and runs in one call (the supervisor's entry point).
+//!   [`run_cache_slot`] attaches the region, opens the backend and runs it in one call (for a
+//!   child given a region id); the `gfcache-cache` binary runs one standalone.
 //!
 //! Paths are GetFile paths. The directory and pack backends hold only canonical paths
 //! ([`paths::relative_object_path`]): `/../x`, `//x` or `/a/../x` are simply not found.
@@ -269,9 +271,8 @@ pub fn run_cache_process(
     process::run(region, backend, config, stop)
 }
 
-/// The supervisor's entry point for a cache slot: attaches the region `region_id`, opens the
-/// backend and runs [`run_cache_process`] until `stop` is set. The caller wires SIGTERM/SIGINT
-/// to `stop`.
+/// A cache slot in one call: attaches the region `region_id`, opens the backend and runs
+/// [`run_cache_process`] until `stop` is set. The caller wires SIGTERM/SIGINT to `stop`.
 pub fn run_cache_slot(
     region_id: ipc::RegionId,
     backend: &BackendConfig,

@@ -7,14 +7,65 @@
 //! - flag words (a segment's `produced` / `consumed`): one waiter at most, which sets
 //!   [`WAITERS`] before sleeping so that the updater knows to call `FUTEX_WAKE`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, FutexWait};
 
-/// Spin iterations before sleeping (DESIGN.md: about 100 gives millions of hand-offs per second
-/// when both sides run, and costs little when they share a core).
+/// Pure spin iterations before anything else (about 3 us here).
 pub(crate) const SPIN: u32 = 100;
+
+/// After the spin, how long a waiter keeps polling with `sched_yield` between checks before it
+/// sleeps in `FUTEX_WAIT`. Longer than a wake-up (about 25 us), so that two sides that hand off
+/// back and forth stay awake; yielding rather than spinning hands the core to the peer when
+/// both share it.
+pub(crate) const DEFAULT_YIELD_BUDGET: Duration = Duration::from_micros(50);
+
+static YIELD_BUDGET_NANOS: AtomicU64 = AtomicU64::new(DEFAULT_YIELD_BUDGET.as_nanos() as u64);
+
+/// Changes the yield budget of this process (benchmarks compare policies with it).
+pub(crate) fn set_yield_budget(budget: Duration) {
+    YIELD_BUDGET_NANOS.store(
+        u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// The polling phase of a wait: [`SPIN`] spins, then yields until the budget is spent.
+pub(crate) struct Backoff {
+    spins: u32,
+    yield_until: Option<Instant>,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff {
+            spins: 0,
+            yield_until: None,
+        }
+    }
+
+    /// Waits a little; `false` once it is time to sleep instead.
+    pub(crate) fn snooze(&mut self) -> bool {
+        if self.spins < SPIN {
+            self.spins += 1;
+            std::hint::spin_loop();
+            return true;
+        }
+        let budget = Duration::from_nanos(YIELD_BUDGET_NANOS.load(Ordering::Relaxed));
+        if budget.is_zero() {
+            return false;
+        }
+        let until = *self
+            .yield_until
+            .get_or_insert_with(|| Instant::now() + budget);
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
+        true
+    }
+}
 
 /// Bit of a flag word: the peer aborted (also wakes the waiter, as it changes the word).
 pub(crate) const ABORT: u32 = 1 << 31;
@@ -67,19 +118,22 @@ impl Doorbell {
     }
 }
 
-/// Waits until `ready(word)` holds, spinning briefly and then sleeping, at most until
-/// `deadline`. Returns the satisfying value, or `None` on timeout.
+/// Waits until `ready(word)` holds, polling briefly ([`Backoff`]) and then sleeping, at most
+/// until `deadline`. Returns the satisfying value, or `None` on timeout.
 pub(crate) fn wait_flag_word(
     word: &AtomicU32,
     deadline: Instant,
     ready: impl Fn(u32) -> bool,
 ) -> Result<Option<u32>, std::io::Error> {
-    for _ in 0..SPIN {
+    let mut backoff = Backoff::new();
+    loop {
         let value = word.load(Ordering::Acquire);
         if ready(value) {
             return Ok(Some(value));
         }
-        std::hint::spin_loop();
+        if !backoff.snooze() {
+            break;
+        }
     }
     wait_flag_word_no_spin(word, deadline, ready)
 }

@@ -1,6 +1,15 @@
 //! Deterministic test objects shared by the test helper binary, the tests and the benchmark.
 //! Not part of the supported API.
 
+/// Sets how long this process's waiters poll (spin, then `sched_yield`) before sleeping in
+/// `FUTEX_WAIT`; `Duration::ZERO` leaves only the 100-iteration spin. For benchmarks.
+pub fn set_yield_budget(budget: std::time::Duration) {
+    crate::futex::set_yield_budget(budget);
+}
+
+/// The default of [`set_yield_budget`].
+pub const DEFAULT_YIELD_BUDGET: std::time::Duration = crate::futex::DEFAULT_YIELD_BUDGET;
+
 /// splitmix64: a fast, well-mixed function of one word.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -8,6 +8,7 @@
 //! connection.
 
 use std::sync::Arc;
+use std::thread;
 use std::time::Instant;
 
 use gfprotocol::{Request, ResponseHeader, ResponseWriter};
@@ -15,7 +16,7 @@ use ipc::{CacheSlot, Counter, Lookup, Region};
 
 use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
 use crate::error::{Error, Side};
-use crate::fill::Fill;
+use crate::fill::{run_fill, FillFeed, FILL_BACKLOG};
 use crate::origin::{Origin, OriginAnswer, OriginBody};
 use crate::path::CanonicalPath;
 use crate::routing::{Route, Router};
@@ -357,8 +358,8 @@ fn fetch(
     }
 }
 
-/// Streams an origin body of announced length `len` to the client as it arrives, teeing it to
-/// the followers and the fill.
+/// Streams an origin body of announced length `len` to the client as it arrives, sharing it with
+/// the leader's followers and feeding the fill of cache `fill_slot` on its own thread.
 fn stream_origin(
     ctx: &Context,
     path: &CanonicalPath,
@@ -387,21 +388,82 @@ fn stream_origin(
         }
         None => None,
     };
-    let mut fill = fill_slot.and_then(|slot| {
-        Fill::start(
-            &ctx.region,
-            &ctx.stats,
-            slot,
-            path,
-            len,
-            max,
-            ctx.config.cache_timeout,
-        )
+    let tee = Tee {
+        leader: leader.as_ref().filter(|_| share),
+        feed: fill_target(ctx, fill_slot, len).map(|_| FillFeed::new(FILL_BACKLOG)),
+    };
+    let (received, client) = with_fill(ctx, path, len, fill_slot, tee.feed.as_ref(), || {
+        let pumped = pump(path, body, len, &tee, leader.as_ref(), response);
+        if let Some(feed) = &tee.feed {
+            if pumped.0 == len {
+                feed.complete();
+            } else {
+                feed.cancel();
+            }
+        }
+        pumped
     });
-    let mut client = ClientState::Open;
-    if let Err(error) = response.send_header(ResponseHeader::Ok { length: len }) {
-        client = ClientState::Gone(error);
+    // The fill thread has committed or dropped the fill by now: end the flight only after it,
+    // so that a request arriving after this one either follows the flight or hits the cache.
+
+    if received < len {
+        if let Some(leader) = leader {
+            leader.broken();
+        }
+        if let ClientState::Gone(error) = &client {
+            return client_gone(error, response);
+        }
+        ctx.stats.incr(Counter::OriginError);
+        response.abort();
+        return Outcome::Aborted;
     }
+    ctx.stats.incr(Counter::OriginOk);
+    if let Some(leader) = leader {
+        leader.complete();
+    }
+    match client {
+        ClientState::Open => Outcome::Miss,
+        ClientState::Gone(error) => client_gone(&error, response),
+    }
+}
+
+/// Where the pieces of an origin body go besides the client.
+struct Tee<'a, 'f> {
+    /// The flight's shared pieces, when followers can share the body.
+    leader: Option<&'a Leader<'f>>,
+    /// The fill thread's feed.
+    feed: Option<FillFeed>,
+}
+
+impl Tee<'_, '_> {
+    fn wants_pieces(&self) -> bool {
+        self.leader.is_some() || self.feed.is_some()
+    }
+
+    fn push(&self, piece: &Arc<[u8]>) {
+        if let Some(leader) = self.leader {
+            leader.push_shared(Arc::clone(piece));
+        }
+        if let Some(feed) = &self.feed {
+            feed.push(Arc::clone(piece));
+        }
+    }
+}
+
+/// Reads the body and sends it to the client and the tee. Returns the bytes received from the
+/// origin and the client's state.
+fn pump(
+    path: &CanonicalPath,
+    body: &mut OriginBody,
+    len: u64,
+    tee: &Tee<'_, '_>,
+    leader: Option<&Leader<'_>>,
+    response: &mut ResponseWriter<'_>,
+) -> (u64, ClientState) {
+    let mut client = match response.send_header(ResponseHeader::Ok { length: len }) {
+        Ok(()) => ClientState::Open,
+        Err(error) => ClientState::Gone(error),
+    };
     let mut buf = vec![0u8; ORIGIN_READ_SIZE];
     let mut received: u64 = 0;
     while received < len {
@@ -414,52 +476,73 @@ fn stream_origin(
             }
         };
         let keep = usize::try_from(len - received).map_or(n, |left| n.min(left));
-        let piece = buf.get(..keep).unwrap_or_default();
+        let bytes = buf.get(..keep).unwrap_or_default();
+        // One copy into a shared piece when someone besides the client wants the bytes.
+        let piece: Option<Arc<[u8]>> = tee.wants_pieces().then(|| Arc::from(bytes));
         if let ClientState::Open = client {
-            if let Err(error) = response.send_body(piece) {
+            if let Err(error) = response.send_body(piece.as_deref().unwrap_or(bytes)) {
                 client = ClientState::Gone(error);
             }
         }
         if let ClientState::Gone(_) = client {
             // Keep fetching only for requests that wait on this fetch.
-            if !leader.as_ref().is_some_and(Leader::has_followers) {
+            if !leader.is_some_and(Leader::has_followers) {
                 break;
             }
         }
-        if let Some(leader) = leader.as_ref().filter(|_| share) {
-            leader.push(piece);
-        }
-        if let Some(fill) = fill.as_mut() {
-            fill.write(piece);
+        if let Some(piece) = &piece {
+            tee.push(piece);
         }
         received += keep as u64;
     }
+    (received, client)
+}
 
-    if received < len {
-        // Nothing is filled: `fill` drops uncommitted.
-        if let Some(leader) = leader {
-            leader.broken();
+/// The slot to fill, if the object may be filled (counts a fill too large to take as dropped).
+fn fill_target(ctx: &Context, fill_slot: Option<CacheSlot>, len: u64) -> Option<CacheSlot> {
+    let slot = fill_slot?;
+    if len > ctx.config.max_object_size {
+        ctx.stats.incr(Counter::FillsDropped);
+        return None;
+    }
+    Some(slot)
+}
+
+/// Runs `serve` on this thread while a fill thread PUTs what `feed` receives into cache
+/// `fill_slot`; returns once both are done.
+fn with_fill<T>(
+    ctx: &Context,
+    path: &CanonicalPath,
+    len: u64,
+    fill_slot: Option<CacheSlot>,
+    feed: Option<&FillFeed>,
+    serve: impl FnOnce() -> T,
+) -> T {
+    let (Some(slot), Some(feed)) = (fill_slot, feed) else {
+        return serve();
+    };
+    thread::scope(|scope| {
+        let filler = thread::Builder::new()
+            .name("gfproxy-fill".into())
+            .spawn_scoped(scope, || {
+                run_fill(
+                    &ctx.region,
+                    &ctx.stats,
+                    slot,
+                    path,
+                    len,
+                    feed,
+                    ctx.config.origin_timeout,
+                    ctx.config.cache_timeout,
+                )
+            });
+        if let Err(error) = &filler {
+            tracing::debug!(%error, "no fill thread");
+            ctx.stats.incr(Counter::FillsDropped);
+            feed.cancel();
         }
-        if let ClientState::Gone(error) = &client {
-            return client_gone(error, response);
-        }
-        ctx.stats.incr(Counter::OriginError);
-        response.abort();
-        return Outcome::Aborted;
-    }
-    ctx.stats.incr(Counter::OriginOk);
-    // The client has every byte: commit the fill before the flight ends, so that a request
-    // arriving after this one either follows the flight or hits the cache.
-    if let Some(fill) = fill {
-        fill.commit(ctx.config.cache_timeout);
-    }
-    if let Some(leader) = leader {
-        leader.complete();
-    }
-    match client {
-        ClientState::Open => Outcome::Miss,
-        ClientState::Gone(error) => client_gone(&error, response),
-    }
+        serve()
+    })
 }
 
 /// Serves a body that was read whole (it came without a Content-Length).
@@ -477,17 +560,17 @@ fn send_buffered(
         leader.start_body(len);
         leader.push_shared(Arc::clone(&bytes));
     }
-    let sent = response
-        .send_header(ResponseHeader::Ok { length: len })
-        .and_then(|()| response.send_body(&bytes));
-    let max = ctx.config.max_object_size;
-    let timeout = ctx.config.cache_timeout;
-    if let Some(mut fill) = fill_slot
-        .and_then(|slot| Fill::start(&ctx.region, &ctx.stats, slot, path, len, max, timeout))
-    {
-        fill.write(&bytes);
-        fill.commit(ctx.config.cache_timeout);
-    }
+    let feed = fill_target(ctx, fill_slot, len).map(|_| {
+        let feed = FillFeed::new(FILL_BACKLOG);
+        feed.push(Arc::clone(&bytes));
+        feed.complete();
+        feed
+    });
+    let sent = with_fill(ctx, path, len, fill_slot, feed.as_ref(), || {
+        response
+            .send_header(ResponseHeader::Ok { length: len })
+            .and_then(|()| response.send_body(&bytes))
+    });
     if let Some(leader) = leader {
         leader.complete();
     }

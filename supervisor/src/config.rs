@@ -800,8 +800,7 @@ impl Validator<'_> {
             (Some(root), None) => {
                 let path = self.path(root.get_ref());
                 // A writable root is created at start when missing.
-                let creatable =
-                    writable && !path.exists() && path.parent().is_some_and(Path::is_dir);
+                let creatable = writable && !path.exists();
                 if !path.is_dir() && !creatable {
                     self.issue(
                         "cache.directory.root",

@@ -28,8 +28,9 @@ pub struct BuildReport {
 }
 
 /// Builds a pack of every regular file under `dir` at `output`: written to a temporary file in
-/// `output`'s directory, fsynced, then renamed over `output` (and the directory fsynced), so
-/// `output` always names a complete pack. Object paths are `/` + the path under `dir`; symlinks
+/// `output`'s directory, fsynced, read back and checked (structure and every checksum), then
+/// renamed over `output` (and the directory fsynced), so `output` always names a complete,
+/// sound pack. Object paths are `/` + the path under `dir`; symlinks
 /// are followed only when they resolve inside `dir`, and symlinked directories are not entered.
 /// An earlier `output` inside `dir` is not packed into the new one.
 pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
@@ -80,12 +81,26 @@ pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
         .map_err(|error| write_error(error.into_error()))?;
     report.pack_len = writer.position;
     temp.as_file().sync_all().map_err(&write_error)?;
+    check_written(&temp_path)?;
     temp.persist(output)
         .map_err(|error| io_error(output)(error.error))?;
     File::open(&output_dir)
         .and_then(|dir| dir.sync_all())
         .map_err(io_error(&output_dir))?;
     Ok(report)
+}
+
+/// Reads the finished pack back through the reader before it is renamed into place: the
+/// structure as at open, then every object's checksum.
+fn check_written(temp_path: &Path) -> Result<(), Error> {
+    let written = super::PackBackend::open(temp_path)?;
+    match written.check_all().into_iter().next() {
+        None => Ok(()),
+        Some(problem) => Err(Error::CorruptPack {
+            path: temp_path.to_path_buf(),
+            what: format!("read back after writing: {problem}"),
+        }),
+    }
 }
 
 /// An `Error::Io` about `path`.

@@ -16,6 +16,8 @@
 //! - `ledger-owner --run-dir DIR`: records a non-removed shm object, semaphore set and message
 //!   queue in DIR's ledger, prints `<kind> <id>` lines and `ready`, hangs.
 //!
+//! Every role takes `--yield-us N` (the waiters' polling budget, see `testkit::set_yield_budget`).
+//!
 //! Hanging is bounded (60 s) so a forgotten peer cannot outlive a test run for long.
 
 use std::collections::HashMap;
@@ -88,6 +90,9 @@ fn hang() {
 fn main() -> ExitCode {
     let args = Args(std::env::args().skip(1).collect());
     let role = args.0.first().cloned().unwrap_or_default();
+    if let Some(micros) = args.get("yield-us").and_then(|v| v.parse().ok()) {
+        ipc::testkit::set_yield_budget(Duration::from_micros(micros));
+    }
     let result = match role.as_str() {
         "cache" => cache(&args),
         "proxy" => proxy(&args),
