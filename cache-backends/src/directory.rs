@@ -661,7 +661,12 @@ impl Fill for DirectoryFillWriter {
         if self.fill.written != self.announced {
             return Err(self.length_error(self.fill.written));
         }
-        // No fsync per object: see docs/backends.md ("Durability of a writable directory").
+        // The data reaches the disk before the rename makes it visible, so a power loss can lose
+        // a fill but never leave a short file under its real name (docs/backends.md).
+        self.file.sync_data().map_err(|source| Error::Io {
+            path: self.fill.temp.to_path_buf(),
+            source,
+        })?;
         drop(self.file);
         self.backend.commit_fill(self.fill)
     }
