@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ipc::testkit::handoff::{ping_pong, Primitive};
+use ipc::testkit::{set_yield_budget, DEFAULT_YIELD_BUDGET};
 use ipc::{CacheSlot, ChunkDest, Lookup, Region, RegionConfig};
 
 const OBJECT: usize = 64 << 20;
@@ -24,7 +25,7 @@ const ROUNDS: usize = 12;
 struct CachePeer(Child);
 
 impl CachePeer {
-    fn spawn(region: &Region, workers: usize) -> CachePeer {
+    fn spawn(region: &Region, workers: usize, yield_budget: Duration) -> CachePeer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ipc-testpeer"))
             .args([
                 "cache",
@@ -36,6 +37,7 @@ impl CachePeer {
                 "bench",
             ])
             .args(["--workers", &workers.to_string()])
+            .args(["--yield-us", &yield_budget.as_micros().to_string()])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn ipc-testpeer");
@@ -181,29 +183,36 @@ fn main() {
         "1.00"
     );
 
+    let policies = [
+        ("spin 100", Duration::ZERO),
+        ("spin 100 + yield 50us", DEFAULT_YIELD_BUDGET),
+    ];
     let config = RegionConfig {
         segments: 1,
         segment_size: 1 << 20,
         cache_slots: 1,
         proxy_slots: 1,
     };
-    {
-        let region = Region::create(&config, None).unwrap();
-        let _peer = CachePeer::spawn(&region, 1);
-        let times = measure(|| fetch_into(&region, OBJECT, &mut dst));
-        assert!(dst == object, "stream delivered wrong bytes");
-        stream_row("segment, cache in a process (GB/s)", &times, &memcpy);
-    }
-    {
-        let region = Region::create(&config, None).unwrap();
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            scope.spawn(|| serve_in_thread(&region, &object, &stop));
+    for (policy, budget) in policies {
+        set_yield_budget(budget);
+        {
+            let region = Region::create(&config, None).unwrap();
+            let _peer = CachePeer::spawn(&region, 1, budget);
             let times = measure(|| fetch_into(&region, OBJECT, &mut dst));
-            stop.store(true, Ordering::Relaxed);
             assert!(dst == object, "stream delivered wrong bytes");
-            stream_row("segment, cache in a thread (GB/s)", &times, &memcpy);
-        });
+            stream_row(&format!("process, {policy}"), &times, &memcpy);
+        }
+        {
+            let region = Region::create(&config, None).unwrap();
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                scope.spawn(|| serve_in_thread(&region, &object, &stop));
+                let times = measure(|| fetch_into(&region, OBJECT, &mut dst));
+                stop.store(true, Ordering::Relaxed);
+                assert!(dst == object, "stream delivered wrong bytes");
+                stream_row(&format!("thread, {policy}"), &times, &memcpy);
+            });
+        }
     }
 
     println!();
@@ -212,12 +221,35 @@ fn main() {
         "{:<34} {:>12} {:>12}",
         "primitive", "round trips/s", "us/round trip"
     );
-    for (name, primitive) in [
-        ("futex, spin 100 then sleep", Primitive::FutexSpin),
-        ("futex, sleep at once", Primitive::FutexSleep),
-        ("SysV semaphore pair (semop)", Primitive::Semaphore),
-        ("SysV message queue", Primitive::MessageQueue),
-    ] {
+    let handoffs = [
+        (
+            "futex, spin 100 + yield 50us",
+            Primitive::FutexSpin,
+            DEFAULT_YIELD_BUDGET,
+        ),
+        (
+            "futex, spin 100 then sleep",
+            Primitive::FutexSpin,
+            Duration::ZERO,
+        ),
+        (
+            "futex, sleep at once",
+            Primitive::FutexSleep,
+            Duration::ZERO,
+        ),
+        (
+            "SysV semaphore pair (semop)",
+            Primitive::Semaphore,
+            Duration::ZERO,
+        ),
+        (
+            "SysV message queue",
+            Primitive::MessageQueue,
+            Duration::ZERO,
+        ),
+    ];
+    for (name, primitive, budget) in handoffs {
+        set_yield_budget(budget);
         let rounds = 10_000;
         let _ = ping_pong(primitive, 500); // warm
         let time = ping_pong(primitive, rounds).expect("ping-pong");
@@ -229,19 +261,26 @@ fn main() {
     }
 
     println!();
-    println!("round trips of a 100-byte GET, cache process with 2 workers, 16 segments");
-    println!("{:<34} {:>12}", "requesters", "round trips/s");
+    println!("round trips/s of a 100-byte GET, cache process with 2 workers, 16 segments");
+    println!("{:<34} {:>10} {:>10} {:>10}", "requesters", "1", "4", "16");
     let config = RegionConfig {
         segments: 16,
         segment_size: 64 * 1024,
         cache_slots: 1,
         proxy_slots: 1,
     };
-    let region = Region::create(&config, None).unwrap();
-    let _peer = CachePeer::spawn(&region, 2);
-    round_trips(&region, 1, Duration::from_millis(300)); // warm
-    for requesters in [1, 4, 16] {
-        let rate = round_trips(&region, requesters, Duration::from_secs(2));
-        println!("{requesters:<34} {rate:>12.0}");
+    for (policy, budget) in policies {
+        set_yield_budget(budget);
+        let region = Region::create(&config, None).unwrap();
+        let _peer = CachePeer::spawn(&region, 2, budget);
+        round_trips(&region, 1, Duration::from_millis(300)); // warm
+        let rates: Vec<f64> = [1, 4, 16]
+            .iter()
+            .map(|&n| round_trips(&region, n, Duration::from_secs(2)))
+            .collect();
+        println!(
+            "{policy:<34} {:>10.0} {:>10.0} {:>10.0}",
+            rates[0], rates[1], rates[2]
+        );
     }
 }
