@@ -233,6 +233,22 @@ fn remove_file_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// Terminates a torn last line (an owner that died mid-append), so that the next record starts
+/// on a line of its own.
+fn end_with_newline(file: &mut File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
 impl Ledger {
     /// Creates `run_dir` if needed and takes its lock without blocking; `Error::RunDirLocked` if
     /// a live process holds it. Does not sweep: call [`sweep`] first. Entries of a ledger left
@@ -252,12 +268,14 @@ impl Ledger {
         lock.sync_all().map_err(ledger_error(&lock_path, "fsync"))?;
         let path = run_dir.join(LEDGER_FILE);
         let entries = read_entries(&path)?;
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .open(&path)
             .map_err(ledger_error(&path, "open"))?;
+        end_with_newline(&mut file).map_err(ledger_error(&path, "repair a torn line"))?;
         Ok(Ledger {
             dir: run_dir.to_path_buf(),
             lock,
@@ -501,6 +519,22 @@ mod tests {
         let report = sweep(run).unwrap();
         assert_eq!(report.removed.len(), 1);
         assert!(object_info(IpcKind::Shm, object.id()).is_none());
+    }
+
+    #[test]
+    fn a_record_after_a_torn_line_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut guard = Objects(Vec::new());
+        fs::write(dir.path().join(LEDGER_FILE), "{\"kind\":\"shm\",\"id\":1").unwrap();
+        let object = IpcObject::create(IpcKind::MsgQueue).unwrap();
+        guard.0.push((IpcKind::MsgQueue, object.id()));
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        assert!(ledger.entries().is_empty());
+        ledger.record(IpcKind::MsgQueue, object.id()).unwrap();
+        drop(ledger);
+        let report = sweep(dir.path()).unwrap();
+        assert_eq!(report.removed.len(), 1);
+        assert!(object_info(IpcKind::MsgQueue, object.id()).is_none());
     }
 
     #[test]

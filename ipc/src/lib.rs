@@ -2,7 +2,8 @@
 //!
 //! Everything the proxy, the caches and the supervisor share lives in one SysV shared memory
 //! object, the [`Region`]; every hand-off is a futex on a 32-bit word inside it, each wait with a
-//! timeout. There are no message queues and no semaphore sets (docs/ipc.md explains why).
+//! timeout (a waiter polls for up to about 50 us, spinning then yielding, before it sleeps).
+//! There are no message queues and no semaphore sets (docs/ipc.md explains why).
 //!
 //! - [`Region`]: created by the supervisor with `shmget(IPC_PRIVATE, 0600)`, attached, and marked
 //!   for removal (`IPC_RMID`) at once, so the kernel frees it when the last process detaches,

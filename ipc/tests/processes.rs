@@ -373,6 +373,54 @@ fn sigkill_of_the_proxy_mid_transfer_stops_the_cache_within_its_timeout() {
 }
 
 #[test]
+fn sigkill_of_the_proxy_mid_put_stops_the_cache_within_its_timeout() {
+    let region = region(1, 64 * 1024, 1);
+    let id = region.id().to_string();
+    let mut proxy = Peer::spawn(&[
+        "proxy-put-stall",
+        "--region",
+        &id,
+        "--slot",
+        "0",
+        "--size",
+        "1000000",
+    ]);
+    let request = loop {
+        if let Some(request) = region.next_request(CacheSlot::from_raw(0), T).unwrap() {
+            break request;
+        }
+    };
+    assert_eq!(request.op(), Op::Put { len: 1_000_000 });
+    assert_eq!(request.path(), "/stored");
+    let mut reader = request.accept().unwrap();
+    proxy.expect("writing 32768");
+    let (mut copy, mut scratch) = (Vec::new(), Vec::new());
+    reader
+        .next_chunk(T)
+        .unwrap()
+        .expect("first chunk")
+        .append_to(&mut copy);
+    assert_eq!(check_pattern(1, 0, &copy, &mut scratch), Ok(()));
+    let proxy_pid = proxy.pid();
+    proxy.kill();
+    let err = reader
+        .next_chunk(SHORT)
+        .expect_err("no more data from a dead proxy");
+    assert!(matches!(err, Error::Timeout { what: "data", .. }), "{err}");
+    drop(reader);
+    assert_eq!(
+        region.segment_counts(),
+        SegmentCounts {
+            free: 0,
+            busy: 0,
+            quarantined: 1
+        }
+    );
+    assert_eq!(region.reclaim_dead(proxy_pid), 1);
+    assert_eq!(region.segment_counts(), all_free(&region));
+}
+
+#[test]
 fn sigkill_of_a_proxy_with_an_unclaimed_request_is_reclaimed() {
     let region = region(1, 64 * 1024, 2);
     let id = region.id().to_string();

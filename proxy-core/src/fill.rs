@@ -109,7 +109,7 @@ impl FillFeed {
                 return Err(());
             }
             if let Some(piece) = state.pieces.pop_front() {
-                state.queued -= piece.len() as u64;
+                state.queued = state.queued.saturating_sub(piece.len() as u64);
                 return Ok(Some(piece));
             }
             if state.end == FeedEnd::Complete {

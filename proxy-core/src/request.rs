@@ -64,7 +64,10 @@ fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Ou
             ctx.stats.incr(Counter::LookupErrors);
             return fallback(ctx, &path, epoch, response);
         }
-        Route::NoCache => return from_origin(ctx, &path, None, epoch, response),
+        Route::NoCache => {
+            tracing::debug!(key = %path, "every cache is quarantined");
+            return fallback(ctx, &path, epoch, response);
+        }
     };
 
     // 3-6. Acquire a segment, GET from that cache, stream from the segment, release.
@@ -115,7 +118,7 @@ fn from_cache(
             return CacheResult::Miss;
         }
         Lookup::Error => {
-            ctx.router.suspect(&ctx.region, slot);
+            // One unreadable object says nothing about the cache's other objects: no suspicion.
             return CacheResult::Failed(Error::CacheFault {
                 slot: slot.as_raw(),
             });

@@ -12,6 +12,8 @@
 //! - `proxy --region ID --slots 0,1 --sizes 1,2,3 --count N --threads T [--seed S]`: GETs
 //!   generated objects round robin and verifies every byte; prints `ok <transfers> <checksum>`.
 //! - `proxy-stall --region ID --slot K --size N`: GETs one object, holds its first chunk, hangs.
+//! - `proxy-put-stall --region ID --slot K --size N`: PUTs N bytes to `/stored`, writes one half,
+//!   hangs.
 //! - `owner --segments N`: creates a region, prints `region <id>`, hangs.
 //! - `ledger-owner --run-dir DIR`: records a non-removed shm object, semaphore set and message
 //!   queue in DIR's ledger, prints `<kind> <id>` lines and `ready`, hangs.
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         "cache" => cache(&args),
         "proxy" => proxy(&args),
         "proxy-stall" => proxy_stall(&args),
+        "proxy-put-stall" => proxy_put_stall(&args),
         "owner" => owner(&args),
         "ledger-owner" => ledger_owner(&args),
         other => Err(format!("unknown role {other:?}").into()),
@@ -378,6 +381,20 @@ fn proxy_stall(args: &Args) -> Res<()> {
     say(&format!("reading {}", chunk.len()));
     hang();
     drop(chunk);
+    Ok(())
+}
+
+fn proxy_put_stall(args: &Args) -> Res<()> {
+    let region = args.region()?;
+    let slot = CacheSlot::from_raw(args.number("slot", 0)?);
+    let size: u64 = args.number("size", 1 << 20)?;
+    let mut stream = region.acquire(TIMEOUT)?.put(slot, "/stored", size)?;
+    let half = region.config().segment_size / 2;
+    let mut first = vec![0; half];
+    fill_pattern(1, 0, &mut first);
+    stream.write(&first, TIMEOUT)?;
+    say(&format!("writing {half}"));
+    hang();
     Ok(())
 }
 

@@ -76,7 +76,7 @@ impl Region {
         loop {
             let seen = bell.seq.load(Ordering::SeqCst);
             while let Some(seg) = self.claim_oldest(slot) {
-                if let Some(request) = CacheRequest::read(seg)? {
+                if let Some(request) = CacheRequest::read(seg) {
                     return Ok(Some(request));
                 }
             }
@@ -141,8 +141,8 @@ pub struct CacheRequest<'r> {
 
 impl<'r> CacheRequest<'r> {
     /// Reads and checks the request fields of a freshly claimed segment. A malformed request is
-    /// answered (error / decline) and `Ok(None)` returned so the caller looks for the next one.
-    fn read(seg: Seg<'r>) -> Result<Option<CacheRequest<'r>>> {
+    /// answered (error / decline) and `None` returned so the caller looks for the next one.
+    fn read(seg: Seg<'r>) -> Option<CacheRequest<'r>> {
         let request = &seg.header.request;
         let op = match request.op.load(Ordering::Relaxed) {
             OP_GET => Op::Get,
@@ -156,7 +156,7 @@ impl<'r> CacheRequest<'r> {
                     "request with an unknown op"
                 );
                 seg.finish_side(Side::Cache, true);
-                return Ok(None);
+                return None;
             }
         };
         let id = RequestId::from_raw(request.request_id.load(Ordering::Relaxed));
@@ -171,15 +171,15 @@ impl<'r> CacheRequest<'r> {
                     id,
                 };
                 drop(answer); // answers Error / declines
-                return Ok(None);
+                return None;
             }
         };
-        Ok(Some(CacheRequest {
+        Some(CacheRequest {
             seg: Some(seg),
             op,
             path,
             id,
-        }))
+        })
     }
 
     /// GET or PUT.

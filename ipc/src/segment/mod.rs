@@ -295,10 +295,12 @@ struct Producer<'r> {
 
 impl<'r> Producer<'r> {
     /// Waits until half `cursor.next % 2` is free, the peer aborted, or the peer completed early.
+    /// A consumer count that is impossible (ahead of what was published) also ends the wait, for
+    /// [`Producer::check_room`] to report.
     fn wait_room(&self, timeout: Duration) -> Result<Wake> {
         let next = self.cursor.next;
         wait_word(&self.seg.header.consumed, timeout, |value| {
-            value & (ABORT | FINAL) != 0 || chunk_distance(next, value) < 2
+            value & (ABORT | FINAL) != 0 || chunk_distance(next, value) != 2
         })
     }
 
@@ -515,6 +517,8 @@ impl std::fmt::Debug for Chunk<'_> {
 impl Region {
     /// Returns every segment that process `pid` (known dead) was part of to the pool, or frees it
     /// from that side. Returns how many segments it touched.
+    ///
+    /// Only for the pid of a process already reaped: a live process would lose its segments.
     pub fn reclaim_dead(&self, pid: i32) -> usize {
         if pid <= 0 {
             return 0;

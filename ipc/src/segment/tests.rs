@@ -406,3 +406,47 @@ fn reclaim_of_a_vanished_cache_returns_the_segment() {
     assert_eq!(region.reclaim_dead(region.pid()), 1);
     assert_eq!(region.segment_counts().free, 1);
 }
+
+#[test]
+fn handles_can_move_between_threads() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Region>();
+    send::<Lease<'static>>();
+    send::<GetStream<'static>>();
+    send::<PutStream<'static>>();
+    send::<CacheRequest<'static>>();
+    send::<GetWriter<'static>>();
+    send::<PutReader<'static>>();
+}
+
+#[test]
+fn a_consumer_count_ahead_of_the_producer_is_a_protocol_error() {
+    let region = region(1);
+    std::thread::scope(|scope| {
+        let proxy = scope.spawn(|| {
+            let lease = region.acquire(T).unwrap();
+            let header = region.segment_header(lease.segment().as_raw()).unwrap();
+            let stream = lease.get(CacheSlot::from_raw(0), "/x", T).unwrap();
+            // A hostile consumer releases chunks it never received.
+            futex::update_flag_word(&header.consumed, |v| {
+                (v & !COUNT_MASK) | ((v + 7) & COUNT_MASK)
+            });
+            stream
+        });
+        let request = loop {
+            if let Some(request) = region.next_request(CacheSlot::from_raw(0), T).unwrap() {
+                break request;
+            }
+        };
+        let mut writer = request.found(1 << 20).unwrap();
+        let mut buf = writer.next_buf(T).unwrap();
+        buf.put_slice(&[1; 100]).unwrap();
+        buf.publish().unwrap();
+        let stream = proxy.join().unwrap();
+        let err = writer.next_buf(T).unwrap_err();
+        assert!(matches!(err, Error::Protocol { .. }), "{err}");
+        drop(stream);
+    });
+    assert_eq!(region.segment_counts().free, 1);
+}

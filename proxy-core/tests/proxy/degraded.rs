@@ -1,7 +1,9 @@
 //! Degraded mode: dead, stopped and slow caches; clients that leave.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 use gfprotocol::Status;
@@ -9,7 +11,7 @@ use ipc::{CacheSlot, Counter, Member, MemberState, ProxySlot};
 use nix::sys::signal::Signal;
 use proxy_core::Proxy;
 
-use crate::common::{self, Backend, Rig, TestOrigin};
+use crate::common::{self, Backend, Fetched, Rig, TestOrigin};
 
 fn file_set(big: usize) -> HashMap<String, Arc<Vec<u8>>> {
     let mut files = HashMap::new();
@@ -36,6 +38,33 @@ fn a_cache_killed_mid_stream_closes_that_client_and_the_rest_fall_back() {
     common::fetch_ok(&addr, "/f1", &files["/f1"]);
     assert_eq!(rig.counter(Counter::LookupHits), 1);
 
+    // Clients keep fetching throughout; every OK body they get must be right.
+    let stop = Arc::new(AtomicBool::new(false));
+    let background: Vec<_> = (0..4)
+        .map(|client| {
+            let (addr, files, stop) = (addr.clone(), files.clone(), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut ok = 0;
+                let mut round = client;
+                while !stop.load(Ordering::SeqCst) {
+                    let path = format!("/f{}", round % 20);
+                    round += 1;
+                    match common::fetch(&addr, &path) {
+                        Fetched::Ok(body) => {
+                            assert!(body == files[&path][..], "{path}: a wrong OK body");
+                            ok += 1;
+                        }
+                        Fetched::Short { received, .. } => {
+                            assert!(received < files[&path].len() as u64);
+                        }
+                        Fetched::Status(status) => panic!("{path}: {status:?}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+
     // A client in the middle of /big; the cache dies under it.
     let partial = common::start_partial(&addr, "/big", 1 << 20);
     assert_eq!(partial.announced, 32 << 20);
@@ -55,6 +84,11 @@ fn a_cache_killed_mid_stream_closes_that_client_and_the_rest_fall_back() {
         Duration::from_secs(10),
         || rig.counter(Counter::RequestsAborted) == 1,
     );
+
+    stop.store(true, Ordering::SeqCst);
+    for client in background {
+        assert!(client.join().expect("background client") > 0);
+    }
 
     // Every later request succeeds through the origin, byte for byte.
     for (path, bytes) in &files {
@@ -128,4 +162,50 @@ fn a_client_leaving_mid_body_frees_its_segment_at_once() {
     }
     // The pool is whole: a full transfer still works.
     common::fetch_ok(&addr, "/f5", &files["/f5"]);
+}
+
+#[test]
+fn routing_follows_the_member_states() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("routed"), b"either cache has me").expect("write");
+    let root = dir.path().to_path_buf();
+    let rig = Rig::start(
+        8,
+        &[Backend::Directory(root.clone()), Backend::Directory(root)],
+        common::proxy_config(None),
+    );
+    let addr = rig.addr();
+    let slots = || (0..2).map(CacheSlot::from_raw);
+    let owner = proxy_core::routing::owner("/routed", slots()).expect("an owner");
+    let other = slots().find(|s| *s != owner).expect("another slot");
+    let set = |slot, state| {
+        let member = Member::Cache(slot);
+        let pid = rig.region.member_pid(member);
+        rig.region.set_member_state(member, state, pid);
+    };
+
+    common::fetch_ok(&addr, "/routed", b"either cache has me");
+    assert_eq!(rig.counter(Counter::LookupHits), 1);
+
+    // A quarantined owner is routed around: its keys go to the next slot.
+    set(owner, MemberState::Quarantined);
+    common::fetch_ok(&addr, "/routed", b"either cache has me");
+    assert_eq!(rig.counter(Counter::LookupHits), 2);
+    assert_eq!(rig.counter(Counter::Fallbacks), 0);
+
+    // An owner that is restarting keeps its keys: a fallback (ERROR without an origin).
+    set(owner, MemberState::Starting);
+    common::fetch_status(&addr, "/routed", Status::Error);
+    assert_eq!(rig.counter(Counter::Fallbacks), 1);
+
+    // Every cache quarantined: every request is a fallback.
+    set(owner, MemberState::Quarantined);
+    set(other, MemberState::Quarantined);
+    common::fetch_status(&addr, "/routed", Status::Error);
+    assert_eq!(rig.counter(Counter::Fallbacks), 2);
+
+    set(owner, MemberState::Ready);
+    set(other, MemberState::Ready);
+    common::fetch_ok(&addr, "/routed", b"either cache has me");
+    assert_eq!(rig.counter(Counter::LookupHits), 3);
 }

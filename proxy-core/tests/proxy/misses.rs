@@ -23,10 +23,13 @@ fn a_miss_is_fetched_filled_and_then_hit() {
     let chunked = Arc::new(common::content(2, 300 * 1024 + 7));
     let huge = Arc::new(common::content(3, 2 << 20));
     let target = Arc::new(common::content(4, 5000));
+    let large = Arc::new(common::content(5, (1 << 20) - 5));
     let origin = {
         let (a, chunked, huge, target) = (a.clone(), chunked.clone(), huge.clone(), target.clone());
+        let large = large.clone();
         TestOrigin::start(move |path| match path {
             "/a" => Reply::Body(a.clone()),
+            "/large" => Reply::Body(large.clone()),
             "/zero" => Reply::Body(Arc::new(Vec::new())),
             "/chunked" => Reply::Chunked(chunked.clone()),
             "/huge" => Reply::Body(huge.clone()),
@@ -72,13 +75,22 @@ fn a_miss_is_fetched_filled_and_then_hit() {
     assert_eq!(origin.requests("/chunked"), 1);
     assert_eq!(rig.counter(Counter::LookupHits), 3);
 
+    // A body of many chunks (the segments are 256 KiB).
+    common::fetch_ok(&addr, "/large", &large);
+    common::wait_for("the fill of /large", Duration::from_secs(20), || {
+        rig.counter(Counter::FillsStored) >= 4
+    });
+    common::fetch_ok(&addr, "/large", &large);
+    assert_eq!(origin.requests("/large"), 1);
+    assert_eq!(rig.counter(Counter::LookupHits), 4);
+
     // Over max_object_size: served, never filled.
     let dropped = rig.counter(Counter::FillsDropped);
     common::fetch_ok(&addr, "/huge", &huge);
     common::fetch_ok(&addr, "/huge", &huge);
     assert_eq!(origin.requests("/huge"), 2);
     assert_eq!(rig.counter(Counter::FillsDropped), dropped + 2);
-    assert_eq!(rig.counter(Counter::FillsStored), 3);
+    assert_eq!(rig.counter(Counter::FillsStored), 4);
 
     // Over max_object_size without a Content-Length: ERROR.
     common::fetch_status(&addr, "/chunked-huge", Status::Error);
@@ -205,6 +217,35 @@ fn concurrent_misses_for_one_path_make_one_origin_request() {
     common::fetch_ok(&addr, "/hot", &hot);
     assert_eq!(origin.requests("/hot"), 1);
     assert_eq!(rig.counter(Counter::LookupHits), 1);
+    rig.wait_pool_full();
+}
+
+#[test]
+fn a_read_only_cache_declines_the_fill_and_costs_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = Arc::new(common::content(11, 300_000));
+    let origin = {
+        let body = body.clone();
+        TestOrigin::start(move |path| match path {
+            "/only-at-origin" => Reply::Body(body.clone()),
+            _ => Reply::Status(404),
+        })
+    };
+    let rig = Rig::start(
+        8,
+        &[Backend::Directory(dir.path().to_path_buf())],
+        common::proxy_config(Some(origin.url())),
+    );
+    let addr = rig.addr();
+    for round in 1..=2 {
+        common::fetch_ok(&addr, "/only-at-origin", &body);
+        common::wait_for("the declined fill", Duration::from_secs(20), || {
+            rig.counter(Counter::FillsDropped) == round
+        });
+    }
+    assert_eq!(origin.requests("/only-at-origin"), 2);
+    assert_eq!(rig.counter(Counter::FillsStored), 0);
+    assert_eq!(rig.counter(Counter::LookupMisses), 2);
     rig.wait_pool_full();
 }
 
