@@ -22,19 +22,23 @@
 //! [`Proxy::start`] which returns a [`RunningProxy`] with its bound address, for tests and
 //! embedding.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
-//! use std::time::Duration;
 //! use proxy_core::{Proxy, ProxyConfig};
 //!
+//! // A region with one cache slot; no cache process serves it yet.
 //! let region = Arc::new(ipc::Region::create(
-//!     &ipc::RegionConfig { segments: 8, segment_size: 1 << 20, cache_slots: 1, proxy_slots: 1 },
+//!     &ipc::RegionConfig { segments: 4, segment_size: 64 * 1024, cache_slots: 1, proxy_slots: 1 },
 //!     None,
 //! )?);
-//! let mut config = ProxyConfig::new("127.0.0.1:0".parse()?);
-//! config.origin = Some("http://127.0.0.1:8080".into());
-//! let proxy = Proxy::start(region, config)?;
-//! println!("serving GetFile on {}", proxy.local_addr());
+//! let proxy = Proxy::start(region, ProxyConfig::new("127.0.0.1:0".parse()?))?;
+//!
+//! // The owning cache is down and there is no origin: the proxy answers ERROR.
+//! let mut body = Vec::new();
+//! let outcome = gfprotocol::Client::default()
+//!     .fetch(&proxy.local_addr().to_string(), "/index.html", &mut body)?;
+//! assert_eq!(outcome.status, gfprotocol::Status::Error);
+//!
 //! proxy.stop();
 //! proxy.join()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
