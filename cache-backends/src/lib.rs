@@ -251,17 +251,18 @@ pub struct CacheProcessConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// Runs a cache process on an attached region until SIGTERM/SIGINT (or until `stop` is set):
+/// Runs a cache process on an attached region until `stop` is set (the caller wires
+/// SIGTERM/SIGINT to it):
 /// marks the slot Starting, opens nothing itself (the backend is given), marks it Ready, serves
 /// its slot's requests with `workers` threads, copies the backend stats into the stats area,
 /// then drains and marks the slot Down. Returns Ok after a clean drain.
 ///
 /// Draining: once `stop` is set, no new request is taken (requests already queued for the slot
 /// are answered error / declined at once); transfers in flight may finish until
-/// `config.shutdown_timeout`, after which every transfer this process is the cache side of is
-/// aborted through [`ipc::Region::reclaim_dead`] with the process's own pid. A test that runs a
-/// proxy side in the same process should therefore let transfers finish before the deadline.
-/// docs/backends.md describes the loop.
+/// `config.shutdown_timeout`, after which every transfer this process takes part in is aborted
+/// with [`ipc::Region::abort_transfers_of`] and the workers release their segments. A test that
+/// runs a proxy side in the same process should therefore let transfers finish before the
+/// deadline. docs/backends.md describes the loop.
 pub fn run_cache_process(
     region: &ipc::Region,
     backend: &dyn CacheBackend,

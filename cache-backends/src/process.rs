@@ -156,10 +156,10 @@ fn supervise(shared: &Shared<'_>, member: Member, pid: i32) {
             );
             shared.abort.store(true, Ordering::Release);
             // Workers blocked waiting for the proxy (room to write, a fill's next chunk) would
-            // otherwise sleep until their transfer timeout: raise the abort flag on every
-            // transfer this process is the cache side of, which wakes them at once. The
-            // process is about to exit, so this is exactly what "dead" means to ipc.
-            let aborted = shared.region.reclaim_dead(pid);
+            // otherwise sleep until their transfer timeout: abort this process's transfers,
+            // which wakes them at once. Each worker then releases its own segment, so none is
+            // reused while a worker may still be copying into it.
+            let aborted = shared.region.abort_transfers_of(pid);
             tracing::debug!(aborted, "transfers aborted");
             break;
         }

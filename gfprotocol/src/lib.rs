@@ -109,6 +109,13 @@ pub struct Request {
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, request: &Request, response: &mut ResponseWriter<'_>);
+
+    /// Told after the server answered a malformed, oversized or late request header with
+    /// `INVALID` itself (the handler never sees such a request). For counting; does nothing by
+    /// default.
+    fn rejected(&self, peer: SocketAddr, reason: &Malformed) {
+        let _ = (peer, reason);
+    }
 }
 
 /// Errors of this crate.

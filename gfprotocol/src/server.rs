@@ -154,7 +154,7 @@ impl<'c> ResponseWriter<'c> {
         if len == 0 {
             return Ok(());
         }
-        self.flush_header()?;
+        self.flush_header_before_body()?;
         let result = write(self.stream.as_fd());
         self.after_write(result.map(|()| body_state(announced, sent + len as u64)))
     }
@@ -178,7 +178,7 @@ impl<'c> ResponseWriter<'c> {
                     .and_then(|()| send_all_vectored(self.stream.as_fd(), &self.header, body))
             }
             _ => self
-                .send_pending_header()
+                .send_pending_header(Coalesce::WithBody)
                 .and_then(|()| sendfile_all(self.stream.as_fd(), file, offset, len)),
         };
         self.after_write(result.map(|()| body_state(announced, sent + len)))
@@ -203,7 +203,7 @@ impl<'c> ResponseWriter<'c> {
     pub fn abort(&mut self) {
         // An OK header still held back goes out first, so the client sees the short body
         // rather than a missing header.
-        if let Err(e) = self.send_pending_header() {
+        if let Err(e) = self.send_pending_header(Coalesce::Alone) {
             tracing::debug!(error = %e, "sending the header before closing failed");
         }
         self.close_now();
@@ -240,22 +240,28 @@ impl<'c> ResponseWriter<'c> {
         }
     }
 
-    fn flush_header(&mut self) -> io::Result<()> {
-        let result = self.send_pending_header();
+    fn flush_header_before_body(&mut self) -> io::Result<()> {
+        let result = self.send_pending_header(Coalesce::WithBody);
         if result.is_err() {
             self.close_now();
         }
         result
     }
 
-    fn send_pending_header(&mut self) -> io::Result<()> {
+    fn send_pending_header(&mut self, coalesce: Coalesce) -> io::Result<()> {
         if let ResponseState::Body {
             announced,
             sent,
             header_pending: true,
         } = self.state
         {
-            send_all(self.stream.as_fd(), &self.header)?;
+            let flags = match coalesce {
+                // MSG_MORE holds the header back until the body write that follows at once, so
+                // header and first bytes leave in one segment instead of two.
+                Coalesce::WithBody => MsgFlags::MSG_NOSIGNAL | MSG_MORE,
+                Coalesce::Alone => MsgFlags::MSG_NOSIGNAL,
+            };
+            send_all_flags(self.stream.as_fd(), &self.header, flags)?;
             self.state = ResponseState::Body {
                 announced,
                 sent,
@@ -320,9 +326,24 @@ fn io_error(errno: Errno) -> io::Error {
 }
 
 /// Writes all of `data` with `send(2)` and `MSG_NOSIGNAL`.
-pub(crate) fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+pub(crate) fn send_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    send_all_flags(fd, data, MsgFlags::MSG_NOSIGNAL)
+}
+
+/// Linux's `MSG_MORE` (include/linux/socket.h), which nix does not name: the kernel holds the
+/// bytes until the next send without it.
+const MSG_MORE: MsgFlags = MsgFlags::from_bits_retain(0x8000);
+
+/// Whether a pending header is followed at once by body bytes.
+#[derive(Clone, Copy)]
+enum Coalesce {
+    WithBody,
+    Alone,
+}
+
+fn send_all_flags(fd: BorrowedFd<'_>, mut data: &[u8], flags: MsgFlags) -> io::Result<()> {
     while !data.is_empty() {
-        match socket::send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+        match socket::send(fd.as_raw_fd(), data, flags) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = data.get(n..).unwrap_or_default(),
             Err(Errno::EINTR) => {}
@@ -585,6 +606,7 @@ impl Worker {
                 tracing::debug!(%peer, %reason, "invalid request");
                 let result = send_all(stream.as_fd(), &ResponseHeader::Invalid.encode());
                 linger_close(stream);
+                let _ = catch_unwind(AssertUnwindSafe(|| self.handler.rejected(peer, &reason)));
                 return result;
             }
             Err(HeaderError::Io(e)) => return Err(e),

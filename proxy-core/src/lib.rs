@@ -231,6 +231,11 @@ impl Handler for Frontend {
     fn handle(&self, request: &gfprotocol::Request, response: &mut ResponseWriter<'_>) {
         request::handle(&self.ctx, request, response);
     }
+
+    fn rejected(&self, peer: SocketAddr, reason: &gfprotocol::Malformed) {
+        tracing::debug!(%peer, %reason, "invalid request");
+        self.ctx.stats.incr(ipc::Counter::RequestsInvalid);
+    }
 }
 
 /// A started proxy. Dropping it stops it and waits for its connections.

@@ -26,9 +26,6 @@ use crate::ProxyConfig;
 /// Bytes read from the origin at a time.
 const ORIGIN_READ_SIZE: usize = 64 * 1024;
 
-/// A first chunk up to this size is copied out of the segment to go out with the header.
-const SMALL_FIRST_CHUNK: usize = 16 * 1024;
-
 /// Everything a request needs, shared by the worker threads of one proxy process.
 pub(crate) struct Context {
     pub(crate) region: Arc<Region>,
@@ -154,16 +151,9 @@ fn from_cache(
             let outcome = cache_broke_off(ctx, slot, &overlong_object(slot), response);
             return CacheResult::Served(outcome);
         }
-        // 5. Stream to the client straight from the segment. A small first chunk is copied out
-        // instead, so that it leaves with the header in one send (one segment, one wake-up at
-        // the client) rather than two.
-        let sent_chunk = if sent == 0 && chunk.len() <= SMALL_FIRST_CHUNK {
-            let mut small = Vec::with_capacity(chunk.len());
-            chunk.append_to(&mut small);
-            response.send_body(&small)
-        } else {
-            response.send_body_with(chunk.len(), &mut |fd| chunk.write_all_to(fd))
-        };
+        // 5. Stream to the client straight from the segment (the server coalesces a pending
+        // header with these bytes, so a small object still leaves in one segment).
+        let sent_chunk = response.send_body_with(chunk.len(), &mut |fd| chunk.write_all_to(fd));
         if let Err(error) = sent_chunk {
             return CacheResult::Served(client_gone(&error, response));
         }

@@ -538,6 +538,34 @@ impl Region {
         touched
     }
 
+    /// Aborts every transfer that the live process `pid` (usually the caller itself, shutting
+    /// down) takes part in: both peers see `Error::Aborted` at their next step, and waiters are
+    /// woken now. Unlike [`Region::reclaim_dead`] nothing is released here: each side releases
+    /// the segment itself when it notices, so a thread of `pid` still copying into a segment can
+    /// never write into one that was already handed to another request. Returns how many
+    /// transfers it aborted.
+    pub fn abort_transfers_of(&self, pid: i32) -> usize {
+        if pid <= 0 {
+            return 0;
+        }
+        let mut aborted = 0;
+        for index in 0..self.config().segments {
+            let Some(header) = self.segment_header(index) else {
+                break;
+            };
+            let current = header.control.load(Ordering::Acquire);
+            let involved = holder_of(current) == pid
+                || header.request.proxy_pid.load(Ordering::Acquire) == pid;
+            if Phase::of(current) == Phase::Active && involved {
+                let generation = generation_of(current);
+                futex::raise_flag(&header.produced, ABORT, generation);
+                futex::raise_flag(&header.consumed, ABORT, generation);
+                aborted += 1;
+            }
+        }
+        aborted
+    }
+
     fn reclaim_segment(&self, header: &SegmentHeader, pid: i32) -> bool {
         let mut current = header.control.load(Ordering::Acquire);
         loop {

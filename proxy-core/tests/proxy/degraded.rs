@@ -209,3 +209,22 @@ fn routing_follows_the_member_states() {
     common::fetch_ok(&addr, "/routed", b"either cache has me");
     assert_eq!(rig.counter(Counter::LookupHits), 3);
 }
+
+#[test]
+fn a_malformed_request_is_answered_invalid_and_counted() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = Rig::start(
+        4,
+        &[Backend::Directory(dir.path().to_path_buf())],
+        common::proxy_config(None),
+    );
+    let mut client = std::net::TcpStream::connect(rig.addr()).expect("connect");
+    client
+        .write_all(b"GETFILE GET nopath\r\n\r\n")
+        .expect("send");
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).expect("read the answer");
+    assert_eq!(answer, b"GETFILE INVALID\r\n\r\n");
+    rig.wait_counter(Counter::RequestsInvalid, 1);
+}
