@@ -361,6 +361,11 @@ fn sigterm_aborts_a_stalled_transfer_at_the_shutdown_deadline() {
     assert!(failed, "an aborted transfer ended cleanly");
     let stats = region.stats_snapshot(Member::Cache(slot()));
     assert_eq!(stats.counter(Counter::CacheErrors), 1);
+    // The aborting cache released its side itself: once the proxy side lets go, the segment is
+    // back in the pool with no reclaim by a supervisor.
+    drop(stream);
+    let counts = region.segment_counts();
+    assert_eq!(counts.free, region.config().segments, "{counts:?}");
 }
 
 #[test]
