@@ -20,7 +20,7 @@ const EXIT_INVALID: u8 = 5;
 
 /// GetFile client.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about = "GetFile client: download one file, or generate load")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -13,7 +13,7 @@ use gfprotocol::{BodyMode, FileServer, Handler, Server, ServerConfig};
 
 /// Serve files with the GetFile protocol.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about = "A plain GetFile file server (the baseline gfcache is measured against)")]
 struct Args {
     /// Serve the files beneath this directory (nothing outside it is reachable).
     #[arg(
