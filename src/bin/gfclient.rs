@@ -1,4 +1,5 @@
 //! `gfclient`: downloads one file, or generates load, with the GetFile protocol.
+#![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 the pack is damaged (it does not open, or `verify` found a problem)
 //! or `get` did not find the path; 2 any other error (usage, I/O).
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;

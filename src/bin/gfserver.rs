@@ -1,5 +1,6 @@
 //! `gfserver`: serves the files under a root directory (or of a course-format listing) with the
 //! GetFile protocol.
+#![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -13,7 +14,10 @@ use gfprotocol::{BodyMode, FileServer, Handler, Server, ServerConfig};
 
 /// Serve files with the GetFile protocol.
 #[derive(Parser, Debug)]
-#[command(version, about = "A plain GetFile file server (the baseline gfcache is measured against)")]
+#[command(
+    version,
+    about = "A plain GetFile file server (the baseline gfcache is measured against)"
+)]
 struct Args {
     /// Serve the files beneath this directory (nothing outside it is reachable).
     #[arg(

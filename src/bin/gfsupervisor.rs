@@ -1,4 +1,5 @@
 //! gfsupervisor: starts and supervises the gfcache proxy and cache processes (docs/supervisor.md).
+#![forbid(unsafe_code)]
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

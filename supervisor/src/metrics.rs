@@ -56,12 +56,12 @@ pub struct MemberSample {
 impl MemberSample {
     /// Copies the interesting parts of an ipc snapshot.
     pub fn from_snapshot(snapshot: &ipc::StatsSnapshot) -> Self {
-        let counters = ALL_COUNTERS
+        let counters = Counter::ALL
             .iter()
             .map(|&c| (c, snapshot.counter(c)))
             .collect();
-        let gauges = ALL_GAUGES.iter().map(|&g| (g, snapshot.gauge(g))).collect();
-        let histograms = ALL_HISTOGRAMS
+        let gauges = Gauge::ALL.iter().map(|&g| (g, snapshot.gauge(g))).collect();
+        let histograms = Histogram::ALL
             .iter()
             .map(|&h| (h, snapshot.histogram(h)))
             .collect();
@@ -118,44 +118,6 @@ pub trait SampleSource: Send + Sync + 'static {
     /// Whether the proxy and every cache that is not quarantined are ready.
     fn ready(&self) -> bool;
 }
-
-const ALL_COUNTERS: &[Counter] = &[
-    Counter::RequestsOk,
-    Counter::RequestsNotFound,
-    Counter::RequestsError,
-    Counter::RequestsInvalid,
-    Counter::RequestsAborted,
-    Counter::LookupHits,
-    Counter::LookupMisses,
-    Counter::LookupErrors,
-    Counter::OriginOk,
-    Counter::OriginNotFound,
-    Counter::OriginError,
-    Counter::Fallbacks,
-    Counter::Collapsed,
-    Counter::ResponseBytes,
-    Counter::FillsStored,
-    Counter::FillsDropped,
-    Counter::CacheHits,
-    Counter::CacheMisses,
-    Counter::CacheErrors,
-    Counter::CacheBytesOut,
-    Counter::CachePutsStored,
-];
-const ALL_GAUGES: &[Gauge] = &[
-    Gauge::BackendObjects,
-    Gauge::BackendBytes,
-    Gauge::BackendCapacity,
-    Gauge::BackendEvictions,
-    Gauge::BackendInserts,
-    Gauge::InFlight,
-];
-const ALL_HISTOGRAMS: &[Histogram] = &[
-    Histogram::RequestHit,
-    Histogram::RequestMiss,
-    Histogram::RequestNotFound,
-    Histogram::RequestFailed,
-];
 
 /// Requests served by a member: for a proxy its responses, for a cache its GETs answered.
 pub fn requests_served(role: Role, stats: &MemberSample) -> u64 {

@@ -2,6 +2,7 @@
 //!
 //! Attaches an existing region, opens a backend and serves one cache slot until SIGTERM or
 //! SIGINT, then drains and exits 0.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

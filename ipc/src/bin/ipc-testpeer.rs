@@ -21,6 +21,7 @@
 //! Every role takes `--yield-us N` (the waiters' polling budget, see `testkit::set_yield_budget`).
 //!
 //! Hanging is bounded (60 s) so a forgotten peer cannot outlive a test run for long.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io::Write;

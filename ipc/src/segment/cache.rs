@@ -552,21 +552,9 @@ impl PutReader<'_> {
         if self.state != StreamState::Open {
             return Err(self.state.error());
         }
-        let started = Instant::now();
         match self.consumer.wait_chunk(timeout) {
             Ok(Incoming::Chunk { ptr, len }) => Ok(Some(self.consumer.chunk(ptr, len))),
             Ok(Incoming::End) => Ok(None),
-            Ok(Incoming::Aborted) => {
-                self.fail();
-                Err(Error::Aborted)
-            }
-            Ok(Incoming::TimedOut) => {
-                self.fail();
-                Err(Error::Timeout {
-                    what: "data",
-                    waited: started.elapsed(),
-                })
-            }
             Err(err) => {
                 self.fail();
                 Err(err)

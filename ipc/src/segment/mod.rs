@@ -25,7 +25,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::futex::{self, deadline_after, ABORT, COUNT_MASK, FINAL};
 use crate::region::{Region, SegmentCounts, SegmentHeader};
@@ -361,12 +361,10 @@ struct Consumer<'r> {
     cursor: Cursor,
 }
 
-/// What a consumer's wait for data found.
+/// What a consumer's wait for data found (an abort or a timeout is an error).
 enum Incoming {
     Chunk { ptr: *const u8, len: usize },
     End,
-    Aborted,
-    TimedOut,
 }
 
 impl<'r> Consumer<'r> {
@@ -375,14 +373,20 @@ impl<'r> Consumer<'r> {
             return Ok(Incoming::End);
         }
         let next = self.cursor.next;
+        let started = Instant::now();
         let value = match wait_word(&self.seg.header.produced, timeout, |value| {
             value & ABORT != 0 || chunk_distance(value, next) != 0
         })? {
-            Wake::TimedOut => return Ok(Incoming::TimedOut),
+            Wake::TimedOut => {
+                return Err(Error::Timeout {
+                    what: "data",
+                    waited: started.elapsed(),
+                })
+            }
             Wake::Ready(value) => value,
         };
         if value & ABORT != 0 {
-            return Ok(Incoming::Aborted);
+            return Err(Error::Aborted);
         }
         let available = chunk_distance(value, next);
         if available > 2 {

@@ -281,7 +281,6 @@ impl<'r> GetStream<'r> {
             StreamState::Done => return Ok(None),
             other => return Err(other.error()),
         }
-        let started = Instant::now();
         let incoming = self.consumer.wait_chunk(timeout);
         match incoming {
             Ok(Incoming::Chunk { ptr, len }) => Ok(Some(self.consumer.chunk(ptr, len))),
@@ -289,17 +288,6 @@ impl<'r> GetStream<'r> {
                 self.state = StreamState::Done;
                 self.consumer.seg.finish_side(Side::Proxy, false);
                 Ok(None)
-            }
-            Ok(Incoming::Aborted) => {
-                self.fail();
-                Err(Error::Aborted)
-            }
-            Ok(Incoming::TimedOut) => {
-                self.fail();
-                Err(Error::Timeout {
-                    what: "data",
-                    waited: started.elapsed(),
-                })
             }
             Err(err) => {
                 self.fail();
