@@ -60,7 +60,7 @@ impl RegionConfig {
         }
         if self.segment_size < MIN_SEGMENT_SIZE
             || self.segment_size > MAX_SEGMENT_SIZE
-            || self.segment_size % PAGE != 0
+            || !self.segment_size.is_multiple_of(PAGE)
         {
             return bad(format!(
                 "segment_size = {} (a multiple of 4096 from {MIN_SEGMENT_SIZE} to {MAX_SEGMENT_SIZE})",
@@ -485,7 +485,7 @@ impl Region {
     /// A `&T` at `offset` of the mapping.
     fn at<T>(&self, offset: usize) -> &T {
         assert!(
-            offset % align_of::<T>() == 0
+            offset.is_multiple_of(align_of::<T>())
                 && offset
                     .checked_add(size_of::<T>())
                     .is_some_and(|end| end <= self.layout.total),

@@ -27,7 +27,7 @@ pub fn fill_pattern(seed: u64, offset: u64, buf: &mut [u8]) {
     let mut at = offset;
     let mut rest = buf;
     // Unaligned head.
-    while at % 8 != 0 && !rest.is_empty() {
+    while !at.is_multiple_of(8) && !rest.is_empty() {
         let (first, tail) = rest.split_at_mut(1);
         first[0] = word(seed, at / 8)[(at % 8) as usize];
         rest = tail;

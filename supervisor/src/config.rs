@@ -725,7 +725,7 @@ impl Validator<'_> {
             8 << 10,
             1 << 30,
         );
-        if size % 4096 != 0 {
+        if !size.is_multiple_of(4096) {
             let span = r.segment_size.as_ref().map(Spanned::span);
             self.issue(
                 "ipc.segment_size",
@@ -1003,7 +1003,7 @@ fn check_origin(url: &str) -> Result<(), String> {
 /// Formats a byte count with a binary unit when exact.
 pub fn fmt_size(n: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }

@@ -141,8 +141,37 @@ pub fn requests_served(role: Role, stats: &MemberSample) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
+/// One metric family; `families` has an arm for each, so none can be left out silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    RequestsTotal,
+    CacheLookupsTotal,
+    OriginFetchesTotal,
+    OriginFallbacksTotal,
+    CollapsedRequestsTotal,
+    ResponseBytesTotal,
+    FillsTotal,
+    RequestDurationSeconds,
+    InFlightRequests,
+    Segments,
+    ChildUp,
+    ChildQuarantined,
+    ChildRestartsTotal,
+    CacheRequestsTotal,
+    CacheSentBytesTotal,
+    CacheFillsStoredTotal,
+    BackendObjects,
+    BackendBytes,
+    BackendCapacityBytes,
+    BackendEvictionsTotal,
+    BackendInsertsTotal,
+    SupervisorReloadsTotal,
+    Ready,
+}
+
 /// One metric family: name, help, type and label names; the values come per scrape.
 struct FamilySpec {
+    family: Family,
     name: &'static str,
     help: &'static str,
     kind: MetricType,
@@ -151,138 +180,161 @@ struct FamilySpec {
 
 const FAMILIES: &[FamilySpec] = &[
     FamilySpec {
+        family: Family::RequestsTotal,
         name: "gfcache_requests_total",
         help: "GetFile responses sent by the proxies, by status.",
         kind: MetricType::COUNTER,
         labels: &["status"],
     },
     FamilySpec {
+        family: Family::CacheLookupsTotal,
         name: "gfcache_cache_lookups_total",
         help: "Cache lookups made by the proxies, by result.",
         kind: MetricType::COUNTER,
         labels: &["result"],
     },
     FamilySpec {
+        family: Family::OriginFetchesTotal,
         name: "gfcache_origin_fetches_total",
         help: "Origin fetches made by the proxies, by result.",
         kind: MetricType::COUNTER,
         labels: &["result"],
     },
     FamilySpec {
+        family: Family::OriginFallbacksTotal,
         name: "gfcache_origin_fallbacks_total",
         help: "Requests served by the origin because their cache was down or failed.",
         kind: MetricType::COUNTER,
         labels: &[],
     },
     FamilySpec {
+        family: Family::CollapsedRequestsTotal,
         name: "gfcache_collapsed_requests_total",
         help: "Requests that waited on another request's origin fetch.",
         kind: MetricType::COUNTER,
         labels: &[],
     },
     FamilySpec {
+        family: Family::ResponseBytesTotal,
         name: "gfcache_response_bytes_total",
         help: "Body bytes sent to clients.",
         kind: MetricType::COUNTER,
         labels: &[],
     },
     FamilySpec {
+        family: Family::FillsTotal,
         name: "gfcache_fills_total",
         help: "Origin fills offered to the caches, by result.",
         kind: MetricType::COUNTER,
         labels: &["result"],
     },
     FamilySpec {
+        family: Family::RequestDurationSeconds,
         name: "gfcache_request_duration_seconds",
         help: "Whole-request latency at the proxies, by outcome.",
         kind: MetricType::HISTOGRAM,
         labels: &["outcome"],
     },
     FamilySpec {
+        family: Family::InFlightRequests,
         name: "gfcache_in_flight_requests",
         help: "Requests in progress, by process.",
         kind: MetricType::GAUGE,
         labels: &["role", "slot"],
     },
     FamilySpec {
+        family: Family::Segments,
         name: "gfcache_segments",
         help: "Shared memory segments, by state.",
         kind: MetricType::GAUGE,
         labels: &["state"],
     },
     FamilySpec {
+        family: Family::ChildUp,
         name: "gfcache_child_up",
         help: "1 if the child process of the slot is running and ready.",
         kind: MetricType::GAUGE,
         labels: &["role", "slot"],
     },
     FamilySpec {
+        family: Family::ChildQuarantined,
         name: "gfcache_child_quarantined",
         help: "1 if the slot crash-looped and is left down until revived.",
         kind: MetricType::GAUGE,
         labels: &["role", "slot"],
     },
     FamilySpec {
+        family: Family::ChildRestartsTotal,
         name: "gfcache_child_restarts_total",
         help: "Restarts of the slot's child process.",
         kind: MetricType::COUNTER,
         labels: &["role", "slot"],
     },
     FamilySpec {
+        family: Family::CacheRequestsTotal,
         name: "gfcache_cache_requests_total",
         help: "GET requests answered by a cache process, by result.",
         kind: MetricType::COUNTER,
         labels: &["slot", "result"],
     },
     FamilySpec {
+        family: Family::CacheSentBytesTotal,
         name: "gfcache_cache_sent_bytes_total",
         help: "Body bytes a cache process copied into segments.",
         kind: MetricType::COUNTER,
         labels: &["slot"],
     },
     FamilySpec {
+        family: Family::CacheFillsStoredTotal,
         name: "gfcache_cache_fills_stored_total",
         help: "Origin fills stored by a cache process.",
         kind: MetricType::COUNTER,
         labels: &["slot"],
     },
     FamilySpec {
+        family: Family::BackendObjects,
         name: "gfcache_backend_objects",
         help: "Objects held by the slot's backend.",
         kind: MetricType::GAUGE,
         labels: &["slot"],
     },
     FamilySpec {
+        family: Family::BackendBytes,
         name: "gfcache_backend_bytes",
         help: "Bytes held by the slot's backend.",
         kind: MetricType::GAUGE,
         labels: &["slot"],
     },
     FamilySpec {
+        family: Family::BackendCapacityBytes,
         name: "gfcache_backend_capacity_bytes",
         help: "Byte bound of the slot's backend (0: unbounded).",
         kind: MetricType::GAUGE,
         labels: &["slot"],
     },
     FamilySpec {
+        family: Family::BackendEvictionsTotal,
         name: "gfcache_backend_evictions_total",
         help: "Objects evicted by the slot's backend since it opened.",
         kind: MetricType::COUNTER,
         labels: &["slot"],
     },
     FamilySpec {
+        family: Family::BackendInsertsTotal,
         name: "gfcache_backend_inserts_total",
         help: "Objects stored by the slot's backend since it opened.",
         kind: MetricType::COUNTER,
         labels: &["slot"],
     },
     FamilySpec {
+        family: Family::SupervisorReloadsTotal,
         name: "gfcache_supervisor_reloads_total",
         help: "Config reloads, by result.",
         kind: MetricType::COUNTER,
         labels: &["result"],
     },
     FamilySpec {
+        family: Family::Ready,
         name: "gfcache_ready",
         help: "1 when the proxy and every cache that is not quarantined are ready.",
         kind: MetricType::GAUGE,
@@ -372,8 +424,8 @@ pub fn families(sample: &Sample) -> Vec<MetricFamily> {
 
     let mut out = Vec::with_capacity(FAMILIES.len());
     for spec in FAMILIES {
-        let metrics = match spec.name {
-            "gfcache_requests_total" => by(
+        let metrics = match spec.family {
+            Family::RequestsTotal => by(
                 "status",
                 &[
                     ("ok", Counter::RequestsOk),
@@ -383,7 +435,7 @@ pub fn families(sample: &Sample) -> Vec<MetricFamily> {
                     ("aborted", Counter::RequestsAborted),
                 ],
             ),
-            "gfcache_cache_lookups_total" => by(
+            Family::CacheLookupsTotal => by(
                 "result",
                 &[
                     ("hit", Counter::LookupHits),
@@ -391,7 +443,7 @@ pub fn families(sample: &Sample) -> Vec<MetricFamily> {
                     ("error", Counter::LookupErrors),
                 ],
             ),
-            "gfcache_origin_fetches_total" => by(
+            Family::OriginFetchesTotal => by(
                 "result",
                 &[
                     ("ok", Counter::OriginOk),
@@ -399,21 +451,17 @@ pub fn families(sample: &Sample) -> Vec<MetricFamily> {
                     ("error", Counter::OriginError),
                 ],
             ),
-            "gfcache_origin_fallbacks_total" => single(proxies.counter(Counter::Fallbacks) as f64),
-            "gfcache_collapsed_requests_total" => {
-                single(proxies.counter(Counter::Collapsed) as f64)
-            }
-            "gfcache_response_bytes_total" => {
-                single(proxies.counter(Counter::ResponseBytes) as f64)
-            }
-            "gfcache_fills_total" => by(
+            Family::OriginFallbacksTotal => single(proxies.counter(Counter::Fallbacks) as f64),
+            Family::CollapsedRequestsTotal => single(proxies.counter(Counter::Collapsed) as f64),
+            Family::ResponseBytesTotal => single(proxies.counter(Counter::ResponseBytes) as f64),
+            Family::FillsTotal => by(
                 "result",
                 &[
                     ("stored", Counter::FillsStored),
                     ("dropped", Counter::FillsDropped),
                 ],
             ),
-            "gfcache_request_duration_seconds" => [
+            Family::RequestDurationSeconds => [
                 ("hit", Histogram::RequestHit),
                 ("miss", Histogram::RequestMiss),
                 ("not_found", Histogram::RequestNotFound),
@@ -427,8 +475,8 @@ pub fn families(sample: &Sample) -> Vec<MetricFamily> {
                 )
             })
             .collect(),
-            "gfcache_in_flight_requests" => per_child(&|c| c.stats.gauge(Gauge::InFlight) as f64),
-            "gfcache_segments" => [
+            Family::InFlightRequests => per_child(&|c| c.stats.gauge(Gauge::InFlight) as f64),
+            Family::Segments => [
                 ("free", sample.segments.free),
                 ("busy", sample.segments.busy),
                 ("quarantined", sample.segments.quarantined),
@@ -436,10 +484,10 @@ pub fn families(sample: &Sample) -> Vec<MetricFamily> {
             .iter()
             .map(|(state, n)| value_metric(&[("state", state.to_string())], f64::from(*n)))
             .collect(),
-            "gfcache_child_up" => per_child(&|c| flag(c.up)),
-            "gfcache_child_quarantined" => per_child(&|c| flag(c.quarantined)),
-            "gfcache_child_restarts_total" => per_child(&|c| c.restarts as f64),
-            "gfcache_cache_requests_total" => caches
+            Family::ChildUp => per_child(&|c| flag(c.up)),
+            Family::ChildQuarantined => per_child(&|c| flag(c.quarantined)),
+            Family::ChildRestartsTotal => per_child(&|c| c.restarts as f64),
+            Family::CacheRequestsTotal => caches
                 .iter()
                 .flat_map(|c| {
                     [
@@ -455,32 +503,31 @@ pub fn families(sample: &Sample) -> Vec<MetricFamily> {
                     })
                 })
                 .collect(),
-            "gfcache_cache_sent_bytes_total" => {
+            Family::CacheSentBytesTotal => {
                 per_slot(&|c| c.stats.counter(Counter::CacheBytesOut) as f64)
             }
-            "gfcache_cache_fills_stored_total" => {
+            Family::CacheFillsStoredTotal => {
                 per_slot(&|c| c.stats.counter(Counter::CachePutsStored) as f64)
             }
-            "gfcache_backend_objects" => per_slot(&|c| c.stats.gauge(Gauge::BackendObjects) as f64),
-            "gfcache_backend_bytes" => per_slot(&|c| c.stats.gauge(Gauge::BackendBytes) as f64),
-            "gfcache_backend_capacity_bytes" => {
+            Family::BackendObjects => per_slot(&|c| c.stats.gauge(Gauge::BackendObjects) as f64),
+            Family::BackendBytes => per_slot(&|c| c.stats.gauge(Gauge::BackendBytes) as f64),
+            Family::BackendCapacityBytes => {
                 per_slot(&|c| c.stats.gauge(Gauge::BackendCapacity) as f64)
             }
-            "gfcache_backend_evictions_total" => {
+            Family::BackendEvictionsTotal => {
                 per_slot(&|c| c.stats.gauge(Gauge::BackendEvictions) as f64)
             }
-            "gfcache_backend_inserts_total" => {
+            Family::BackendInsertsTotal => {
                 per_slot(&|c| c.stats.gauge(Gauge::BackendInserts) as f64)
             }
-            "gfcache_supervisor_reloads_total" => vec![
+            Family::SupervisorReloadsTotal => vec![
                 value_metric(&[("result", "ok".to_string())], sample.reloads_ok as f64),
                 value_metric(
                     &[("result", "failed".to_string())],
                     sample.reloads_failed as f64,
                 ),
             ],
-            "gfcache_ready" => single(flag(sample.ready)),
-            _ => Vec::new(),
+            Family::Ready => single(flag(sample.ready)),
         };
         if metrics.is_empty() {
             continue;
