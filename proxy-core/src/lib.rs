@@ -56,6 +56,7 @@ pub mod routing;
 pub mod stats;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -90,6 +91,10 @@ pub struct ProxyConfig {
     pub origin_timeout: Duration,
     /// Redirects followed at most.
     pub origin_max_redirects: usize,
+    /// A PEM file of root certificates (one or more) the origin client trusts in addition to
+    /// the built-in web PKI roots: for an HTTPS origin whose certificate comes from an internal
+    /// CA.
+    pub origin_ca_file: Option<PathBuf>,
     /// Objects larger than this are not filled (and bodies without Content-Length beyond it are
     /// ERROR).
     pub max_object_size: u64,
@@ -105,8 +110,8 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     /// Defaults for everything but the listen address: slot 0, 16 threads, no origin, origin
-    /// connect 2 s and total 30 s, 5 redirects, 64 MiB objects, cache 1 s, collapse 5 s,
-    /// header 5 s, shutdown 10 s.
+    /// connect 2 s and total 30 s, 5 redirects, no extra origin CA, 64 MiB objects, cache 1 s,
+    /// collapse 5 s, header 5 s, shutdown 10 s.
     pub fn new(listen: SocketAddr) -> ProxyConfig {
         ProxyConfig {
             slot: ipc::ProxySlot::from_raw(0),
@@ -117,6 +122,7 @@ impl ProxyConfig {
             origin_connect_timeout: Duration::from_secs(2),
             origin_timeout: Duration::from_secs(30),
             origin_max_redirects: 5,
+            origin_ca_file: None,
             max_object_size: 64 << 20,
             cache_timeout: Duration::from_secs(1),
             collapse_timeout: Duration::from_secs(5),
@@ -125,11 +131,23 @@ impl ProxyConfig {
         }
     }
 
-    /// Checks the values a proxy cannot run with.
+    /// Checks the values a proxy cannot run with: among them an origin that is not an
+    /// `http://` or `https://` URL, and an `origin_ca_file` that cannot be read or holds no
+    /// usable certificate (the message names the file).
     pub fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();
         if self.threads == 0 {
             problems.push("threads must be at least 1".to_owned());
+        }
+        if let Some(base) = &self.origin {
+            if let Err(problem) = origin::check_base(base) {
+                problems.push(problem);
+            }
+        }
+        if let Some(path) = &self.origin_ca_file {
+            if let Err(error) = origin::CaBundle::load(path) {
+                problems.push(error.to_string());
+            }
         }
         for (name, value) in [
             ("origin_connect_timeout", self.origin_connect_timeout),
@@ -196,6 +214,7 @@ impl Proxy {
                 connect_timeout: config.origin_connect_timeout,
                 total_timeout: config.origin_timeout,
                 max_redirects: config.origin_max_redirects,
+                ca_file: config.origin_ca_file.clone(),
             })?),
             None => None,
         };

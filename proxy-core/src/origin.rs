@@ -1,7 +1,11 @@
 //! The HTTP origin: a blocking reqwest client with bounded connect, total and redirect budgets,
 //! and the mapping of its answers to GetFile outcomes.
+//!
+//! HTTPS origins are verified against the built-in web PKI roots plus, when configured, the
+//! certificates of an extra PEM file ([`CaBundle`]), for origins behind an internal CA.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -18,6 +22,114 @@ pub struct OriginConfig {
     pub total_timeout: Duration,
     /// Redirects followed at most.
     pub max_redirects: usize,
+    /// A PEM file of root certificates trusted in addition to the built-in ones.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why an origin CA file cannot be used. Every variant names the file.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    /// The file could not be read.
+    #[error("cannot read origin CA file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the read reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not PEM, or a certificate in it is not a usable X.509 certificate.
+    #[error("origin CA file {} is not a valid PEM certificate bundle: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM or certificate parser reported.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The file holds no `CERTIFICATE` block.
+    #[error("origin CA file {} holds no PEM certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl CaFileError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            CaFileError::Read { path, .. }
+            | CaFileError::Invalid { path, .. }
+            | CaFileError::NoCertificate { path } => path,
+        }
+    }
+}
+
+impl From<CaFileError> for Error {
+    fn from(error: CaFileError) -> Error {
+        Error::Config(error.to_string())
+    }
+}
+
+/// The extra root certificates of one PEM file (one or more `CERTIFICATE` blocks), checked to
+/// be usable as trust anchors.
+#[derive(Clone, Debug)]
+pub struct CaBundle {
+    certificates: Vec<reqwest::Certificate>,
+}
+
+impl CaBundle {
+    /// Reads and checks `path`: it must be readable, PEM, and hold at least one certificate
+    /// that TLS accepts as a root.
+    pub fn load(path: &Path) -> Result<CaBundle, CaFileError> {
+        let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |source| CaFileError::Invalid {
+            path: path.to_path_buf(),
+            source,
+        };
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(invalid)?;
+        if certificates.is_empty() {
+            return Err(CaFileError::NoCertificate {
+                path: path.to_path_buf(),
+            });
+        }
+        // PEM parsing does not look inside the DER; building a TLS config does, so a damaged
+        // certificate is reported now, naming the file, rather than as an opaque client error.
+        certificates
+            .iter()
+            .cloned()
+            .fold(
+                reqwest::Client::builder().tls_built_in_root_certs(false),
+                reqwest::ClientBuilder::add_root_certificate,
+            )
+            .build()
+            .map_err(invalid)?;
+        Ok(CaBundle { certificates })
+    }
+
+    /// How many certificates the file holds.
+    pub fn certificate_count(&self) -> usize {
+        self.certificates.len()
+    }
+}
+
+/// Checks an origin base URL: absolute `http` or `https` with a host, no query or fragment.
+pub fn check_base(base: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(base).map_err(|e| format!("origin {base:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "origin {base:?} is not an http:// or https:// URL with a host"
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!("origin {base:?} must not have a query or fragment"));
+    }
+    Ok(())
 }
 
 /// A client for one origin. Cheap to share between threads.
@@ -48,26 +160,23 @@ pub struct OriginBody {
 
 impl Origin {
     /// Builds the client. The base must be an absolute `http` or `https` URL. Proxy environment
-    /// variables are ignored: the origin is named explicitly.
+    /// variables are ignored: the origin is named explicitly. HTTPS is verified against the
+    /// built-in web PKI roots and the certificates of `ca_file`, if any.
     pub fn new(config: &OriginConfig) -> Result<Origin, Error> {
-        let parsed = reqwest::Url::parse(&config.base)
-            .map_err(|e| Error::Config(format!("origin {:?}: {e}", config.base)))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-            return Err(Error::Config(format!(
-                "origin {:?} is not an http:// or https:// URL with a host",
-                config.base
-            )));
-        }
-        if parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err(Error::Config(format!(
-                "origin {:?} must not have a query or fragment",
-                config.base
-            )));
-        }
+        check_base(&config.base).map_err(Error::Config)?;
         if config.total_timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(Error::Config("origin timeouts must be above zero".into()));
         }
-        let client = reqwest::blocking::Client::builder()
+        let extra_roots = match &config.ca_file {
+            Some(path) => CaBundle::load(path)?.certificates,
+            None => Vec::new(),
+        };
+        let client = extra_roots
+            .into_iter()
+            .fold(
+                reqwest::blocking::Client::builder(),
+                reqwest::blocking::ClientBuilder::add_root_certificate,
+            )
             .connect_timeout(config.connect_timeout)
             .timeout(config.total_timeout)
             .redirect(reqwest::redirect::Policy::limited(config.max_redirects))

@@ -100,6 +100,7 @@ pub struct RawProxy {
     pub threads: Opt<i64>,
     pub processes: Opt<i64>,
     pub origin: Opt<String>,
+    pub origin_ca_file: Opt<String>,
     pub origin_connect_timeout: Opt<String>,
     pub origin_timeout: Opt<String>,
     pub max_redirects: Opt<i64>,
@@ -204,6 +205,7 @@ pub struct ProxySettings {
     pub threads: usize,
     pub processes: u32,
     pub origin: Option<String>,
+    pub origin_ca_file: Option<PathBuf>,
     pub origin_connect_timeout: Duration,
     pub origin_timeout: Duration,
     pub max_redirects: usize,
@@ -669,11 +671,16 @@ impl Validator<'_> {
                 }
             }
         });
+        let origin_ca_file = r
+            .origin_ca_file
+            .as_ref()
+            .and_then(|file| self.origin_ca_file(file));
         ProxySettings {
             listen,
             threads: self.int("proxy.threads", &r.threads, 16, (1, 1024)),
             processes: self.int("proxy.processes", &r.processes, 1, (1, 64)),
             origin,
+            origin_ca_file,
             origin_connect_timeout: self.duration(
                 "proxy.origin_connect_timeout",
                 &r.origin_connect_timeout,
@@ -707,6 +714,31 @@ impl Validator<'_> {
                 &r.header_timeout,
                 Duration::from_secs(5),
             ),
+        }
+    }
+
+    /// A PEM file of extra roots for the origin client: it must hold at least one certificate.
+    fn origin_ca_file(&mut self, value: &Spanned<String>) -> Option<PathBuf> {
+        const KEY: &str = "proxy.origin_ca_file";
+        if value.get_ref().trim().is_empty() {
+            self.issue(KEY, Some(value.span()), "must not be empty");
+            return None;
+        }
+        let path = self.path(value.get_ref());
+        if !path.is_file() {
+            self.issue(
+                KEY,
+                Some(value.span()),
+                format!("{} is not a file", path.display()),
+            );
+            return None;
+        }
+        match proxy_core::origin::CaBundle::load(&path) {
+            Ok(_) => Some(path),
+            Err(error) => {
+                self.issue(KEY, Some(value.span()), error.to_string());
+                None
+            }
         }
     }
 
@@ -1151,6 +1183,56 @@ backoff_initial = "soon"
     fn syntax_error_names_the_line() {
         let issues = parse("[proxy]\nlisten = \n").unwrap_err();
         assert_eq!(issues[0].line, Some(2));
+    }
+
+    /// A self-signed P-256 CA certificate (`CN=gfcache-test-ca`, valid until 2126), made with
+    /// `openssl req -x509 -newkey ec`; its key was thrown away.
+    const TEST_CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBijCCATGgAwIBAgIUcVrc4Lyzsz5EpJn3EWzbBhNjoLIwCgYIKoZIzj0EAwIw\n\
+GjEYMBYGA1UEAwwPZ2ZjYWNoZS10ZXN0LWNhMCAXDTI2MTEyMTA5MjkyOVoYDzIx\n\
+MjYxMDI4MDkyOTI5WjAaMRgwFgYDVQQDDA9nZmNhY2hlLXRlc3QtY2EwWTATBgcq\n\
+hkjOPQIBBggqhkjOPQMBBwNCAASf4njwXr67m1z5J5Lc/FCJrQwU9YYzXT2cNWXE\n\
+ZMMoq+QBvmfTXQBK/7d3zE/fZ03bz0cO65eTEVPFdjwrGyBHo1MwUTAdBgNVHQ4E\n\
+FgQUC1dGHErDRugu561zKX12fhB/xF8wHwYDVR0jBBgwFoAUC1dGHErDRugu561z\n\
+KX12fhB/xF8wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiAYHXcu\n\
+uJOS94A4UMtrlU+sHwaM7k6YQJntsMbay82ykgIgEEHzuE12RO3rkLP+zKC/TN5x\n\
+vYm8aOXakbt1FQN0/7Y=\n\
+-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn origin_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let with = |file: &str| {
+            MINIMAL.replace(
+                "listen = \"127.0.0.1:10823\"",
+                &format!("listen = \"127.0.0.1:10823\"\norigin = \"https://origin.internal\"\norigin_ca_file = {file:?}"),
+            )
+        };
+        for (file, message) in [
+            (empty.display().to_string(), "holds no PEM certificate"),
+            (missing.display().to_string(), "is not a file"),
+            (String::new(), "must not be empty"),
+        ] {
+            let issues = parse(&with(&file)).unwrap_err();
+            assert_eq!(issues.len(), 1, "{issues:?}");
+            assert_eq!(
+                (issues[0].key.as_str(), issues[0].line),
+                ("proxy.origin_ca_file", Some(5)),
+                "{issues:?}"
+            );
+            assert!(issues[0].message.contains(message), "{issues:?}");
+            assert!(issues[0].message.contains(&file), "{issues:?}");
+        }
+
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, TEST_CA_PEM).unwrap();
+        let config = parse(&with(&ca.display().to_string())).unwrap();
+        assert_eq!(config.proxy.origin_ca_file, Some(ca));
+        assert_eq!(parse(MINIMAL).unwrap().proxy.origin_ca_file, None);
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub fn proxy_config(
         reuse_port: p.processes > 1,
         threads: p.threads,
         origin: p.origin.clone(),
+        origin_ca_file: p.origin_ca_file.clone(),
         origin_connect_timeout: p.origin_connect_timeout,
         origin_timeout: p.origin_timeout,
         origin_max_redirects: p.max_redirects,
