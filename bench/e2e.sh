@@ -33,56 +33,9 @@ segments=${SEGMENTS:-16}
 segment_size=${SEGMENT_SIZE:-1MiB}
 
 # ---------------------------------------------------------------------------------------------
-# Helpers (bench/lib.sh when present: make_fileset, free_port, wait_for_line, json_field,
-# machine_json)
+# Helpers: make_fileset, free_port, wait_for_line, json_field, machine_json
 
-if [[ -f $root/bench/lib.sh ]]; then
-    . "$root/bench/lib.sh"
-fi
-if ! declare -F make_fileset >/dev/null; then
-    make_fileset() {
-        local dir=$1 i
-        [[ -f $dir/.fileset-complete ]] && return 0
-        mkdir -p "$dir/small" "$dir/big"
-        : >"$dir/small.txt"
-        for i in $(seq -f '%04g' 0 999); do
-            head -c 1024 /dev/urandom >"$dir/small/f$i"
-            echo "/small/f$i" >>"$dir/small.txt"
-        done
-        for i in 0 1; do head -c $((64 << 20)) /dev/urandom >"$dir/big/b$i"; done
-        printf '/big/b0\n/big/b1\n' >"$dir/big.txt"
-        touch "$dir/.fileset-complete"
-    }
-fi
-if ! declare -F free_port >/dev/null; then
-    free_port() {
-        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-    }
-fi
-if ! declare -F wait_for_line >/dev/null; then
-    wait_for_line() {
-        local file=$1 pattern=$2 deadline=$((SECONDS + ${3:-30})) line
-        while ((SECONDS < deadline)); do
-            if line=$(grep -m1 -- "$pattern" "$file" 2>/dev/null); then
-                echo "$line"
-                return 0
-            fi
-            sleep 0.05
-        done
-        echo "timed out waiting for '$pattern' in $file" >&2
-        return 1
-    }
-fi
-if ! declare -F json_field >/dev/null; then
-    json_field() {
-        python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
-    }
-fi
-if ! declare -F machine_json >/dev/null; then
-    machine_json() {
-        python3 -c 'import json,os,platform; print(json.dumps({"kernel": platform.release(), "cpus": os.cpu_count()}))'
-    }
-fi
+. "$root/bench/lib.sh"
 
 # wait_http URL SECONDS: polls URL until it answers 2xx.
 wait_http() {

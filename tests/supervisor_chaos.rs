@@ -717,25 +717,6 @@ fn repeated_sigkills_never_serve_a_wrong_byte_and_serving_goes_on() {
     assert!(!log.contains("panicked"), "a process panicked:\n{log}");
 
     // A clean stop still removes every IPC object of the run.
-    let mut run = run;
-    let pids = child_pids(&run.status());
-    let ledger = run.ledger();
-    assert!(!ledger.is_empty(), "the ledger lists the run's objects");
-    let out = gfsupervisor(&["stop"], &run.config);
-    assert!(out.status.success(), "stop: {}", output_text(&out));
-    let exit = run.wait_exit();
-    assert!(exit.success(), "exit {exit}; log:\n{}", run.log_text());
-    assert_eq!(
-        surviving_objects(&ledger),
-        Vec::new(),
-        "IPC objects left after stop"
-    );
-    for pid in pids {
-        assert!(process_gone(pid), "child {pid} still alive after stop");
-    }
-    assert!(
-        !run.run_dir.join("ledger").exists(),
-        "the ledger is deleted on stop"
-    );
+    stop_and_check_nothing_left(run);
     eprintln!("chaos test took {:?}", test_started.elapsed());
 }

@@ -559,3 +559,40 @@ pub fn wait_restarted(run: &Run, role: &str, slot: u64, old: i64) -> serde_json:
         (c["state"] == "running" && c["pid"].as_i64().is_some_and(|p| p != old)).then_some(c)
     })
 }
+
+/// Stops with `gfsupervisor stop` and checks that nothing of the run is left.
+pub fn stop_and_check_nothing_left(mut run: Run) {
+    let status = run.status();
+    let pids = child_pids(&status);
+    assert_eq!(
+        pids.len(),
+        (run.setup.proxies + run.setup.caches) as usize,
+        "{status}"
+    );
+    let ledger = run.ledger();
+    assert!(!ledger.is_empty(), "the ledger lists the run's objects");
+    let out = gfsupervisor(&["stop"], &run.config);
+    assert!(out.status.success(), "stop: {}", output_text(&out));
+    let exit = run.wait_exit();
+    assert!(
+        exit.success(),
+        "supervisor exit {exit}; log:\n{}",
+        run.log_text()
+    );
+    assert_eq!(
+        surviving_objects(&ledger),
+        Vec::new(),
+        "IPC objects left after stop"
+    );
+    for pid in pids {
+        assert!(process_gone(pid), "child {pid} still alive after stop");
+    }
+    assert!(
+        !run.run_dir.join("ledger").exists(),
+        "the ledger is deleted on stop"
+    );
+    assert_eq!(ipc::lock_holder(&run.run_dir).unwrap(), None);
+    let log = run.log_text();
+    assert!(log.contains("started child"), "{log}");
+    assert!(log.contains("child stopped"), "{log}");
+}
