@@ -132,6 +132,7 @@ fn from_cache(
             // Until the header is out, a stalled or dead cache can still be skipped.
             Err(source) if !response.header_sent() => return cache_failed(ctx, slot, source),
             Err(source) => {
+                suspect_if_unresponsive(ctx, slot, &source);
                 let outcome = cache_broke_off(ctx, slot, &source, response);
                 return CacheResult::Served(outcome);
             }
@@ -148,6 +149,7 @@ fn from_cache(
         let Some(chunk) = chunk else { break };
         let chunk_len = chunk.len() as u64;
         if sent + chunk_len > len {
+            ctx.router.suspect(&ctx.region, slot);
             let outcome = cache_broke_off(ctx, slot, &overlong_object(slot), response);
             return CacheResult::Served(outcome);
         }
@@ -160,6 +162,7 @@ fn from_cache(
         sent += chunk_len;
     }
     if sent < len {
+        ctx.router.suspect(&ctx.region, slot);
         let outcome = cache_broke_off(ctx, slot, &short_object(slot), response);
         return CacheResult::Served(outcome);
     }
@@ -168,11 +171,24 @@ fn from_cache(
 }
 
 fn cache_failed(ctx: &Context, slot: CacheSlot, source: ipc::Error) -> CacheResult {
-    ctx.router.suspect(&ctx.region, slot);
+    suspect_if_unresponsive(ctx, slot, &source);
     CacheResult::Failed(Error::Cache {
         slot: slot.as_raw(),
         source,
     })
+}
+
+/// Pauses routing to a cache that stopped answering or answered nonsense, so that it costs one
+/// timeout rather than one per request. A cache that aborted one transfer (an unreadable
+/// object) is alive and still serves its other objects; a dead one is already Down in its
+/// state word.
+fn suspect_if_unresponsive(ctx: &Context, slot: CacheSlot, error: &ipc::Error) {
+    if matches!(
+        error,
+        ipc::Error::Timeout { .. } | ipc::Error::Protocol { .. }
+    ) {
+        ctx.router.suspect(&ctx.region, slot);
+    }
 }
 
 fn cache_broke_off(
@@ -182,7 +198,6 @@ fn cache_broke_off(
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
     tracing::debug!(slot = slot.as_raw(), %error, "cache broke off after the header");
-    ctx.router.suspect(&ctx.region, slot);
     ctx.stats.incr(Counter::LookupErrors);
     response.abort();
     Outcome::Aborted

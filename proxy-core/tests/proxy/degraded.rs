@@ -228,3 +228,37 @@ fn a_malformed_request_is_answered_invalid_and_counted() {
     assert_eq!(answer, b"GETFILE INVALID\r\n\r\n");
     rig.wait_counter(Counter::RequestsInvalid, 1);
 }
+
+#[test]
+fn a_damaged_object_is_an_error_and_its_cache_keeps_serving_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("files");
+    let damaged_body = common::content(7, 50_000);
+    let files: HashMap<String, Arc<Vec<u8>>> = [
+        ("/damaged".to_owned(), Arc::new(damaged_body.clone())),
+        ("/good".to_owned(), Arc::new(common::content(8, 30_000))),
+    ]
+    .into_iter()
+    .collect();
+    common::write_tree(&root, &files);
+    let pack = dir.path().join("content.pack");
+    cache_backends::build_pack(&root, &pack).expect("build the pack");
+    let mut bytes = std::fs::read(&pack).expect("read the pack");
+    let at = bytes
+        .windows(64)
+        .position(|window| window == &damaged_body[..64])
+        .expect("the object's bytes are in the pack");
+    bytes[at + 10] ^= 0xff;
+    std::fs::write(&pack, &bytes).expect("damage the pack");
+
+    // No origin: nothing can stand in for the cache, so its answers are what the client sees.
+    let rig = Rig::start(4, &[Backend::Pack(pack)], common::proxy_config(None));
+    let addr = rig.addr();
+    common::fetch_status(&addr, "/damaged", Status::Error);
+    // One unreadable object says nothing about the others: the cache is not skipped.
+    for _ in 0..3 {
+        common::fetch_ok(&addr, "/good", &files["/good"]);
+    }
+    assert_eq!(rig.counter(Counter::LookupHits), 3);
+    rig.wait_pool_full();
+}
