@@ -191,12 +191,14 @@ fn worker_loop(shared: &Shared<'_>) {
                 continue;
             }
         };
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.stats().set(Gauge::InFlight, now);
         let outcome = match request.op() {
             Op::Get => serve_get(shared, request),
             Op::Put { len } => serve_put(shared, request, len, &mut fill_buffer),
         };
-        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = shared.in_flight.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        shared.stats().set(Gauge::InFlight, now);
         if let Err(failure) = outcome {
             shared.stats().add(Counter::CacheErrors, 1);
             tracing::warn!(
