@@ -197,7 +197,10 @@ fn worker_loop(shared: &Shared<'_>) {
             Op::Get => serve_get(shared, request),
             Op::Put { len } => serve_put(shared, request, len, &mut fill_buffer),
         };
-        let now = shared.in_flight.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let now = shared
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
         shared.stats().set(Gauge::InFlight, now);
         if let Err(failure) = outcome {
             shared.stats().add(Counter::CacheErrors, 1);
