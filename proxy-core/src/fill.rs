@@ -5,10 +5,13 @@
 //! to the client; a fill thread ([`run_fill`]) takes the pieces from the feed and PUTs them into
 //! the cache at the cache's pace. If the cache declines, fails, takes longer than
 //! `cache_timeout` for a chunk, or falls more than [`FILL_BACKLOG`] bytes behind, the fill is
-//! dropped and nothing else happens. When the client's transfer ends the request thread marks
+//! dropped and nothing else happens. The bytes queued by all the fills of a proxy process are
+//! bounded too ([`FillBudget`], [`FILL_BUDGET`]): a fill that would exceed the budget is dropped,
+//! so many slow fills of large objects cannot grow the proxy's memory without limit. When the client's transfer ends the request thread marks
 //! the feed complete and waits for the fill thread to commit.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,12 +23,54 @@ use crate::stats::Stats;
 /// Most bytes a fill may fall behind the client before it is dropped.
 pub const FILL_BACKLOG: u64 = 64 << 20;
 
+/// Most bytes all the fills of one proxy process may hold queued at once.
+pub const FILL_BUDGET: u64 = 256 << 20;
+
+/// The bytes queued for fills across one proxy process, bounded by a limit.
+#[derive(Debug)]
+pub struct FillBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl FillBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> FillBudget {
+        FillBudget {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn in_use(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+}
+
 /// The pieces of a body on their way to a fill thread.
 #[derive(Debug)]
 pub struct FillFeed {
     state: Mutex<FeedState>,
     changed: Condvar,
     backlog_limit: u64,
+    budget: Arc<FillBudget>,
 }
 
 #[derive(Debug, Default)]
@@ -48,12 +93,14 @@ enum FeedEnd {
 }
 
 impl FillFeed {
-    /// A feed that gives up when more than `backlog_limit` bytes wait.
-    pub fn new(backlog_limit: u64) -> FillFeed {
+    /// A feed that gives up when more than `backlog_limit` bytes wait, or when `budget` has no
+    /// room for the next piece.
+    pub fn new(backlog_limit: u64, budget: Arc<FillBudget>) -> FillFeed {
         FillFeed {
             state: Mutex::new(FeedState::default()),
             changed: Condvar::new(),
             backlog_limit,
+            budget,
         }
     }
 
@@ -65,10 +112,13 @@ impl FillFeed {
             return false;
         }
         let len = piece.len() as u64;
-        if state.queued + len > self.backlog_limit {
-            tracing::debug!(queued = state.queued, "fill fell too far behind");
-            state.end = FeedEnd::Cancelled;
-            state.pieces.clear();
+        if state.queued + len > self.backlog_limit || !self.budget.take(len) {
+            tracing::debug!(
+                queued = state.queued,
+                process_queued = self.budget.in_use(),
+                "fill fell too far behind"
+            );
+            self.discard(&mut state);
             drop(state);
             self.changed.notify_all();
             return false;
@@ -94,11 +144,22 @@ impl FillFeed {
 
     fn end(&self, end: FeedEnd) {
         let mut state = lock(&self.state);
-        if state.end == FeedEnd::Open {
-            state.end = end;
+        match end {
+            // A fill that gave up needs none of its queued pieces, even after a complete feed.
+            FeedEnd::Cancelled => self.discard(&mut state),
+            _ if state.end == FeedEnd::Open => state.end = end,
+            _ => {}
         }
         drop(state);
         self.changed.notify_all();
+    }
+
+    /// Drops the fill: its queued pieces go, and their bytes back to the budget.
+    fn discard(&self, state: &mut FeedState) {
+        state.end = FeedEnd::Cancelled;
+        state.pieces.clear();
+        self.budget.give(state.queued);
+        state.queued = 0;
     }
 
     /// The next piece; `Ok(None)` when complete; `Err(())` when cancelled.
@@ -109,7 +170,9 @@ impl FillFeed {
                 return Err(());
             }
             if let Some(piece) = state.pieces.pop_front() {
-                state.queued = state.queued.saturating_sub(piece.len() as u64);
+                let len = piece.len() as u64;
+                state.queued = state.queued.saturating_sub(len);
+                self.budget.give(len);
                 return Ok(Some(piece));
             }
             if state.end == FeedEnd::Complete {
@@ -126,6 +189,13 @@ impl FillFeed {
                 return Err(());
             }
         }
+    }
+}
+
+impl Drop for FillFeed {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.budget.give(state.queued);
     }
 }
 
@@ -194,9 +264,46 @@ mod tests {
         Arc::from(bytes)
     }
 
+    fn budget(limit: u64) -> Arc<FillBudget> {
+        Arc::new(FillBudget::new(limit))
+    }
+
+    #[test]
+    fn fills_share_the_process_budget_and_give_it_back() {
+        let shared = budget(6);
+        let first = FillFeed::new(100, Arc::clone(&shared));
+        let second = FillFeed::new(100, Arc::clone(&shared));
+        assert!(first.push(piece(b"abcd")));
+        // Within its own backlog, but over what the process has left: the second fill is dropped.
+        assert!(!second.push(piece(b"xyz")));
+        assert_eq!(second.next(Duration::from_secs(1)), Err(()));
+        assert_eq!(shared.in_use(), 4);
+        // Consuming gives the bytes back; so does dropping a feed with pieces still queued.
+        assert_eq!(
+            first.next(Duration::from_secs(1)).unwrap().as_deref(),
+            Some(&b"abcd"[..])
+        );
+        assert_eq!(shared.in_use(), 0);
+        assert!(first.push(piece(b"efg")));
+        assert_eq!(shared.in_use(), 3);
+        drop(first);
+        assert_eq!(shared.in_use(), 0);
+    }
+
+    #[test]
+    fn a_fill_that_gives_up_after_completion_frees_its_queue() {
+        let shared = budget(100);
+        let feed = FillFeed::new(100, Arc::clone(&shared));
+        assert!(feed.push(piece(b"abc")));
+        feed.complete();
+        feed.cancel();
+        assert_eq!(shared.in_use(), 0);
+        assert_eq!(feed.next(Duration::from_secs(1)), Err(()));
+    }
+
     #[test]
     fn pieces_come_out_in_order_then_the_end() {
-        let feed = FillFeed::new(100);
+        let feed = FillFeed::new(100, budget(1000));
         assert!(feed.push(piece(b"ab")));
         assert!(feed.push(piece(b"cd")));
         feed.complete();
@@ -208,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_backlog_over_the_limit_drops_the_fill() {
-        let feed = FillFeed::new(5);
+        let feed = FillFeed::new(5, budget(1000));
         assert!(feed.push(piece(b"abc")));
         assert!(!feed.push(piece(b"def")));
         assert!(!feed.push(piece(b"g")));
@@ -217,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_cancelled_feed_is_never_committed() {
-        let feed = FillFeed::new(100);
+        let feed = FillFeed::new(100, budget(1000));
         assert!(feed.push(piece(b"abc")));
         feed.cancel();
         feed.complete();
@@ -226,7 +333,7 @@ mod tests {
 
     #[test]
     fn the_consumer_waits_for_the_producer() {
-        let feed = Arc::new(FillFeed::new(100));
+        let feed = Arc::new(FillFeed::new(100, budget(1000)));
         let consumer = {
             let feed = Arc::clone(&feed);
             std::thread::spawn(move || {

@@ -229,6 +229,7 @@ impl Proxy {
             router: routing::Router::new(region.config().cache_slots, SUSPECT_PAUSE),
             stats: stats::Stats::new(Arc::clone(&region), Member::Proxy(config.slot)),
             flights: collapse::Flights::new(),
+            fill_budget: Arc::new(fill::FillBudget::new(fill::FILL_BUDGET)),
             origin,
             config,
             region,

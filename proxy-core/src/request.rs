@@ -16,7 +16,7 @@ use ipc::{CacheSlot, Counter, Lookup, Region};
 
 use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
 use crate::error::{Error, Side};
-use crate::fill::{run_fill, FillFeed, FILL_BACKLOG};
+use crate::fill::{run_fill, FillBudget, FillFeed, FILL_BACKLOG};
 use crate::origin::{Origin, OriginAnswer, OriginBody};
 use crate::path::CanonicalPath;
 use crate::routing::{Route, Router};
@@ -33,6 +33,8 @@ pub(crate) struct Context {
     pub(crate) router: Router,
     pub(crate) origin: Option<Origin>,
     pub(crate) flights: Flights,
+    /// Bytes queued for fills across this process.
+    pub(crate) fill_budget: Arc<FillBudget>,
     pub(crate) stats: Stats,
 }
 
@@ -410,7 +412,8 @@ fn stream_origin(
     };
     let tee = Tee {
         leader: leader.as_ref().filter(|_| share),
-        feed: fill_target(ctx, fill_slot, len).map(|_| FillFeed::new(FILL_BACKLOG)),
+        feed: fill_target(ctx, fill_slot, len)
+            .map(|_| FillFeed::new(FILL_BACKLOG, Arc::clone(&ctx.fill_budget))),
     };
     let (received, client) = with_fill(ctx, path, len, fill_slot, tee.feed.as_ref(), || {
         let pumped = pump(path, body, len, &tee, leader.as_ref(), response);
@@ -581,7 +584,7 @@ fn send_buffered(
         leader.push_shared(Arc::clone(&bytes));
     }
     let feed = fill_target(ctx, fill_slot, len).map(|_| {
-        let feed = FillFeed::new(FILL_BACKLOG);
+        let feed = FillFeed::new(FILL_BACKLOG, Arc::clone(&ctx.fill_budget));
         feed.push(Arc::clone(&bytes));
         feed.complete();
         feed
