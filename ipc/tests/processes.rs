@@ -43,6 +43,21 @@ fn all_free(region: &Region) -> SegmentCounts {
     }
 }
 
+/// The one segment of a one-segment region stays quarantined after its peer `dead_pid` died,
+/// until the supervisor's reclaim gives it back.
+fn assert_quarantined_until_reclaimed(region: &Region, dead_pid: i32) {
+    assert_eq!(
+        region.segment_counts(),
+        SegmentCounts {
+            free: 0,
+            busy: 0,
+            quarantined: 1
+        }
+    );
+    assert_eq!(region.reclaim_dead(dead_pid), 1);
+    assert_eq!(region.segment_counts(), all_free(region));
+}
+
 /// Waits until every segment is back in the pool (the cache side marks itself done a moment
 /// after the proxy has read the last byte).
 fn wait_all_free(region: &Region) {
@@ -360,16 +375,7 @@ fn sigkill_of_the_proxy_mid_transfer_stops_the_cache_within_its_timeout() {
     };
     assert!(matches!(err, Error::Timeout { what: "room", .. }), "{err}");
     drop(writer);
-    assert_eq!(
-        region.segment_counts(),
-        SegmentCounts {
-            free: 0,
-            busy: 0,
-            quarantined: 1
-        }
-    );
-    assert_eq!(region.reclaim_dead(proxy_pid), 1);
-    assert_eq!(region.segment_counts(), all_free(&region));
+    assert_quarantined_until_reclaimed(&region, proxy_pid);
 }
 
 #[test]
@@ -408,16 +414,7 @@ fn sigkill_of_the_proxy_mid_put_stops_the_cache_within_its_timeout() {
         .expect_err("no more data from a dead proxy");
     assert!(matches!(err, Error::Timeout { what: "data", .. }), "{err}");
     drop(reader);
-    assert_eq!(
-        region.segment_counts(),
-        SegmentCounts {
-            free: 0,
-            busy: 0,
-            quarantined: 1
-        }
-    );
-    assert_eq!(region.reclaim_dead(proxy_pid), 1);
-    assert_eq!(region.segment_counts(), all_free(&region));
+    assert_quarantined_until_reclaimed(&region, proxy_pid);
 }
 
 #[test]

@@ -110,20 +110,9 @@ impl Region {
                 }
             }
             let (_, index, word) = best?;
-            let header = self.segment_header(index)?;
-            let generation = generation_of(word);
-            let active = control_word(generation, Phase::Active, self.pid());
-            if header
-                .control
-                .compare_exchange(word, active, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Some(Seg {
-                    region: self,
-                    index,
-                    generation,
-                    header,
-                });
+            let active = control_word(generation_of(word), Phase::Active, self.pid());
+            if let Some(seg) = Seg::claim(self, index, word, active) {
+                return Some(seg);
             }
             // Another worker took it or the proxy gave up: look again.
         }

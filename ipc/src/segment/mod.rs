@@ -183,6 +183,22 @@ struct Seg<'r> {
 }
 
 impl<'r> Seg<'r> {
+    /// Takes segment `index` by one CAS of its control word from `current` to `next`; `None`
+    /// when another process changed the word first.
+    fn claim(region: &'r Region, index: u32, current: u64, next: u64) -> Option<Seg<'r>> {
+        let header = region.segment_header(index)?;
+        header
+            .control
+            .compare_exchange(current, next, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        Some(Seg {
+            region,
+            index,
+            generation: generation_of(next),
+            header,
+        })
+    }
+
     fn protocol(&self, what: impl Into<String>) -> Error {
         Error::Protocol {
             segment: self.index,

@@ -53,17 +53,8 @@ impl Region {
             }
             let generation = generation_of(current).wrapping_add(1);
             let next = control_word(generation, Phase::Reserved, self.pid());
-            if header
-                .control
-                .compare_exchange(current, next, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Some(Seg {
-                    region: self,
-                    index,
-                    generation,
-                    header,
-                });
+            if let Some(seg) = Seg::claim(self, index, current, next) {
+                return Some(seg);
             }
         }
         None
