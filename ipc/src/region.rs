@@ -112,6 +112,9 @@ pub enum MemberState {
     Draining,
     /// Crash-looped; left down until revived.
     Quarantined,
+    /// Alive, but cannot answer (for example its backend's data is damaged): send its requests
+    /// elsewhere. The member leaves this state by itself when it can answer again.
+    Unavailable,
 }
 
 impl MemberState {
@@ -122,6 +125,7 @@ impl MemberState {
             MemberState::Ready => 2,
             MemberState::Draining => 3,
             MemberState::Quarantined => 4,
+            MemberState::Unavailable => 5,
         }
     }
     /// Unknown words read as `Down`: the proxy then routes nothing to that member.
@@ -131,6 +135,7 @@ impl MemberState {
             2 => MemberState::Ready,
             3 => MemberState::Draining,
             4 => MemberState::Quarantined,
+            5 => MemberState::Unavailable,
             _ => MemberState::Down,
         }
     }
