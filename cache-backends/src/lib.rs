@@ -53,10 +53,12 @@ mod memory;
 pub mod pack;
 pub mod paths;
 mod process;
+pub mod settings;
 
 pub use directory::{DirectoryBackend, DirectoryOptions, FILL_PREFIX};
 pub use memory::{MemoryBackend, ENTRY_OVERHEAD, MAX_SHARDS};
 pub use pack::{build_pack, verify_pack, BuildReport, PackBackend, VerifyReport};
+pub use settings::{BackendKind, CacheSettings, DirectorySettings, MemorySettings, PackSettings};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -168,7 +170,8 @@ pub trait CacheBackend: Send + Sync {
     fn stats(&self) -> BackendStats;
 }
 
-/// Which backend, and its settings (built by the supervisor from the TOML config).
+/// Which backend to open, and its settings: the validated form of [`CacheSettings`]
+/// ([`CacheSettings::backend_config`]), or built directly by tests and tools.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum BackendConfig {
@@ -238,7 +241,8 @@ pub fn open_backend(config: &BackendConfig) -> Result<Box<dyn CacheBackend>, Err
     }
 }
 
-/// Settings of a cache process.
+/// What one cache process runs with: its slot and drain limit (decided by whoever starts it)
+/// and the worker settings of its [`CacheSettings`].
 #[derive(Clone, Debug)]
 pub struct CacheProcessConfig {
     /// The slot this process serves.
@@ -249,6 +253,18 @@ pub struct CacheProcessConfig {
     pub transfer_timeout: Duration,
     /// On SIGTERM, how long in-flight transfers may take before they are aborted.
     pub shutdown_timeout: Duration,
+}
+
+impl CacheProcessConfig {
+    /// The config of the process serving `slot` with `settings`.
+    pub fn new(slot: ipc::CacheSlot, settings: &CacheSettings, shutdown_timeout: Duration) -> Self {
+        CacheProcessConfig {
+            slot,
+            workers: settings.workers,
+            transfer_timeout: settings.transfer_timeout,
+            shutdown_timeout,
+        }
+    }
 }
 
 /// Runs a cache process on an attached region until `stop` is set (the caller wires

@@ -6,7 +6,7 @@
 //! - [`Server`]: a listener, an accept thread and a fixed pool of workers fed through a bounded
 //!   queue. A worker reads the request header under a deadline, then calls the [`Handler`] with
 //!   a [`ResponseWriter`] that streams the body (bytes, a file with `sendfile`, or a closure
-//!   writing to the socket). [`ShutdownHandle`] stops it; [`signals`] wires SIGINT/SIGTERM.
+//!   writing to the socket). [`ShutdownHandle`] stops it (the gfcache binaries wire SIGINT/SIGTERM to it).
 //! - [`FileServer`]: the handler of `gfserver` (a root with strict [`paths`] containment, or a
 //!   listing).
 //! - [`Client`]: fetches one path into any `Write`.
@@ -55,7 +55,6 @@ pub mod fileserver;
 pub mod load;
 pub mod paths;
 mod server;
-pub mod signals;
 
 pub use client::{Client, FetchOutcome};
 pub use codec::Malformed;

@@ -88,7 +88,10 @@ pub use ledger::{
     lock_holder, object_info, sweep, IpcKind, IpcObject, Ledger, LedgerEntry, ObjectInfo,
     SweepReport,
 };
-pub use region::{Member, MemberState, Region, RegionConfig, SegmentCounts};
+pub use region::{
+    Member, MemberState, Region, RegionConfig, SegmentCounts, MAX_SEGMENTS, MAX_SEGMENT_SIZE,
+    MAX_SLOTS, MIN_SEGMENT_SIZE,
+};
 pub use segment::{
     CacheRequest, Chunk, ChunkBuf, ChunkDest, GetStream, GetWriter, Lease, Lookup, Op, PutReader,
     PutStream,

@@ -32,10 +32,14 @@ pub(crate) const PATH_OFFSET: usize = 4096;
 const PAGE: usize = 4096;
 
 /// Limits on a configuration (keep the region a sane size and every count in 32 bits).
-const MAX_SEGMENTS: u32 = 4096;
-const MAX_SLOTS: u32 = 1024;
-const MIN_SEGMENT_SIZE: usize = 8192;
-const MAX_SEGMENT_SIZE: usize = 1 << 30;
+/// The most segments a region holds.
+pub const MAX_SEGMENTS: u32 = 4096;
+/// The most slots of each kind a region holds.
+pub const MAX_SLOTS: u32 = 1024;
+/// The smallest segment.
+pub const MIN_SEGMENT_SIZE: usize = 8192;
+/// The largest segment.
+pub const MAX_SEGMENT_SIZE: usize = 1 << 30;
 
 /// Sizes of a region, fixed at creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,6 +18,8 @@
 //! succeed. Counters and latency histograms go to the proxy's block of the ipc stats area
 //! ([`stats`]).
 //!
+//! Settings: [`ProxySettings`] is the `[proxy]` section, with its defaults and its validator.
+//!
 //! Entry points: [`run`] for the supervisor's proxy role (runs until a stop flag is set), and
 //! [`Proxy::start`] which returns a [`RunningProxy`] with its bound address, for tests and
 //! embedding.
@@ -53,10 +55,10 @@ pub mod origin;
 pub mod path;
 mod request;
 pub mod routing;
+pub mod settings;
 pub mod stats;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -66,99 +68,46 @@ use gfprotocol::{Handler, ResponseWriter, Server, ServerConfig, ShutdownHandle};
 use ipc::{Member, MemberState, Region};
 
 pub use error::{Error, Side};
+pub use settings::ProxySettings;
 
 use request::Context;
 
 /// How long a cache that failed is skipped (unless its process is replaced sooner).
 pub const SUSPECT_PAUSE: Duration = Duration::from_secs(1);
 
-/// Settings of a proxy process (the `[proxy]` section, validated by the supervisor).
+/// What one proxy process runs with: its [`ProxySettings`] (the `[proxy]` section) and what
+/// the process that starts it decides (its slot, whether the port is shared).
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     /// This process's slot (stats block and state word).
     pub slot: ipc::ProxySlot,
-    /// Listen address; with `reuse_port` several proxy processes share it.
-    pub listen: SocketAddr,
-    /// Set SO_REUSEPORT.
+    /// Set SO_REUSEPORT, so that several proxy processes share the listen address.
     pub reuse_port: bool,
-    /// Worker threads.
-    pub threads: usize,
-    /// Origin base URL (`http://` or `https://`); None: a miss is FILE_NOT_FOUND.
-    pub origin: Option<String>,
-    /// Connect timeout to the origin.
-    pub origin_connect_timeout: Duration,
-    /// Total timeout of one origin fetch.
-    pub origin_timeout: Duration,
-    /// Redirects followed at most.
-    pub origin_max_redirects: usize,
-    /// A PEM file of root certificates (one or more) the origin client trusts in addition to
-    /// the built-in web PKI roots: for an HTTPS origin whose certificate comes from an internal
-    /// CA.
-    pub origin_ca_file: Option<PathBuf>,
-    /// Objects larger than this are not filled (and bodies without Content-Length beyond it are
-    /// ERROR).
-    pub max_object_size: u64,
-    /// How long to wait for a cache's answer (and for each chunk) before falling back.
-    pub cache_timeout: Duration,
-    /// How long a collapsed request waits for the leader before fetching on its own.
-    pub collapse_timeout: Duration,
-    /// Header read deadline for clients.
-    pub header_timeout: Duration,
-    /// On stop, how long in-flight transfers may take.
-    pub shutdown_timeout: Duration,
+    /// The `[proxy]` settings.
+    pub settings: ProxySettings,
 }
 
 impl ProxyConfig {
-    /// Defaults for everything but the listen address: slot 0, 16 threads, no origin, origin
-    /// connect 2 s and total 30 s, 5 redirects, no extra origin CA, 64 MiB objects, cache 1 s,
-    /// collapse 5 s, header 5 s, shutdown 10 s.
+    /// Slot 0, no shared port, and the default settings but for the listen address.
     pub fn new(listen: SocketAddr) -> ProxyConfig {
         ProxyConfig {
             slot: ipc::ProxySlot::from_raw(0),
-            listen,
             reuse_port: false,
-            threads: 16,
-            origin: None,
-            origin_connect_timeout: Duration::from_secs(2),
-            origin_timeout: Duration::from_secs(30),
-            origin_max_redirects: 5,
-            origin_ca_file: None,
-            max_object_size: 64 << 20,
-            cache_timeout: Duration::from_secs(1),
-            collapse_timeout: Duration::from_secs(5),
-            header_timeout: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(10),
+            settings: ProxySettings {
+                listen,
+                ..ProxySettings::default()
+            },
         }
     }
 
-    /// Checks the values a proxy cannot run with: among them an origin that is not an
-    /// `http://` or `https://` URL, and an `origin_ca_file` that cannot be read or holds no
-    /// usable certificate (the message names the file).
+    /// [`ProxySettings::validate`], as one error listing every problem.
     pub fn validate(&self) -> Result<(), Error> {
-        let mut problems = Vec::new();
-        if self.threads == 0 {
-            problems.push("threads must be at least 1".to_owned());
-        }
-        if let Some(base) = &self.origin {
-            if let Err(problem) = origin::check_base(base) {
-                problems.push(problem);
-            }
-        }
-        if let Some(path) = &self.origin_ca_file {
-            if let Err(error) = origin::CaBundle::load(path) {
-                problems.push(error.to_string());
-            }
-        }
-        for (name, value) in [
-            ("origin_connect_timeout", self.origin_connect_timeout),
-            ("origin_timeout", self.origin_timeout),
-            ("cache_timeout", self.cache_timeout),
-            ("header_timeout", self.header_timeout),
-        ] {
-            if value.is_zero() {
-                problems.push(format!("{name} must be above zero"));
-            }
-        }
+        let problems: Vec<String> = self
+            .settings
+            .validate()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
         if problems.is_empty() {
             Ok(())
         } else {
@@ -208,20 +157,14 @@ impl Proxy {
     }
 
     fn bind(region: Arc<Region>, config: ProxyConfig) -> Result<(Arc<Context>, Server), Error> {
-        let origin = match &config.origin {
-            Some(base) => Some(origin::Origin::new(&origin::OriginConfig {
-                base: base.clone(),
-                connect_timeout: config.origin_connect_timeout,
-                total_timeout: config.origin_timeout,
-                max_redirects: config.origin_max_redirects,
-                ca_file: config.origin_ca_file.clone(),
-            })?),
+        let origin = match config.settings.origin_config() {
+            Some(origin_config) => Some(origin::Origin::new(&origin_config)?),
             None => None,
         };
         let server_config = ServerConfig {
-            listen: config.listen,
-            threads: config.threads,
-            header_timeout: config.header_timeout,
+            listen: config.settings.listen,
+            threads: config.settings.threads,
+            header_timeout: config.settings.header_timeout,
             reuse_port: config.reuse_port,
             ..ServerConfig::default()
         };
@@ -353,13 +296,17 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// Runs a proxy process on an attached region until `stop` is set (the caller wires
 /// SIGTERM/SIGINT to it): marks its member state Starting, binds, marks Ready, serves, then stops
-/// accepting, drains in-flight transfers up to `shutdown_timeout`, marks Down and returns.
-pub fn run(region: Arc<Region>, config: ProxyConfig, stop: &AtomicBool) -> Result<(), Error> {
-    let shutdown_timeout = config.shutdown_timeout;
+/// accepting, drains in-flight transfers up to `drain_limit`, marks Down and returns.
+pub fn run(
+    region: Arc<Region>,
+    config: ProxyConfig,
+    stop: &AtomicBool,
+    drain_limit: Duration,
+) -> Result<(), Error> {
     let proxy = Proxy::start(region, config)?;
     while !stop.load(Ordering::SeqCst) {
         thread::sleep(STOP_POLL);
     }
     tracing::info!("proxy draining");
-    proxy.join_timeout(shutdown_timeout).map(|_| ())
+    proxy.join_timeout(drain_limit).map(|_| ())
 }

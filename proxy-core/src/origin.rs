@@ -118,7 +118,8 @@ impl CaBundle {
     }
 }
 
-/// Checks an origin base URL: absolute `http` or `https` with a host, no query or fragment.
+/// Checks an origin base URL: absolute `http` or `https` with a host, no query, fragment or
+/// credentials.
 pub fn check_base(base: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(base).map_err(|e| format!("origin {base:?}: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -128,6 +129,12 @@ pub fn check_base(base: &str) -> Result<(), String> {
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(format!("origin {base:?} must not have a query or fragment"));
+    }
+    // Credentials in a URL end up in logs and error messages; the client sends none.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "origin {base:?} must not carry a user name or password"
+        ));
     }
     Ok(())
 }

@@ -104,7 +104,7 @@ fn from_cache(
     path: &CanonicalPath,
     response: &mut ResponseWriter<'_>,
 ) -> CacheResult {
-    let timeout = ctx.config.cache_timeout;
+    let timeout = ctx.config.settings.cache_timeout;
     let lease = match ctx.region.acquire(timeout) {
         Ok(lease) => lease,
         Err(error) => return CacheResult::Failed(Error::NoSegment(error)),
@@ -289,7 +289,7 @@ fn follow(
     follower: Follower,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
-    let len = match follower.wait_answer(ctx.config.collapse_timeout) {
+    let len = match follower.wait_answer(ctx.config.settings.collapse_timeout) {
         Answer::Body { len } => len,
         Answer::NotFound => return reply(response, ResponseHeader::FileNotFound),
         Answer::Error => return reply(response, ResponseHeader::Error),
@@ -317,7 +317,7 @@ fn follow(
     let mut sent: u64 = 0;
     let mut index = 0;
     while sent < len {
-        let pieces = match follower.next_pieces(index, ctx.config.origin_timeout) {
+        let pieces = match follower.next_pieces(index, ctx.config.settings.origin_timeout) {
             Ok(pieces) if !pieces.is_empty() => pieces,
             Ok(_) | Err(_) => {
                 tracing::debug!(key = %path, "the shared origin body broke off");
@@ -366,7 +366,7 @@ fn fetch(
     };
     match body.content_length() {
         Some(len) => stream_origin(ctx, path, &mut body, len, fill_slot, leader, response),
-        None => match body.read_to_end_bounded(ctx.config.max_object_size) {
+        None => match body.read_to_end_bounded(ctx.config.settings.max_object_size) {
             Ok(bytes) => send_buffered(ctx, path, Arc::from(bytes), fill_slot, leader, response),
             Err(error) => {
                 tracing::debug!(key = %path, %error, "origin body without length refused");
@@ -391,7 +391,7 @@ fn stream_origin(
     leader: Option<Leader<'_>>,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
-    let max = ctx.config.max_object_size;
+    let max = ctx.config.settings.max_object_size;
     // Followers share a body small enough to keep; for a larger one that will be filled they
     // wait and read the cache; one too large to fill they fetch themselves.
     let share = len <= max.min(SHARED_BODY_LIMIT);
@@ -524,7 +524,7 @@ fn pump(
 /// The slot to fill, if the object may be filled (counts a fill too large to take as dropped).
 fn fill_target(ctx: &Context, fill_slot: Option<CacheSlot>, len: u64) -> Option<CacheSlot> {
     let slot = fill_slot?;
-    if len > ctx.config.max_object_size {
+    if len > ctx.config.settings.max_object_size {
         ctx.stats.incr(Counter::FillsDropped);
         return None;
     }
@@ -555,8 +555,8 @@ fn with_fill<T>(
                     path,
                     len,
                     feed,
-                    ctx.config.origin_timeout,
-                    ctx.config.cache_timeout,
+                    ctx.config.settings.origin_timeout,
+                    ctx.config.settings.cache_timeout,
                 )
             });
         if let Err(error) = &filler {

@@ -2,7 +2,7 @@
 //! GetFile protocol.
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,14 +57,7 @@ enum SendMode {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    gfcache::init_logging_at("info");
     let args = Args::parse();
     let files = match (&args.root, &args.content) {
         (Some(root), _) => FileServer::from_root(root)?,
@@ -88,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     };
     let server = Server::bind(config, handler)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    gfprotocol::signals::shutdown_on_signals(server.shutdown_handle())
+    gfcache::signals::shutdown_on_signals(server.shutdown_handle())
         .context("installing signal handlers")?;
     tracing::info!(listen = %server.local_addr(), threads = args.threads, "gfserver ready");
     // Scripts and tests started with port 0 read the real address from this line.

@@ -1,6 +1,6 @@
 //! gfsupervisor: starts and supervises the gfcache proxy and cache processes (docs/supervisor.md).
 #![forbid(unsafe_code)]
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,12 +52,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter.unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    gfcache::init_logging();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -75,7 +70,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start => return Ok(supervise::start(&cli.config).map(|()| ExitCode::SUCCESS)?),
         Command::Role { role, slot } => {
             let _span = tracing::info_span!("child", role = role.as_str(), slot).entered();
-            supervisor::role::run_role(role, slot)?;
+            let stop = gfcache::signals::stop_flag()?;
+            supervisor::role::run_role(role, slot, &stop)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Stop => ClientCommand::Stop,

@@ -55,7 +55,7 @@ fn lenient_target(config_path: &Path) -> Option<Target> {
         std::env::current_dir().ok()?.join(run_dir)
     };
     let shutdown_timeout = field("shutdown_timeout")
-        .and_then(|d| crate::config::parse_duration(d).ok())
+        .and_then(|d| settings::parse_duration(d).ok())
         .unwrap_or(Duration::from_secs(10));
     Some(Target {
         run_dir,
@@ -196,14 +196,14 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
     Ok(format!(
         "{}: ok: proxy on {} ({} process(es), {} threads, origin {}), {} {} cache(s), {} segments of {}, run dir {}, metrics {}",
         config_path.display(),
-        c.proxy.listen,
+        c.proxy.settings.listen,
         c.proxy.processes,
-        c.proxy.threads,
-        c.proxy.origin.as_deref().unwrap_or("none"),
+        c.proxy.settings.threads,
+        c.proxy.settings.origin.as_deref().unwrap_or("none"),
         c.cache.processes,
-        c.cache.backend.kind(),
+        c.cache.backend_kind(),
         c.ipc.segments,
-        crate::config::fmt_size(c.ipc.segment_size as u64),
+        settings::format_size(c.ipc.segment_size),
         c.supervisor.run_dir.display(),
         c.supervisor.metrics_listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
     ))

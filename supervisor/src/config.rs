@@ -1,14 +1,27 @@
-//! The TOML config: [`RawConfig`] mirrors the file (serde, unknown keys refused, every value
-//! spanned), [`Config`] is the validated form built by [`Config::parse`], which reports every
-//! problem at once, each naming its key path and line.
+//! The TOML config. Each section is read into the types of the crates that own its keys:
+//! `[proxy]` into [`proxy_core::ProxySettings`] (plus the supervisor's `processes`), `[cache]`
+//! into [`cache_backends::CacheSettings`] (plus `processes`), `[ipc]` and `[supervisor]` into this
+//! module's types. Every owner validates its own values; this module adds the file, the line and
+//! the key path to each problem, and reports them all at once.
+//!
+//! Two levels of checking, run the same way by `check-config`, `reload` and `start`:
+//! [`Config::parse`] checks the values, and [`Config::check_environment`] what can be verified
+//! without starting: the listen addresses can be bound, the run directory can be created, the
+//! backend opens (a pack verifies).
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cache_backends::{BackendKind, CacheSettings};
+use proxy_core::ProxySettings;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use settings::Problems;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 /// One problem found in a config file.
@@ -63,123 +76,7 @@ fn render_issues(issues: &[ConfigIssue]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw form: mirrors the file.
-
-type Opt<T> = Option<Spanned<T>>;
-
-/// A size: a plain integer of bytes or a string such as `"64KiB"`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawSize {
-    /// Bytes.
-    Bytes(i64),
-    /// Text with a unit.
-    Text(String),
-}
-
-/// The file as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    /// `[proxy]`.
-    pub proxy: Spanned<RawProxy>,
-    /// `[ipc]`.
-    pub ipc: Opt<RawIpc>,
-    /// `[cache]`.
-    pub cache: Spanned<RawCache>,
-    /// `[supervisor]`.
-    pub supervisor: Opt<RawSupervisor>,
-}
-
-/// `[proxy]` as written.
-#[allow(missing_docs)]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProxy {
-    pub listen: Spanned<String>,
-    pub threads: Opt<i64>,
-    pub processes: Opt<i64>,
-    pub origin: Opt<String>,
-    pub origin_ca_file: Opt<String>,
-    pub origin_connect_timeout: Opt<String>,
-    pub origin_timeout: Opt<String>,
-    pub max_redirects: Opt<i64>,
-    pub max_object_size: Opt<RawSize>,
-    pub cache_timeout: Opt<String>,
-    pub collapse_timeout: Opt<String>,
-    pub header_timeout: Opt<String>,
-}
-
-/// `[ipc]` as written.
-#[allow(missing_docs)]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawIpc {
-    pub segments: Opt<i64>,
-    pub segment_size: Opt<RawSize>,
-}
-
-/// `[cache]` as written.
-#[allow(missing_docs)]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCache {
-    pub processes: Opt<i64>,
-    pub workers: Opt<i64>,
-    pub transfer_timeout: Opt<String>,
-    pub backend: Spanned<String>,
-    pub directory: Opt<RawDirectory>,
-    pub memory: Opt<RawMemory>,
-    pub pack: Opt<RawPack>,
-}
-
-/// `cache.directory` as written.
-#[allow(missing_docs)]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDirectory {
-    pub root: Opt<String>,
-    pub content: Opt<String>,
-    pub writable: Opt<bool>,
-    pub max_size: Opt<RawSize>,
-}
-
-/// `cache.memory` as written.
-#[allow(missing_docs)]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMemory {
-    pub capacity: Spanned<RawSize>,
-    pub max_object_size: Opt<RawSize>,
-}
-
-/// `cache.pack` as written.
-#[allow(missing_docs)]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPack {
-    pub path: Spanned<String>,
-}
-
-/// `[supervisor]` as written.
-#[allow(missing_docs)]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSupervisor {
-    pub run_dir: Opt<String>,
-    pub metrics_listen: Opt<String>,
-    pub shutdown_timeout: Opt<String>,
-    pub ready_timeout: Opt<String>,
-    pub backoff_initial: Opt<String>,
-    pub backoff_max: Opt<String>,
-    pub backoff_reset_after: Opt<String>,
-    pub max_restarts: Opt<i64>,
-    pub restart_window: Opt<String>,
-    pub revive_after: Opt<String>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Validated form.
+// The sections.
 
 /// A validated config. Paths are absolute (relative ones were resolved against the current
 /// directory when it was loaded).
@@ -188,139 +85,225 @@ pub struct Config {
     /// The file it came from.
     pub source: PathBuf,
     /// `[proxy]`.
-    pub proxy: ProxySettings,
+    pub proxy: ProxySection,
     /// `[ipc]`.
     pub ipc: IpcSettings,
     /// `[cache]`.
-    pub cache: CacheSettings,
+    pub cache: CacheSection,
     /// `[supervisor]`.
     pub supervisor: SupervisorSettings,
 }
 
-/// Validated `[proxy]`.
-#[allow(missing_docs)]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProxySettings {
-    pub listen: SocketAddr,
-    pub threads: usize,
+/// `[proxy]`: the proxy's own settings, and how many proxy processes run them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySection {
+    /// Proxy processes; with more than one they share the listen address (SO_REUSEPORT).
     pub processes: u32,
-    pub origin: Option<String>,
-    pub origin_ca_file: Option<PathBuf>,
-    pub origin_connect_timeout: Duration,
-    pub origin_timeout: Duration,
-    pub max_redirects: usize,
-    pub max_object_size: u64,
-    pub cache_timeout: Duration,
-    pub collapse_timeout: Duration,
-    pub header_timeout: Duration,
+    /// What each proxy process runs with.
+    pub settings: ProxySettings,
 }
 
-/// Validated `[ipc]`.
-#[allow(missing_docs)]
+/// `[cache]`: the cache processes' own settings, and how many run them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSection {
+    /// Cache processes, each owning a disjoint share of the paths.
+    pub processes: u32,
+    /// What each cache process runs with.
+    pub settings: CacheSettings,
+}
+
+impl CacheSection {
+    /// "directory", "memory" or "pack" ("none" before validation).
+    pub fn backend_kind(&self) -> &'static str {
+        self.settings.backend.map_or("none", BackendKind::as_str)
+    }
+}
+
+/// The supervisor's key of `[proxy]`.
+#[derive(Deserialize)]
+#[serde(default)]
+struct ProxyProcesses {
+    processes: u32,
+}
+
+impl Default for ProxyProcesses {
+    fn default() -> Self {
+        ProxyProcesses { processes: 1 }
+    }
+}
+
+/// The supervisor's key of `[cache]`.
+#[derive(Deserialize)]
+#[serde(default)]
+struct CacheProcesses {
+    processes: u32,
+}
+
+impl Default for CacheProcesses {
+    fn default() -> Self {
+        CacheProcesses { processes: 2 }
+    }
+}
+
+const MAX_PROCESSES: u32 = 64;
+
+/// `[ipc]`: the shared memory the supervisor creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IpcSettings {
+    /// Segments: the transfers in flight between proxies and caches.
     pub segments: u32,
-    pub segment_size: usize,
+    /// Bytes per segment; each half carries one chunk.
+    #[serde(with = "settings::size")]
+    pub segment_size: u64,
 }
 
-/// Validated `[cache]`.
-#[allow(missing_docs)]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheSettings {
-    pub processes: u32,
-    pub workers: usize,
-    pub transfer_timeout: Duration,
-    pub backend: BackendSettings,
-}
-
-/// The selected backend and its settings.
-#[allow(missing_docs)]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BackendSettings {
-    Directory {
-        root: Option<PathBuf>,
-        content: Option<PathBuf>,
-        writable: bool,
-        max_size: Option<u64>,
-    },
-    Memory {
-        capacity: u64,
-        max_object_size: u64,
-    },
-    Pack {
-        path: PathBuf,
-    },
-}
-
-impl BackendSettings {
-    /// "directory", "memory" or "pack".
-    pub fn kind(&self) -> &'static str {
-        match self {
-            BackendSettings::Directory { .. } => "directory",
-            BackendSettings::Memory { .. } => "memory",
-            BackendSettings::Pack { .. } => "pack",
-        }
-    }
-
-    /// The cache-backends form.
-    pub fn to_backend_config(&self) -> cache_backends::BackendConfig {
-        match self.clone() {
-            BackendSettings::Directory {
-                root,
-                content,
-                writable,
-                max_size,
-            } => cache_backends::BackendConfig::Directory {
-                root,
-                content,
-                writable,
-                max_size,
-            },
-            BackendSettings::Memory {
-                capacity,
-                max_object_size,
-            } => cache_backends::BackendConfig::Memory {
-                capacity,
-                max_object_size,
-            },
-            BackendSettings::Pack { path } => cache_backends::BackendConfig::Pack { path },
+impl Default for IpcSettings {
+    fn default() -> IpcSettings {
+        IpcSettings {
+            segments: 16,
+            segment_size: 1 << 20,
         }
     }
 }
 
-/// Restart backoff settings.
+impl IpcSettings {
+    /// Checks the values against the limits the ipc crate enforces when it creates the region.
+    pub fn validate(&self) -> Problems {
+        let mut problems = Problems::default();
+        problems.check_range("segments", self.segments, 1, ipc::MAX_SEGMENTS);
+        problems.check_size(
+            "segment_size",
+            self.segment_size,
+            ipc::MIN_SEGMENT_SIZE as u64,
+            ipc::MAX_SEGMENT_SIZE as u64,
+        );
+        if !self.segment_size.is_multiple_of(4096) {
+            problems.add(
+                "segment_size",
+                format!(
+                    "must be a multiple of 4KiB (got {} bytes)",
+                    self.segment_size
+                ),
+            );
+        }
+        problems
+    }
+}
+
+/// Restart backoff and quarantine: the `backoff_*`, `max_restarts`, `restart_window` and
+/// `revive_after` keys of `[supervisor]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BackoffSettings {
     /// First delay.
+    #[serde(rename = "backoff_initial", with = "settings::duration")]
     pub initial: Duration,
     /// Largest delay.
+    #[serde(rename = "backoff_max", with = "settings::duration")]
     pub max: Duration,
     /// A child that lived this long starts again from `initial`.
+    #[serde(rename = "backoff_reset_after", with = "settings::duration")]
     pub reset_after: Duration,
     /// More than this many restarts within `restart_window` quarantines the slot.
     pub max_restarts: u32,
     /// See `max_restarts`.
+    #[serde(with = "settings::duration")]
     pub restart_window: Duration,
     /// A quarantined slot is started again after this long.
+    #[serde(with = "settings::duration")]
     pub revive_after: Duration,
 }
 
-/// Validated `[supervisor]`.
-#[allow(missing_docs)]
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl Default for BackoffSettings {
+    fn default() -> BackoffSettings {
+        BackoffSettings {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(60),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            revive_after: Duration::from_secs(300),
+        }
+    }
+}
+
+impl BackoffSettings {
+    /// Checks the values (keys as in `[supervisor]`).
+    pub fn validate(&self) -> Problems {
+        let mut problems = Problems::default();
+        for (key, value) in [
+            ("backoff_initial", self.initial),
+            ("backoff_max", self.max),
+            ("backoff_reset_after", self.reset_after),
+            ("restart_window", self.restart_window),
+            ("revive_after", self.revive_after),
+        ] {
+            problems.check_nonzero(key, value);
+        }
+        problems.check_range("max_restarts", self.max_restarts, 0, 1_000_000);
+        if self.max < self.initial {
+            problems.add(
+                "backoff_max",
+                "must not be less than supervisor.backoff_initial",
+            );
+        }
+        problems
+    }
+}
+
+/// `[supervisor]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct SupervisorSettings {
+    /// The run directory: lock, ledger, status file.
     pub run_dir: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; None: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long children may drain on stop.
+    #[serde(with = "settings::duration")]
     pub shutdown_timeout: Duration,
+    /// How long a child may take to become ready.
+    #[serde(with = "settings::duration")]
     pub ready_timeout: Duration,
+    /// Restart policy (read from the same table).
+    #[serde(skip)]
     pub backoff: BackoffSettings,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> SupervisorSettings {
+        SupervisorSettings {
+            run_dir: PathBuf::from("var/run"),
+            metrics_listen: None,
+            shutdown_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(30),
+            backoff: BackoffSettings::default(),
+        }
+    }
+}
+
+impl SupervisorSettings {
+    /// Checks the values.
+    pub fn validate(&self) -> Problems {
+        let mut problems = Problems::default();
+        if self.run_dir.as_os_str().is_empty() {
+            problems.add("run_dir", "must not be empty");
+        }
+        problems.check_nonzero("shutdown_timeout", self.shutdown_timeout);
+        problems.check_nonzero("ready_timeout", self.ready_timeout);
+        problems
+    }
 }
 
 /// The default config file, relative to the current directory.
 pub const DEFAULT_CONFIG_PATH: &str = "etc/gfsupervisor.toml";
 
+const SECTIONS: [&str; 4] = ["proxy", "ipc", "cache", "supervisor"];
+
 impl Config {
-    /// Reads and validates `path`; relative paths inside resolve against the current directory.
+    /// Reads and validates `path` ([`Config::parse`]); relative paths inside resolve against the
+    /// current directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -341,102 +324,410 @@ impl Config {
         })
     }
 
+    /// What `check-config`, `reload` and `start` run: [`Config::load`], then
+    /// [`Config::check_environment`]. `held` are addresses the running gfcache itself listens
+    /// on (for a reload), which need not be free.
+    pub fn load_checked(path: &Path, held: &[SocketAddr]) -> Result<Config, ConfigError> {
+        let config = Config::load(path)?;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let issues = config.check_environment(&text, held);
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                issues,
+            })
+        }
+    }
+
     /// Validates `text` (the contents of `source`); relative paths resolve against `base`.
+    /// Every problem is reported, each with its key path and line.
     pub fn parse(text: &str, source: &Path, base: &Path) -> Result<Config, Vec<ConfigIssue>> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![toml_issue(text, &e)])?;
-        let mut v = Validator {
+        let document = DeTable::parse(text).map_err(|e| vec![syntax_issue(text, &e)])?;
+        let mut reader = Reader {
             text,
-            base,
+            document: &document,
             issues: Vec::new(),
         };
-        let proxy = v.proxy(&raw.proxy);
-        let ipc = v.ipc(raw.ipc.as_ref());
-        let cache = v.cache(&raw.cache);
-        let supervisor = v.supervisor(raw.supervisor.as_ref());
-        if let Some(metrics) = supervisor.metrics_listen {
-            if metrics == proxy.listen && metrics.port() != 0 {
-                let span = raw
-                    .supervisor
-                    .as_ref()
-                    .and_then(|s| s.get_ref().metrics_listen.as_ref());
-                v.issue(
-                    "supervisor.metrics_listen",
-                    span.map(|s| s.span()),
-                    "must differ from proxy.listen",
-                );
+        reader.refuse_unknown_sections();
+        let config = reader.sections(source, base);
+        reader.cross_checks(&config);
+        if !reader.issues.is_empty() {
+            let mut issues = reader.issues;
+            issues.sort_by_key(|issue| issue.line);
+            return Err(issues);
+        }
+        Ok(config)
+    }
+
+    /// Checks what can be checked without starting: the listen addresses can be bound (unless
+    /// the running gfcache holds them: `held`), the run directory (and a writable directory
+    /// root) can be created, the backend opens and a pack verifies. `text` is the file's text,
+    /// for the lines.
+    pub fn check_environment(&self, text: &str, held: &[SocketAddr]) -> Vec<ConfigIssue> {
+        let document = DeTable::parse(text).ok();
+        let line = |key: &str| document.as_ref().and_then(|d| line_of_key(text, d, key));
+        let mut found = Problems::default();
+        let mut listen = vec![("proxy.listen", self.proxy.settings.listen)];
+        if let Some(metrics) = self.supervisor.metrics_listen {
+            listen.push(("supervisor.metrics_listen", metrics));
+        }
+        for (key, addr) in listen {
+            if addr.port() != 0 && !held.contains(&addr) {
+                if let Err(error) = TcpListener::bind(addr) {
+                    found.add(key, format!("cannot listen on {addr}: {error}"));
+                }
             }
         }
-        if !v.issues.is_empty() {
-            v.issues.sort_by_key(|issue| issue.line);
-            return Err(v.issues);
+        if let Err(message) = creatable_dir(&self.supervisor.run_dir) {
+            found.add("supervisor.run_dir", message);
         }
-        Ok(Config {
-            source: source.to_path_buf(),
-            proxy,
-            ipc,
-            cache,
-            supervisor,
-        })
+        if let Some(cache_backends::DirectorySettings {
+            root: Some(root),
+            writable: true,
+            ..
+        }) = &self.cache.settings.directory
+        {
+            if self.cache.settings.backend == Some(BackendKind::Directory) {
+                if let Err(message) = creatable_dir(root) {
+                    found.add("cache.directory.root", message);
+                }
+            }
+        }
+        found.extend_under("cache", self.cache.settings.check_backend_opens());
+        found
+            .into_iter()
+            .map(|p| ConfigIssue {
+                line: line(&p.key),
+                key: p.key,
+                message: p.message,
+            })
+            .collect()
     }
 
     /// The region sizes this config asks for.
     pub fn region_config(&self) -> ipc::RegionConfig {
         ipc::RegionConfig {
             segments: self.ipc.segments,
-            segment_size: self.ipc.segment_size,
+            segment_size: usize::try_from(self.ipc.segment_size).unwrap_or(usize::MAX),
             cache_slots: self.cache.processes,
             proxy_slots: self.proxy.processes,
         }
     }
 }
 
-fn toml_issue(text: &str, error: &toml::de::Error) -> ConfigIssue {
-    let span = error.span();
-    let mut key = span
-        .clone()
-        .map(|s| key_at(text, s.start))
-        .unwrap_or_else(|| "(top level)".to_string());
-    let mut message = error
-        .message()
-        .trim()
-        .replace("expected i64", "expected an integer");
-    // serde names the field in the message; make it part of the key path.
-    let field = |prefix: &str| {
-        message
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split('`').next())
-            .map(str::to_string)
-    };
-    let parent = key
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let join = |name: &str| {
-        if parent == "(top level)" {
-            name.to_string()
-        } else {
-            format!("{parent}.{name}")
-        }
-    };
-    if let Some(name) = field("missing field `") {
-        let section = matches!(name.as_str(), "proxy" | "cache")
-            && span.as_ref().is_none_or(|s| s.start == 0);
-        key = if section {
-            format!("[{name}]")
-        } else {
-            join(&name)
+/// Whether `dir` is, or can be created as, a directory this process can write to.
+fn creatable_dir(dir: &Path) -> Result<(), String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = match existing.parent() {
+            Some(parent) => parent,
+            None => return Ok(()),
         };
-        message = "is required".to_string();
-    } else if let Some(name) = field("unknown field `") {
-        if !parent.ends_with(&format!(".{name}")) && parent != name {
-            key = join(&name);
-        }
-        message = message.replacen("unknown field", "unknown key", 1);
     }
+    if !existing.is_dir() {
+        return Err(format!(
+            "{} cannot be created: {} is not a directory",
+            dir.display(),
+            existing.display()
+        ));
+    }
+    nix::unistd::access(
+        existing,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| {
+        let what = if existing == dir {
+            "cannot be written"
+        } else {
+            "cannot be created"
+        };
+        format!(
+            "{} {what}: {}: {}",
+            dir.display(),
+            existing.display(),
+            e.desc()
+        )
+    })
+}
+
+/// Reads the sections of one document, collecting every problem.
+struct Reader<'a> {
+    text: &'a str,
+    document: &'a Spanned<DeTable<'a>>,
+    issues: Vec<ConfigIssue>,
+}
+
+impl<'a> Reader<'a> {
+    fn issue(&mut self, key: String, span: Option<Range<usize>>, message: impl Into<String>) {
+        let line = line_of_key(self.text, self.document, &key)
+            .or_else(|| span.map(|s| line_of(self.text, s.start)));
+        self.issues.push(ConfigIssue {
+            key,
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn refuse_unknown_sections(&mut self) {
+        let unknown: Vec<(String, Range<usize>)> = self
+            .document
+            .get_ref()
+            .iter()
+            .filter(|(name, _)| !SECTIONS.contains(&name.get_ref().as_ref()))
+            .map(|(name, _)| (name.get_ref().to_string(), name.span()))
+            .collect();
+        for (name, span) in unknown {
+            self.issue(
+                name,
+                Some(span),
+                "unknown section (expected [proxy], [ipc], [cache] or [supervisor])",
+            );
+        }
+    }
+
+    fn sections(&mut self, source: &Path, base: &Path) -> Config {
+        let proxy_table = self.table("proxy");
+        let (proxy_processes, mut proxy) =
+            self.read_shared::<ProxyProcesses, ProxySettings>("proxy", &proxy_table);
+        let cache_table = self.table("cache");
+        let (cache_processes, mut cache) =
+            self.read_shared::<CacheProcesses, CacheSettings>("cache", &cache_table);
+        let ipc_table = self.table("ipc");
+        let ipc = self.read_one::<IpcSettings>("ipc", &ipc_table);
+        let supervisor_table = self.table("supervisor");
+        let (mut supervisor, backoff) = self
+            .read_shared::<SupervisorSettings, BackoffSettings>("supervisor", &supervisor_table);
+        supervisor.backoff = backoff;
+
+        proxy.resolve_paths(base);
+        cache.resolve_paths(base);
+        if supervisor.run_dir.is_relative() {
+            supervisor.run_dir = base.join(&supervisor.run_dir);
+        }
+        let mut problems = Problems::default();
+        problems.extend_under("proxy", proxy.validate());
+        problems.extend_under("cache", cache.validate());
+        problems.extend_under("ipc", ipc.validate());
+        problems.extend_under("supervisor", supervisor.validate());
+        problems.extend_under("supervisor", supervisor.backoff.validate());
+        problems.check_range(
+            "proxy.processes",
+            proxy_processes.processes,
+            1,
+            MAX_PROCESSES,
+        );
+        problems.check_range(
+            "cache.processes",
+            cache_processes.processes,
+            1,
+            MAX_PROCESSES,
+        );
+        self.report(problems);
+        Config {
+            source: source.to_path_buf(),
+            proxy: ProxySection {
+                processes: proxy_processes.processes,
+                settings: proxy,
+            },
+            ipc,
+            cache: CacheSection {
+                processes: cache_processes.processes,
+                settings: cache,
+            },
+            supervisor,
+        }
+    }
+
+    fn cross_checks(&mut self, config: &Config) {
+        let mut problems = Problems::default();
+        if let Some(metrics) = config.supervisor.metrics_listen {
+            if metrics == config.proxy.settings.listen && metrics.port() != 0 {
+                problems.add("supervisor.metrics_listen", "must differ from proxy.listen");
+            }
+        }
+        let region = config.region_config();
+        if self.issues.is_empty() && problems.is_empty() {
+            if let Err(error) = region.validate() {
+                problems.add("ipc", error.to_string());
+            }
+        }
+        self.report(problems);
+    }
+
+    fn report(&mut self, problems: Problems) {
+        for problem in problems {
+            self.issue(problem.key, None, problem.message);
+        }
+    }
+
+    /// The table of section `name`: empty when the file has none, refused when it is no table.
+    fn table(&mut self, name: &str) -> Spanned<DeTable<'a>> {
+        let empty = Spanned::new(0..0, DeTable::new());
+        match self.document.get_ref().get(name) {
+            None => empty,
+            Some(value) => match value.get_ref() {
+                DeValue::Table(table) => Spanned::new(value.span(), table.clone()),
+                _ => {
+                    self.issue(format!("[{name}]"), Some(value.span()), "must be a table");
+                    empty
+                }
+            },
+        }
+    }
+
+    /// Reads a section that one owner holds alone; keys it does not know are refused.
+    fn read_one<T: DeserializeOwned + Default>(
+        &mut self,
+        name: &str,
+        table: &Spanned<DeTable<'a>>,
+    ) -> T {
+        let (value, ignored) = self.read::<T>(name, table);
+        self.refuse_unknown(name, ignored);
+        value
+    }
+
+    /// Reads a section whose keys two owners share; a key neither knows is refused.
+    fn read_shared<A: DeserializeOwned + Default, B: DeserializeOwned + Default>(
+        &mut self,
+        name: &str,
+        table: &Spanned<DeTable<'a>>,
+    ) -> (A, B) {
+        let (a, ignored_a) = self.read::<A>(name, table);
+        let (b, ignored_b) = self.read::<B>(name, table);
+        // An owner that ignores a whole table ignores every key inside it.
+        let unknown = ignored_a
+            .union(&ignored_b)
+            .filter(|key| ignores(&ignored_a, key) && ignores(&ignored_b, key))
+            .cloned()
+            .collect();
+        self.refuse_unknown(name, unknown);
+        (a, b)
+    }
+
+    fn refuse_unknown(&mut self, name: &str, keys: BTreeSet<String>) {
+        for key in keys {
+            let leaf = key.rsplit('.').next().unwrap_or(&key).to_owned();
+            self.issue(
+                format!("{name}.{key}"),
+                None,
+                format!("unknown key `{leaf}`"),
+            );
+        }
+    }
+
+    /// Deserializes `table` into `T`. A value that does not fit is reported with its key path,
+    /// removed, and the rest read again, so that every such problem is found in one pass.
+    fn read<T: DeserializeOwned + Default>(
+        &mut self,
+        name: &str,
+        table: &Spanned<DeTable<'a>>,
+    ) -> (T, BTreeSet<String>) {
+        let mut table = table.clone();
+        loop {
+            let mut ignored = BTreeSet::new();
+            let mut track = serde_path_to_error::Track::new();
+            let deserializer = serde_path_to_error::Deserializer::new(
+                toml::de::Deserializer::from(table.clone()),
+                &mut track,
+            );
+            let result: Result<T, _> = serde_ignored::deserialize(deserializer, |path| {
+                ignored.insert(dotted(&path));
+            });
+            let error = match result {
+                Ok(value) => return (value, ignored),
+                Err(error) => error,
+            };
+            let path: Vec<String> = track
+                .path()
+                .iter()
+                .map(|segment| segment.to_string())
+                .collect();
+            let key = std::iter::once(name.to_owned())
+                .chain(path.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(".");
+            self.issue(key, error.span(), error.message().trim().to_owned());
+            if path.is_empty() || !remove_path(table.get_mut(), &path) {
+                return (T::default(), ignored);
+            }
+        }
+    }
+}
+
+/// A path of serde_ignored as a dotted key path (`memory.colour`); options and newtypes add no
+/// segment.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join_key(dotted(parent), &index.to_string()),
+        Path::Map { parent, key } => join_key(dotted(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+fn join_key(parent: String, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// Whether `ignored` holds `key` or a table above it.
+fn ignores(ignored: &BTreeSet<String>, key: &str) -> bool {
+    let mut prefix = String::new();
+    for segment in key.split('.') {
+        if !prefix.is_empty() {
+            prefix.push('.');
+        }
+        prefix.push_str(segment);
+        if ignored.contains(&prefix) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Removes the value at `path` (keys below `table`); whether it was there.
+fn remove_path(table: &mut DeTable<'_>, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [leaf] => table.remove(leaf.as_str()).is_some(),
+        [head, rest @ ..] => match table.get_mut(head.as_str()).map(Spanned::get_mut) {
+            Some(DeValue::Table(inner)) => remove_path(inner, rest),
+            _ => false,
+        },
+    }
+}
+
+/// The line of the deepest key of `key` (a dotted path such as `cache.memory.capacity`) that
+/// the document holds.
+fn line_of_key(text: &str, document: &Spanned<DeTable<'_>>, key: &str) -> Option<usize> {
+    let mut table = document.get_ref();
+    let mut line = None;
+    for segment in key.trim_start_matches('[').trim_end_matches(']').split('.') {
+        let Some((name, value)) = table.get_key_value(segment) else {
+            break;
+        };
+        line = Some(line_of(text, name.span().start));
+        match value.get_ref() {
+            DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    line
+}
+
+fn syntax_issue(text: &str, error: &toml::de::Error) -> ConfigIssue {
     ConfigIssue {
-        key,
-        line: span.map(|s| line_of(text, s.start)),
-        message,
+        key: "(syntax)".to_owned(),
+        line: error.span().map(|s| line_of(text, s.start)),
+        message: error.message().trim().to_owned(),
     }
 }
 
@@ -449,597 +740,6 @@ pub fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
-}
-
-/// A best-effort key path for a position: the enclosing `[section]` plus the key on that line.
-fn key_at(text: &str, offset: usize) -> String {
-    let head = text.get(..offset.min(text.len())).unwrap_or(text);
-    let line_start = head.rfind('\n').map_or(0, |i| i + 1);
-    let line = text
-        .get(line_start..)
-        .unwrap_or("")
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim();
-    let section = head
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && !l.starts_with("[["))
-        .map(|l| {
-            l.trim_start_matches('[')
-                .split(']')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        });
-    if line.starts_with('[') {
-        return line.to_string();
-    }
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"').to_string());
-    match (section, key) {
-        (Some(s), Some(k)) if !k.is_empty() => format!("{s}.{k}"),
-        (Some(s), _) => format!("[{s}]"),
-        (None, Some(k)) if !k.is_empty() => k,
-        _ => "(top level)".to_string(),
-    }
-}
-
-/// Parses a size: plain digits are bytes; units B, KiB, MiB, GiB, TiB (also KB/MB/GB = 1000^n,
-/// and K/M/G as binary).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    if digits.is_empty() {
-        return Err(format!(
-            "{text:?} is not a size (examples: 4096, \"64KiB\", \"1MiB\")"
-        ));
-    }
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is too large"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "k" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        "KB" | "kB" => 1000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {text:?} (use B, KiB, MiB, GiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
-/// Parses a duration: a number followed by ms, s, m or h (e.g. "100ms", "5s", "1m", "1.5s").
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let bad = || format!("{text:?} is not a duration (examples: \"100ms\", \"5s\", \"1m\")");
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(bad()),
-    };
-    let seconds = value * seconds_per_unit;
-    if !seconds.is_finite() || seconds > 1e9 {
-        return Err(format!("{text:?} is too long"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-struct Validator<'a> {
-    text: &'a str,
-    base: &'a Path,
-    issues: Vec<ConfigIssue>,
-}
-
-impl Validator<'_> {
-    fn issue(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
-        let line = span.map(|s| line_of(self.text, s.start));
-        self.issues.push(ConfigIssue {
-            key: key.to_string(),
-            line,
-            message: message.into(),
-        });
-    }
-
-    fn int<T: TryFrom<i64> + Copy>(
-        &mut self,
-        key: &str,
-        value: &Opt<i64>,
-        default: T,
-        range: (i64, i64),
-    ) -> T {
-        let Some(v) = value else { return default };
-        let n = *v.get_ref();
-        if n < range.0 || n > range.1 {
-            self.issue(
-                key,
-                Some(v.span()),
-                format!("must be between {} and {} (got {n})", range.0, range.1),
-            );
-            return default;
-        }
-        T::try_from(n).unwrap_or(default)
-    }
-
-    fn size(
-        &mut self,
-        key: &str,
-        value: Option<&Spanned<RawSize>>,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> u64 {
-        let Some(v) = value else { return default };
-        let parsed = match v.get_ref() {
-            RawSize::Bytes(n) => {
-                u64::try_from(*n).map_err(|_| format!("must not be negative (got {n})"))
-            }
-            RawSize::Text(t) => parse_size(t),
-        };
-        match parsed {
-            Ok(n) if n < min || n > max => {
-                self.issue(
-                    key,
-                    Some(v.span()),
-                    format!(
-                        "must be between {} and {} (got {})",
-                        fmt_size(min),
-                        fmt_size(max),
-                        fmt_size(n)
-                    ),
-                );
-                default
-            }
-            Ok(n) => n,
-            Err(message) => {
-                self.issue(key, Some(v.span()), message);
-                default
-            }
-        }
-    }
-
-    fn duration(&mut self, key: &str, value: &Opt<String>, default: Duration) -> Duration {
-        let Some(v) = value else { return default };
-        match parse_duration(v.get_ref()) {
-            Ok(d) if d.is_zero() => {
-                self.issue(key, Some(v.span()), "must be greater than 0");
-                default
-            }
-            Ok(d) => d,
-            Err(message) => {
-                self.issue(key, Some(v.span()), message);
-                default
-            }
-        }
-    }
-
-    fn addr(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
-        match value.get_ref().parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                let message = format!(
-                    "{:?} is not an address like \"127.0.0.1:10823\"",
-                    value.get_ref()
-                );
-                self.issue(key, Some(value.span()), message);
-                None
-            }
-        }
-    }
-
-    fn path(&self, text: &str) -> PathBuf {
-        let p = Path::new(text);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
-        }
-    }
-
-    fn proxy(&mut self, raw: &Spanned<RawProxy>) -> ProxySettings {
-        let r = raw.get_ref();
-        let listen = self
-            .addr("proxy.listen", &r.listen)
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let origin = r.origin.as_ref().and_then(|o| {
-            let url = o.get_ref().trim().trim_end_matches('/').to_string();
-            match check_origin(&url) {
-                Ok(()) => Some(url),
-                Err(message) => {
-                    self.issue("proxy.origin", Some(o.span()), message);
-                    None
-                }
-            }
-        });
-        let origin_ca_file = r
-            .origin_ca_file
-            .as_ref()
-            .and_then(|file| self.origin_ca_file(file));
-        ProxySettings {
-            listen,
-            threads: self.int("proxy.threads", &r.threads, 16, (1, 1024)),
-            processes: self.int("proxy.processes", &r.processes, 1, (1, 64)),
-            origin,
-            origin_ca_file,
-            origin_connect_timeout: self.duration(
-                "proxy.origin_connect_timeout",
-                &r.origin_connect_timeout,
-                Duration::from_secs(2),
-            ),
-            origin_timeout: self.duration(
-                "proxy.origin_timeout",
-                &r.origin_timeout,
-                Duration::from_secs(30),
-            ),
-            max_redirects: self.int("proxy.max_redirects", &r.max_redirects, 5, (0, 20)),
-            max_object_size: self.size(
-                "proxy.max_object_size",
-                r.max_object_size.as_ref(),
-                1 << 30,
-                1,
-                1 << 40,
-            ),
-            cache_timeout: self.duration(
-                "proxy.cache_timeout",
-                &r.cache_timeout,
-                Duration::from_secs(2),
-            ),
-            collapse_timeout: self.duration(
-                "proxy.collapse_timeout",
-                &r.collapse_timeout,
-                Duration::from_secs(10),
-            ),
-            header_timeout: self.duration(
-                "proxy.header_timeout",
-                &r.header_timeout,
-                Duration::from_secs(5),
-            ),
-        }
-    }
-
-    /// A PEM file of extra roots for the origin client: it must hold at least one certificate.
-    fn origin_ca_file(&mut self, value: &Spanned<String>) -> Option<PathBuf> {
-        const KEY: &str = "proxy.origin_ca_file";
-        if value.get_ref().trim().is_empty() {
-            self.issue(KEY, Some(value.span()), "must not be empty");
-            return None;
-        }
-        let path = self.path(value.get_ref());
-        if !path.is_file() {
-            self.issue(
-                KEY,
-                Some(value.span()),
-                format!("{} is not a file", path.display()),
-            );
-            return None;
-        }
-        match proxy_core::origin::CaBundle::load(&path) {
-            Ok(_) => Some(path),
-            Err(error) => {
-                self.issue(KEY, Some(value.span()), error.to_string());
-                None
-            }
-        }
-    }
-
-    fn ipc(&mut self, raw: Option<&Spanned<RawIpc>>) -> IpcSettings {
-        let Some(r) = raw.map(Spanned::get_ref) else {
-            return IpcSettings {
-                segments: 16,
-                segment_size: 1 << 20,
-            };
-        };
-        let segments = self.int("ipc.segments", &r.segments, 16, (1, 4096));
-        let size = self.size(
-            "ipc.segment_size",
-            r.segment_size.as_ref(),
-            1 << 20,
-            8 << 10,
-            1 << 30,
-        );
-        if !size.is_multiple_of(4096) {
-            let span = r.segment_size.as_ref().map(Spanned::span);
-            self.issue(
-                "ipc.segment_size",
-                span,
-                format!("must be a multiple of 4KiB (got {size} bytes)"),
-            );
-        }
-        IpcSettings {
-            segments,
-            segment_size: usize::try_from(size).unwrap_or(1 << 20),
-        }
-    }
-
-    fn cache(&mut self, raw: &Spanned<RawCache>) -> CacheSettings {
-        let r = raw.get_ref();
-        let processes = self.int("cache.processes", &r.processes, 2, (1, 64));
-        let workers = self.int("cache.workers", &r.workers, 4, (1, 256));
-        let transfer_timeout = self.duration(
-            "cache.transfer_timeout",
-            &r.transfer_timeout,
-            Duration::from_secs(5),
-        );
-        let backend = match r.backend.get_ref().as_str() {
-            "directory" => self.directory(raw),
-            "memory" => self.memory(raw),
-            "pack" => self.pack(raw),
-            other => {
-                let message = format!(
-                    "unknown backend {other:?} (expected \"directory\", \"memory\" or \"pack\")"
-                );
-                self.issue("cache.backend", Some(r.backend.span()), message);
-                None
-            }
-        };
-        let backend = backend.unwrap_or(BackendSettings::Memory {
-            capacity: 1,
-            max_object_size: 1,
-        });
-        CacheSettings {
-            processes,
-            workers,
-            transfer_timeout,
-            backend,
-        }
-    }
-
-    fn missing_table(&mut self, raw: &Spanned<RawCache>, table: &str) {
-        let r = raw.get_ref();
-        let message = format!(
-            "backend = {table:?} needs a [cache.{table}] table (e.g. {})",
-            match table {
-                "directory" => "directory = { root = \"etc/content\" }",
-                "memory" => "memory = { capacity = \"256MiB\" }",
-                _ => "pack = { path = \"var/content.pack\" }",
-            }
-        );
-        self.issue(&format!("cache.{table}"), Some(r.backend.span()), message);
-    }
-
-    fn directory(&mut self, raw: &Spanned<RawCache>) -> Option<BackendSettings> {
-        let Some(d) = raw.get_ref().directory.as_ref() else {
-            self.missing_table(raw, "directory");
-            return None;
-        };
-        let r = d.get_ref();
-        let max_size = r
-            .max_size
-            .as_ref()
-            .map(|m| self.size("cache.directory.max_size", Some(m), 0, 1, u64::MAX));
-        let writable = r.writable.as_ref().is_some_and(|w| *w.get_ref());
-        let (root, content) = match (&r.root, &r.content) {
-            (Some(root), None) => {
-                let path = self.path(root.get_ref());
-                // A writable root is created at start when missing.
-                let creatable = writable && !path.exists();
-                if !path.is_dir() && !creatable {
-                    self.issue(
-                        "cache.directory.root",
-                        Some(root.span()),
-                        format!("{} is not a directory", path.display()),
-                    );
-                }
-                (Some(path), None)
-            }
-            (None, Some(content)) => {
-                let path = self.path(content.get_ref());
-                if !path.is_file() {
-                    self.issue(
-                        "cache.directory.content",
-                        Some(content.span()),
-                        format!("{} is not a file", path.display()),
-                    );
-                }
-                if writable {
-                    self.issue(
-                        "cache.directory.writable",
-                        r.writable.as_ref().map(Spanned::span),
-                        "needs root (a listing is read-only)",
-                    );
-                }
-                (None, Some(path))
-            }
-            _ => {
-                self.issue(
-                    "cache.directory",
-                    Some(d.span()),
-                    "give exactly one of root and content",
-                );
-                (None, None)
-            }
-        };
-        if max_size.is_some() && !writable {
-            self.issue(
-                "cache.directory.max_size",
-                r.max_size.as_ref().map(Spanned::span),
-                "only applies with writable = true",
-            );
-        }
-        Some(BackendSettings::Directory {
-            root,
-            content,
-            writable,
-            max_size,
-        })
-    }
-
-    fn memory(&mut self, raw: &Spanned<RawCache>) -> Option<BackendSettings> {
-        let Some(m) = raw.get_ref().memory.as_ref() else {
-            self.missing_table(raw, "memory");
-            return None;
-        };
-        let r = m.get_ref();
-        let capacity = self.size(
-            "cache.memory.capacity",
-            Some(&r.capacity),
-            1 << 20,
-            64 << 10,
-            1 << 40,
-        );
-        let max_object_size = self.size(
-            "cache.memory.max_object_size",
-            r.max_object_size.as_ref(),
-            (capacity / 4).max(1),
-            1,
-            u64::MAX,
-        );
-        if max_object_size > capacity {
-            self.issue(
-                "cache.memory.max_object_size",
-                r.max_object_size.as_ref().map(Spanned::span),
-                "must not exceed cache.memory.capacity",
-            );
-        }
-        Some(BackendSettings::Memory {
-            capacity,
-            max_object_size,
-        })
-    }
-
-    fn pack(&mut self, raw: &Spanned<RawCache>) -> Option<BackendSettings> {
-        let Some(p) = raw.get_ref().pack.as_ref() else {
-            self.missing_table(raw, "pack");
-            return None;
-        };
-        let path_value = &p.get_ref().path;
-        let path = self.path(path_value.get_ref());
-        if !path.is_file() {
-            let message = format!(
-                "{} does not exist (build it with `gfpack build <dir> -o {}`)",
-                path.display(),
-                path_value.get_ref()
-            );
-            self.issue("cache.pack.path", Some(path_value.span()), message);
-        }
-        Some(BackendSettings::Pack { path })
-    }
-
-    fn supervisor(&mut self, raw: Option<&Spanned<RawSupervisor>>) -> SupervisorSettings {
-        let empty = RawSupervisor {
-            run_dir: None,
-            metrics_listen: None,
-            shutdown_timeout: None,
-            ready_timeout: None,
-            backoff_initial: None,
-            backoff_max: None,
-            backoff_reset_after: None,
-            max_restarts: None,
-            restart_window: None,
-            revive_after: None,
-        };
-        let r = raw.map_or(&empty, Spanned::get_ref);
-        let run_dir = match &r.run_dir {
-            Some(d) if d.get_ref().trim().is_empty() => {
-                self.issue("supervisor.run_dir", Some(d.span()), "must not be empty");
-                self.path("var/run")
-            }
-            Some(d) => self.path(d.get_ref()),
-            None => self.path("var/run"),
-        };
-        let metrics_listen = r
-            .metrics_listen
-            .as_ref()
-            .and_then(|m| self.addr("supervisor.metrics_listen", m));
-        let backoff = BackoffSettings {
-            initial: self.duration(
-                "supervisor.backoff_initial",
-                &r.backoff_initial,
-                Duration::from_millis(100),
-            ),
-            max: self.duration(
-                "supervisor.backoff_max",
-                &r.backoff_max,
-                Duration::from_secs(30),
-            ),
-            reset_after: self.duration(
-                "supervisor.backoff_reset_after",
-                &r.backoff_reset_after,
-                Duration::from_secs(60),
-            ),
-            max_restarts: self.int(
-                "supervisor.max_restarts",
-                &r.max_restarts,
-                5,
-                (0, 1_000_000),
-            ),
-            restart_window: self.duration(
-                "supervisor.restart_window",
-                &r.restart_window,
-                Duration::from_secs(60),
-            ),
-            revive_after: self.duration(
-                "supervisor.revive_after",
-                &r.revive_after,
-                Duration::from_secs(300),
-            ),
-        };
-        if backoff.max < backoff.initial {
-            let span = r.backoff_max.as_ref().map(Spanned::span);
-            self.issue(
-                "supervisor.backoff_max",
-                span,
-                "must not be less than supervisor.backoff_initial",
-            );
-        }
-        SupervisorSettings {
-            run_dir,
-            metrics_listen,
-            shutdown_timeout: self.duration(
-                "supervisor.shutdown_timeout",
-                &r.shutdown_timeout,
-                Duration::from_secs(10),
-            ),
-            ready_timeout: self.duration(
-                "supervisor.ready_timeout",
-                &r.ready_timeout,
-                Duration::from_secs(30),
-            ),
-            backoff,
-        }
-    }
-}
-
-fn check_origin(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
-    let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("{url:?} has no host"));
-    }
-    Ok(())
-}
-
-/// Formats a byte count with a binary unit when exact.
-pub fn fmt_size(n: u64) -> String {
-    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", n >> shift);
-        }
-    }
-    format!("{n}B")
 }
 
 #[cfg(test)]
@@ -1061,27 +761,9 @@ memory = { capacity = "1MiB" }
 "#;
 
     #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("512B"), Ok(512));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("5 parsecs").is_err());
-        assert!(parse_size("99999999999999999999").is_err());
-        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
-
-    #[test]
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.proxy.threads, 16);
+        assert_eq!(c.proxy.settings.threads, 16);
         assert_eq!(c.proxy.processes, 1);
         assert_eq!(
             c.ipc,
@@ -1092,11 +774,11 @@ memory = { capacity = "1MiB" }
         );
         assert_eq!(c.cache.processes, 2);
         assert_eq!(
-            c.cache.backend,
-            BackendSettings::Memory {
+            c.cache.settings.backend_config(),
+            Some(cache_backends::BackendConfig::Memory {
                 capacity: 1 << 20,
                 max_object_size: 1 << 18
-            }
+            })
         );
         assert_eq!(c.supervisor.backoff.initial, Duration::from_millis(100));
         assert_eq!(c.supervisor.backoff.max, Duration::from_secs(30));
@@ -1125,14 +807,45 @@ memory = { capacity = "1MiB" }
 
     #[test]
     fn missing_keys_are_named() {
-        let issues = parse(&MINIMAL.replace("listen = \"127.0.0.1:10823\"", "")).unwrap_err();
-        assert_eq!(
-            (issues[0].key.as_str(), issues[0].message.as_str()),
-            ("proxy.listen", "is required")
-        );
-        let issues =
-            parse("[cache]\nbackend = \"memory\"\nmemory = { capacity = \"1MiB\" }\n").unwrap_err();
-        assert_eq!(issues[0].key, "[proxy]");
+        let issues = parse(&MINIMAL.replace("backend = \"memory\"", "")).unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "cache.backend");
+        assert_eq!(issues[0].line, Some(5), "the [cache] header");
+        assert!(issues[0].message.starts_with("is required"), "{issues:?}");
+        // [proxy] may be left out: every key of it has a default.
+        let config =
+            parse("[cache]\nbackend = \"memory\"\nmemory = { capacity = \"1MiB\" }\n").unwrap();
+        assert_eq!(config.proxy.settings.listen.port(), 10823);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_even_with_unknown_keys() {
+        let text = r#"
+[proxy]
+colour = "red"
+threads = "many"
+cache_timeout = "soon"
+
+[cache]
+backend = "memory"
+memory = { capacity = "1 parsec", shape = 1 }
+
+[supervisor]
+max_restarts = -1
+"#;
+        let issues = parse(text).unwrap_err();
+        let found: Vec<(&str, Option<usize>)> =
+            issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        for expected in [
+            ("proxy.colour", Some(3)),
+            ("proxy.threads", Some(4)),
+            ("proxy.cache_timeout", Some(5)),
+            ("cache.memory.capacity", Some(9)),
+            ("cache.memory.shape", Some(9)),
+            ("supervisor.max_restarts", Some(12)),
+        ] {
+            assert!(found.contains(&expected), "{expected:?} not in {issues:#?}");
+        }
     }
 
     #[test]
@@ -1214,7 +927,7 @@ vYm8aOXakbt1FQN0/7Y=\n\
         };
         for (file, message) in [
             (empty.display().to_string(), "holds no PEM certificate"),
-            (missing.display().to_string(), "is not a file"),
+            (missing.display().to_string(), "cannot read"),
             (String::new(), "must not be empty"),
         ] {
             let issues = parse(&with(&file)).unwrap_err();
@@ -1231,8 +944,8 @@ vYm8aOXakbt1FQN0/7Y=\n\
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, TEST_CA_PEM).unwrap();
         let config = parse(&with(&ca.display().to_string())).unwrap();
-        assert_eq!(config.proxy.origin_ca_file, Some(ca));
-        assert_eq!(parse(MINIMAL).unwrap().proxy.origin_ca_file, None);
+        assert_eq!(config.proxy.settings.origin_ca_file, Some(ca));
+        assert_eq!(parse(MINIMAL).unwrap().proxy.settings.origin_ca_file, None);
     }
 
     #[test]
@@ -1248,6 +961,6 @@ vYm8aOXakbt1FQN0/7Y=\n\
             ("cache.directory.root", Some(5))
         );
         let ok = text.replace("missing", "");
-        assert_eq!(parse(&ok).unwrap().cache.backend.kind(), "directory");
+        assert_eq!(parse(&ok).unwrap().cache.backend_kind(), "directory");
     }
 }

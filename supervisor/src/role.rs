@@ -9,9 +9,10 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CacheSettings, ProxySettings};
 use crate::metrics::Role;
 use crate::Error;
+use cache_backends::CacheSettings;
+use proxy_core::ProxySettings;
 
 /// Environment variable with the region id (`ipc::RegionId` text form).
 pub const ENV_REGION: &str = "GFCACHE_REGION";
@@ -36,6 +37,8 @@ pub enum ChildSpec {
     Proxy {
         /// Its slot.
         slot: u32,
+        /// Whether other proxies share its port (SO_REUSEPORT).
+        reuse_port: bool,
         /// `[proxy]`.
         proxy: ProxySettings,
         /// Drain limit on SIGTERM.
@@ -62,7 +65,9 @@ impl ChildSpec {
     /// The backend kind of a cache.
     pub fn backend_kind(&self) -> Option<&'static str> {
         match self {
-            ChildSpec::Cache { cache, .. } => Some(cache.backend.kind()),
+            ChildSpec::Cache { cache, .. } => {
+                cache.backend.map(cache_backends::BackendKind::as_str)
+            }
             ChildSpec::Proxy { .. } => None,
         }
     }
@@ -78,15 +83,21 @@ impl ChildSpec {
                 ChildSpec::Cache {
                     slot: b, cache: y, ..
                 },
-            ) => a != b || x != y,
+            ) => a != b || !same_cache_service(x, y),
             (
                 ChildSpec::Proxy {
-                    slot: a, proxy: x, ..
+                    slot: a,
+                    proxy: x,
+                    reuse_port: r,
+                    ..
                 },
                 ChildSpec::Proxy {
-                    slot: b, proxy: y, ..
+                    slot: b,
+                    proxy: y,
+                    reuse_port: q,
+                    ..
                 },
-            ) => a != b || x != y,
+            ) => a != b || x != y || r != q,
             _ => true,
         }
     }
@@ -97,49 +108,18 @@ impl ChildSpec {
     }
 }
 
+/// Whether two cache settings run the same service: the tables of backends not chosen do not
+/// count.
+fn same_cache_service(a: &CacheSettings, b: &CacheSettings) -> bool {
+    (a.workers, a.transfer_timeout, a.backend_config())
+        == (b.workers, b.transfer_timeout, b.backend_config())
+}
+
 /// The ipc member of a role and slot.
 pub fn member(role: Role, slot: u32) -> ipc::Member {
     match role {
         Role::Cache => ipc::Member::Cache(ipc::CacheSlot::from_raw(slot)),
         Role::Proxy => ipc::Member::Proxy(ipc::ProxySlot::from_raw(slot)),
-    }
-}
-
-/// The proxy-core settings of a proxy spec.
-pub fn proxy_config(
-    slot: u32,
-    p: &ProxySettings,
-    shutdown_timeout: Duration,
-) -> proxy_core::ProxyConfig {
-    proxy_core::ProxyConfig {
-        slot: ipc::ProxySlot::from_raw(slot),
-        listen: p.listen,
-        reuse_port: p.processes > 1,
-        threads: p.threads,
-        origin: p.origin.clone(),
-        origin_ca_file: p.origin_ca_file.clone(),
-        origin_connect_timeout: p.origin_connect_timeout,
-        origin_timeout: p.origin_timeout,
-        origin_max_redirects: p.max_redirects,
-        max_object_size: p.max_object_size,
-        cache_timeout: p.cache_timeout,
-        collapse_timeout: p.collapse_timeout,
-        header_timeout: p.header_timeout,
-        shutdown_timeout,
-    }
-}
-
-/// The cache-backends settings of a cache spec.
-pub fn cache_config(
-    slot: u32,
-    c: &CacheSettings,
-    shutdown_timeout: Duration,
-) -> cache_backends::CacheProcessConfig {
-    cache_backends::CacheProcessConfig {
-        slot: ipc::CacheSlot::from_raw(slot),
-        workers: c.workers,
-        transfer_timeout: c.transfer_timeout,
-        shutdown_timeout,
     }
 }
 
@@ -151,8 +131,9 @@ fn env(name: &str) -> Result<String, Error> {
     })
 }
 
-/// Runs a child role until SIGTERM/SIGINT. Called by the hidden `role` subcommand.
-pub fn run_role(role: Role, slot: u32) -> Result<(), Error> {
+/// Runs a child role until `stop` is set (the binary wires SIGTERM and SIGINT to it). Called by
+/// the hidden `role` subcommand.
+pub fn run_role(role: Role, slot: u32, stop: &AtomicBool) -> Result<(), Error> {
     // The signal mask survives exec: whatever the parent blocked must not stay blocked here.
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| Error::Os {
@@ -184,13 +165,6 @@ pub fn run_role(role: Role, slot: u32) -> Result<(), Error> {
     }
     let region_id: ipc::RegionId = env(ENV_REGION)?.parse()?;
     let region = ipc::Region::attach(region_id)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| Error::Os {
-            op: "sigaction",
-            source: e,
-        })?;
-    }
     tracing::info!(
         role = role.as_str(),
         slot,
@@ -203,17 +177,29 @@ pub fn run_role(role: Role, slot: u32) -> Result<(), Error> {
             cache,
             shutdown_timeout,
         } => {
-            let backend = cache_backends::open_backend(&cache.backend.to_backend_config())?;
-            let config = cache_config(slot, &cache, shutdown_timeout);
-            cache_backends::run_cache_process(&region, backend.as_ref(), &config, &stop)?;
+            let backend = cache
+                .backend_config()
+                .ok_or_else(|| Error::Child(format!("{ENV_CHILD_SPEC} names no backend")))?;
+            let backend = cache_backends::open_backend(&backend)?;
+            let config = cache_backends::CacheProcessConfig::new(
+                ipc::CacheSlot::from_raw(slot),
+                &cache,
+                shutdown_timeout,
+            );
+            cache_backends::run_cache_process(&region, backend.as_ref(), &config, stop)?;
         }
         ChildSpec::Proxy {
             slot,
+            reuse_port,
             proxy,
             shutdown_timeout,
         } => {
-            let config = proxy_config(slot, &proxy, shutdown_timeout);
-            proxy_core::run(Arc::new(region), config, &stop)?;
+            let config = proxy_core::ProxyConfig {
+                slot: ipc::ProxySlot::from_raw(slot),
+                reuse_port,
+                settings: proxy,
+            };
+            proxy_core::run(Arc::new(region), config, stop, shutdown_timeout)?;
         }
     }
     tracing::info!(role = role.as_str(), slot, "child stopped");

@@ -3,6 +3,7 @@
 //! the status file, and removes every IPC object on the way out.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -16,7 +17,7 @@ use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 
 use crate::backoff::{RestartDecision, RestartTracker};
-use crate::config::{BackendSettings, Config};
+use crate::config::Config;
 use crate::metrics::{ChildSample, MemberSample, MetricsServer, Role, Sample, SampleSource};
 use crate::role::{self, ChildSpec};
 use crate::status::{self, ChildStatus, ReloadStatus, ShownState, StatusReport};
@@ -213,22 +214,34 @@ pub fn start(config_path: &Path) -> Result<(), Error> {
         dir: run_dir.clone(),
         source,
     })?;
-    if let BackendSettings::Directory {
-        root: Some(root),
-        writable: true,
-        ..
-    } = &config.cache.backend
-    {
-        std::fs::create_dir_all(root).map_err(|source| Error::RunDir {
-            dir: root.clone(),
-            source,
-        })?;
+    if let (Some(cache_backends::BackendKind::Directory), Some(directory)) = (
+        config.cache.settings.backend,
+        &config.cache.settings.directory,
+    ) {
+        if let (Some(root), true) = (&directory.root, directory.writable) {
+            std::fs::create_dir_all(root).map_err(|source| Error::RunDir {
+                dir: root.clone(),
+                source,
+            })?;
+        }
     }
     let swept = ipc::sweep(&run_dir).map_err(|e| locked_or(e, &run_dir))?;
     if !swept.removed.is_empty() || !swept.skipped.is_empty() {
         tracing::warn!(removed = swept.removed.len(), skipped = swept.skipped.len(), run_dir = %run_dir.display(), "swept the IPC objects of a previous run that died");
     }
     let mut ledger = ipc::Ledger::open(&run_dir).map_err(|e| locked_or(e, &run_dir))?;
+    // The same checks as check-config, once the run directory is ours: a second start is
+    // "already running", not "cannot listen".
+    let text = std::fs::read_to_string(config_path).unwrap_or_default();
+    let issues = config.check_environment(&text, &[]);
+    if !issues.is_empty() {
+        let _ = ledger.close();
+        return Err(crate::ConfigError::Invalid {
+            path: config_path.to_path_buf(),
+            issues,
+        }
+        .into());
+    }
     let region = match Region::create(&config.region_config(), Some(&mut ledger)) {
         Ok(r) => Arc::new(r),
         Err(e) => {
@@ -632,7 +645,7 @@ impl Supervisor {
         }
         self.ready_notified = true;
         self.status_dirty = true;
-        tracing::info!(startup_ms = now.duration_since(self.started).as_millis() as u64, listen = %self.config.proxy.listen, "gfsupervisor ready");
+        tracing::info!(startup_ms = now.duration_since(self.started).as_millis() as u64, listen = %self.config.proxy.settings.listen, "gfsupervisor ready");
         match crate::notify::notify("READY=1") {
             Ok(true) => tracing::debug!("told systemd READY=1"),
             Ok(false) => {}
@@ -657,10 +670,18 @@ impl Supervisor {
 
     // -- reload --------------------------------------------------------------------------------
 
+    /// The addresses this supervisor and its proxies listen on, which a reload may keep.
+    fn held_addresses(&self) -> Vec<SocketAddr> {
+        let mut held = vec![self.config.proxy.settings.listen];
+        held.extend(self.config.supervisor.metrics_listen);
+        held
+    }
+
     fn reload(&mut self) {
         let sequence = self.last_reload.as_ref().map_or(1, |r| r.sequence + 1);
         tracing::info!(config = %self.config.source.display(), "reloading the config");
-        let new = match Config::load(&self.config.source) {
+        let held = self.held_addresses();
+        let new = match Config::load_checked(&self.config.source, &held) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload rejected; the running config stays: {e}");
@@ -709,7 +730,7 @@ impl Supervisor {
         let restarting = self.rolling.len() + usize::from(self.rolling_current.is_some());
         let mut message = format!(
             "applied; backend {}; restarting {restarting} children one at a time",
-            self.config.cache.backend.kind()
+            self.config.cache.backend_kind()
         );
         if revived > 0 {
             message.push_str(&format!("; reviving {revived} quarantined"));
@@ -897,8 +918,8 @@ impl Supervisor {
             uptime_seconds: (now - started).max(0.0),
             updated_at_unix: now,
             config: self.config.source.clone(),
-            backend: self.config.cache.backend.kind().to_string(),
-            listen: self.config.proxy.listen.to_string(),
+            backend: self.config.cache.backend_kind().to_string(),
+            listen: self.config.proxy.settings.listen.to_string(),
             metrics_listen: self.metrics.as_ref().map(|m| m.addr().to_string()),
             ready: source.ready(),
             last_reload: self.last_reload.clone(),
@@ -969,12 +990,13 @@ fn child_specs(config: &Config) -> Vec<ChildSpec> {
     let shutdown_timeout = config.supervisor.shutdown_timeout;
     let proxies = (0..config.proxy.processes).map(|slot| ChildSpec::Proxy {
         slot,
-        proxy: config.proxy.clone(),
+        reuse_port: config.proxy.processes > 1,
+        proxy: config.proxy.settings.clone(),
         shutdown_timeout,
     });
     let caches = (0..config.cache.processes).map(|slot| ChildSpec::Cache {
         slot,
-        cache: config.cache.clone(),
+        cache: config.cache.settings.clone(),
         shutdown_timeout,
     });
     proxies.chain(caches).collect()
@@ -1040,7 +1062,10 @@ mod tests {
         let (applied, notes) = plan_reload(&old, new);
         assert_eq!(applied.ipc.segments, 8);
         assert_eq!(applied.cache.processes, old.cache.processes);
-        assert_eq!(applied.cache.workers, 7, "other cache settings apply");
+        assert_eq!(
+            applied.cache.settings.workers, 7,
+            "other cache settings apply"
+        );
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(
             notes[0].contains("ipc.segments") && notes[1].contains("cache.processes"),

@@ -256,13 +256,13 @@ pub fn region_config(segments: u32, cache_slots: u32, proxy_slots: u32) -> Regio
 /// A proxy config for tests: port 0, generous cache timeout.
 pub fn proxy_config(origin: Option<String>) -> ProxyConfig {
     let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"));
-    config.threads = 8;
-    config.origin = origin;
-    config.origin_connect_timeout = Duration::from_secs(2);
-    config.origin_timeout = Duration::from_secs(10);
-    config.cache_timeout = Duration::from_secs(5);
-    config.collapse_timeout = Duration::from_secs(10);
-    config.max_object_size = 96 << 20;
+    config.settings.threads = 8;
+    config.settings.origin = origin;
+    config.settings.origin_connect_timeout = Duration::from_secs(2);
+    config.settings.origin_timeout = Duration::from_secs(10);
+    config.settings.cache_timeout = Duration::from_secs(5);
+    config.settings.collapse_timeout = Duration::from_secs(10);
+    config.settings.max_object_size = 96 << 20;
     config
 }
 

@@ -32,7 +32,7 @@ fn a_cache_killed_mid_stream_closes_that_client_and_the_rest_fall_back() {
     common::write_tree(dir.path(), &files);
     let origin = TestOrigin::files(files.clone());
     let mut config = common::proxy_config(Some(origin.url()));
-    config.cache_timeout = Duration::from_millis(300);
+    config.settings.cache_timeout = Duration::from_millis(300);
     let mut rig = Rig::start(16, &[Backend::Directory(dir.path().to_path_buf())], config);
     let addr = rig.addr();
     common::fetch_ok(&addr, "/f1", &files["/f1"]);
@@ -99,7 +99,7 @@ fn a_cache_killed_mid_stream_closes_that_client_and_the_rest_fall_back() {
     // Without an origin, a fallback is ERROR.
     let mut bare = common::proxy_config(None);
     bare.slot = ProxySlot::from_raw(1);
-    bare.cache_timeout = Duration::from_millis(300);
+    bare.settings.cache_timeout = Duration::from_millis(300);
     let bare = Proxy::start(Arc::clone(&rig.region), bare).expect("proxy");
     common::fetch_status(&bare.local_addr().to_string(), "/f2", Status::Error);
     drop(bare);
@@ -123,7 +123,7 @@ fn a_stalled_cache_is_skipped_before_the_header() {
     common::write_tree(dir.path(), &files);
     let origin = TestOrigin::files(files.clone());
     let mut config = common::proxy_config(Some(origin.url()));
-    config.cache_timeout = Duration::from_millis(300);
+    config.settings.cache_timeout = Duration::from_millis(300);
     let rig = Rig::start(8, &[Backend::Directory(dir.path().to_path_buf())], config);
     let addr = rig.addr();
 

@@ -41,8 +41,8 @@ fn a_miss_is_fetched_filled_and_then_hit() {
         })
     };
     let mut config = common::proxy_config(Some(origin.url()));
-    config.max_object_size = 1 << 20;
-    config.origin_max_redirects = 3;
+    config.settings.max_object_size = 1 << 20;
+    config.settings.max_redirects = 3;
     let rig = Rig::start(8, &[Backend::Memory], config);
     let addr = rig.addr();
 
@@ -113,7 +113,7 @@ fn origin_answers_map_to_getfile_statuses() {
         _ => Reply::Status(404),
     });
     let mut config = common::proxy_config(Some(origin.url()));
-    config.origin_timeout = Duration::from_millis(800);
+    config.settings.origin_timeout = Duration::from_millis(800);
     let mut rig = Rig::start(8, &[Backend::Memory], config);
     let addr = rig.addr();
     common::fetch_status(&addr, "/missing", Status::FileNotFound);
@@ -188,7 +188,7 @@ fn concurrent_misses_for_one_path_make_one_origin_request() {
         })
     };
     let mut config = common::proxy_config(Some(origin.url()));
-    config.threads = 20;
+    config.settings.threads = 20;
     let rig = Rig::start(24, &[Backend::Memory], config);
     let addr = rig.addr();
 

@@ -22,7 +22,7 @@ fn two_proxies_share_one_port() {
 
     let mut second = common::proxy_config(None);
     second.slot = ProxySlot::from_raw(1);
-    second.listen = addr;
+    second.settings.listen = addr;
     second.reuse_port = true;
     let second = Proxy::start(Arc::clone(&rig.region), second).expect("second proxy on the port");
     assert_eq!(second.local_addr(), addr);
@@ -53,13 +53,13 @@ fn run_serves_until_stopped_and_tracks_its_state() {
         .and_then(|l| l.local_addr())
         .expect("free port");
     let mut config = common::proxy_config(None);
-    config.listen = port;
+    config.settings.listen = port;
     let member = Member::Proxy(config.slot);
     let stop = Arc::new(AtomicBool::new(false));
     let runner = {
         let region = Arc::clone(&rig.region);
         let stop = Arc::clone(&stop);
-        thread::spawn(move || proxy_core::run(region, config, &stop))
+        thread::spawn(move || proxy_core::run(region, config, &stop, Duration::from_secs(10)))
     };
     common::wait_for("the proxy to be ready", Duration::from_secs(20), || {
         rig.region.member_state(member) == MemberState::Ready

@@ -210,7 +210,7 @@ fn an_https_origin_signed_by_a_configured_ca_is_fetched_filled_and_then_hit() {
         2
     );
     let mut config = common::proxy_config(Some(origin.url()));
-    config.origin_ca_file = Some(ca_file);
+    config.settings.origin_ca_file = Some(ca_file);
     let rig = Rig::start(8, &[Backend::Memory], config);
     let addr = rig.addr();
 
@@ -304,7 +304,7 @@ fn an_unusable_ca_file_stops_the_proxy_from_starting_and_names_the_file() {
     let region = Arc::new(Region::create(&common::region_config(4, 1, 1), None).expect("region"));
     for file in [&no_certificate, &not_pem, &damaged, &missing] {
         let mut config = common::proxy_config(Some("https://127.0.0.1:1".to_owned()));
-        config.origin_ca_file = Some(file.clone());
+        config.settings.origin_ca_file = Some(file.clone());
         match Proxy::start(Arc::clone(&region), config) {
             Err(Error::Config(message)) => assert!(
                 message.contains(&file.display().to_string()),

@@ -1,6 +1,8 @@
 //! The cache process (the gfcache-cache binary) serving each backend over a real ipc region
 //! to this test acting as the proxy, byte-verified; and its SIGTERM drain.
 
+// The backend fixtures live with the backend tests.
+#[path = "../cache-backends/tests/common/mod.rs"]
 mod common;
 
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -331,12 +333,7 @@ fn sigterm_aborts_a_stalled_transfer_at_the_shutdown_deadline() {
     std::fs::write(tree.path().join("big"), pattern(2 << 20, 8)).unwrap();
     let region = region();
     let root = tree.path().to_str().unwrap();
-    let extra = [
-        "--shutdown-timeout-ms",
-        "300",
-        "--transfer-timeout-ms",
-        "60000",
-    ];
+    let extra = ["--shutdown-timeout", "300ms", "--transfer-timeout", "60s"];
     let mut cache = CacheChild::start(&region, &["--backend", "directory", "--root", root], &extra);
     let lease = region.acquire(TIMEOUT).unwrap();
     let mut stream = lease.get(slot(), "/big", TIMEOUT).unwrap();

@@ -1,4 +1,4 @@
-//! Stopping a [`Server`](crate::Server) on SIGINT or SIGTERM.
+//! Stopping a [`gfprotocol::Server`] on SIGINT or SIGTERM.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::ShutdownHandle;
+use gfprotocol::ShutdownHandle;
 
 /// How often the watcher thread looks at the signal flag.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -31,4 +31,13 @@ pub fn shutdown_on_signals(handle: ShutdownHandle) -> io::Result<()> {
             handle.shutdown();
         })?;
     Ok(())
+}
+
+/// A flag that SIGTERM or SIGINT sets, for a process that drains on its own schedule.
+pub fn stop_flag() -> io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))?;
+    }
+    Ok(flag)
 }

@@ -1,0 +1,200 @@
+//! The `[proxy]` settings: their one type, one default and one validator. The supervisor reads
+//! them from its TOML file, `gfcache-proxy` from its flags; both call [`ProxySettings::validate`],
+//! which is also what [`crate::Proxy::start`] runs, so nothing a check accepts fails at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use settings::Problems;
+
+use crate::origin;
+
+/// What a proxy process serves and how long it waits for whom.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxySettings {
+    /// GetFile listen address.
+    pub listen: SocketAddr,
+    /// Worker threads.
+    pub threads: usize,
+    /// Origin base URL (`http://` or `https://`, no query, fragment or credentials); None: a
+    /// miss is FILE_NOT_FOUND.
+    pub origin: Option<String>,
+    /// A PEM file of root certificates the origin client trusts beside the web PKI roots: for
+    /// an HTTPS origin behind an internal CA.
+    pub origin_ca_file: Option<PathBuf>,
+    /// Connect timeout to the origin.
+    #[serde(with = "settings::duration")]
+    pub origin_connect_timeout: Duration,
+    /// Total time of one origin fetch, body included.
+    #[serde(with = "settings::duration")]
+    pub origin_timeout: Duration,
+    /// Origin redirects followed at most.
+    pub max_redirects: usize,
+    /// Larger objects are not filled (and bodies without Content-Length beyond it are ERROR).
+    #[serde(with = "settings::size")]
+    pub max_object_size: u64,
+    /// How long to wait for a cache's answer (and for each chunk) before falling back.
+    #[serde(with = "settings::duration")]
+    pub cache_timeout: Duration,
+    /// How long a collapsed request waits for the leader before fetching on its own.
+    #[serde(with = "settings::duration")]
+    pub collapse_timeout: Duration,
+    /// How long a client has to send its request header.
+    #[serde(with = "settings::duration")]
+    pub header_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> ProxySettings {
+        ProxySettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 10823)),
+            threads: 16,
+            origin: None,
+            origin_ca_file: None,
+            origin_connect_timeout: Duration::from_secs(2),
+            origin_timeout: Duration::from_secs(30),
+            max_redirects: 5,
+            max_object_size: 1 << 30,
+            cache_timeout: Duration::from_secs(2),
+            collapse_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The largest `max_object_size`.
+const MAX_OBJECT_SIZE_LIMIT: u64 = 1 << 40;
+
+impl ProxySettings {
+    /// Everything a proxy needs of its settings to start, checked without binding: ranges, an
+    /// origin URL the client accepts, a CA file that holds usable certificates, and an origin
+    /// client that builds. Keys are relative to `[proxy]`.
+    pub fn validate(&self) -> Problems {
+        let mut problems = Problems::default();
+        problems.check_range("threads", self.threads, 1, 1024);
+        problems.check_range("max_redirects", self.max_redirects, 0, 20);
+        problems.check_size(
+            "max_object_size",
+            self.max_object_size,
+            1,
+            MAX_OBJECT_SIZE_LIMIT,
+        );
+        for (key, value) in [
+            ("origin_connect_timeout", self.origin_connect_timeout),
+            ("origin_timeout", self.origin_timeout),
+            ("cache_timeout", self.cache_timeout),
+            ("collapse_timeout", self.collapse_timeout),
+            ("header_timeout", self.header_timeout),
+        ] {
+            problems.check_nonzero(key, value);
+        }
+        if let Some(path) = &self.origin_ca_file {
+            if path.as_os_str().is_empty() {
+                problems.add("origin_ca_file", "must not be empty");
+            } else if path.is_dir() {
+                problems.add(
+                    "origin_ca_file",
+                    format!("{} is not a file", path.display()),
+                );
+            } else if let Err(error) = origin::CaBundle::load(path) {
+                problems.add("origin_ca_file", error.to_string());
+            }
+        }
+        if let Some(config) = self.origin_config() {
+            match origin::check_base(&config.base) {
+                Err(message) => problems.add("origin", message),
+                // The client the proxy will build at start, built now so that its failure is a
+                // config problem here rather than a crash loop there.
+                Ok(()) if problems.is_empty() => {
+                    if let Err(error) = origin::Origin::new(&config) {
+                        problems.add("origin", error.to_string());
+                    }
+                }
+                Ok(()) => {}
+            }
+        }
+        problems
+    }
+
+    /// The origin client's settings, when an origin is configured.
+    pub fn origin_config(&self) -> Option<origin::OriginConfig> {
+        self.origin.as_ref().map(|base| origin::OriginConfig {
+            base: base.clone(),
+            connect_timeout: self.origin_connect_timeout,
+            total_timeout: self.origin_timeout,
+            max_redirects: self.max_redirects,
+            ca_file: self.origin_ca_file.clone(),
+        })
+    }
+
+    /// Resolves the relative file paths against `base` (the supervisor resolves them against
+    /// its current directory when it reads the file).
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        if let Some(path) = &mut self.origin_ca_file {
+            if path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin_problems(origin: &str) -> Vec<String> {
+        let settings = ProxySettings {
+            origin: Some(origin.to_owned()),
+            ..ProxySettings::default()
+        };
+        settings
+            .validate()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert!(ProxySettings::default().validate().is_empty());
+    }
+
+    #[test]
+    fn origins_the_client_cannot_use_are_refused() {
+        for bad in [
+            "http://127.0.0.1:8080/?v=1",
+            "http://127.0.0.1:99999",
+            "http://user:pw@127.0.0.1:8080/base#frag",
+            "http://user:pw@127.0.0.1:8080/base",
+            "ftp://127.0.0.1/",
+            "127.0.0.1:8080",
+            "http://",
+        ] {
+            let problems = origin_problems(bad);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(problems[0].starts_with("origin: "), "{problems:?}");
+        }
+        for good in [
+            "http://127.0.0.1:8080",
+            "https://origin.internal/base/",
+            "http://[::1]:80/a",
+        ] {
+            assert!(origin_problems(good).is_empty(), "{good}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let settings = ProxySettings {
+            threads: 0,
+            cache_timeout: Duration::ZERO,
+            max_redirects: 99,
+            ..ProxySettings::default()
+        };
+        let keys: Vec<String> = settings.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["threads", "max_redirects", "cache_timeout"]);
+    }
+}

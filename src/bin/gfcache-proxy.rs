@@ -1,0 +1,137 @@
+//! `gfcache-proxy`: one proxy process run by hand or by tests, outside the supervisor.
+//!
+//! Either attaches an existing region (`--region ID`) or creates one (`--caches K`) and prints
+//! `region <id>` so that `gfcache-cache --region <id> --slot <k> ...` processes can serve it.
+//! Prints `listening on <addr>` once ready and serves until SIGTERM or SIGINT, then drains.
+//!
+//! Its flags set fields of [`proxy_core::ProxySettings`], the type behind the supervisor's
+//! `[proxy]` section: a flag left out keeps that type's default, and the same validator runs.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use proxy_core::{Proxy, ProxyConfig, ProxySettings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gfcache-proxy",
+    about = "Run one gfcache proxy outside the supervisor (defaults: the README's [proxy] table)"
+)]
+struct Args {
+    /// The region to attach, `<shmid>.<nonce-hex>`; without it a region is created.
+    #[arg(long, conflicts_with_all = ["caches", "segments", "segment_size"])]
+    region: Option<ipc::RegionId>,
+    /// Creating a region: the number of cache slots.
+    #[arg(long, default_value_t = 1)]
+    caches: u32,
+    /// Creating a region: the number of segments.
+    #[arg(long)]
+    segments: Option<u32>,
+    /// Creating a region: bytes per segment (e.g. 1MiB).
+    #[arg(long, value_parser = settings::parse_size)]
+    segment_size: Option<u64>,
+    /// This proxy's slot.
+    #[arg(long, default_value_t = 0)]
+    slot: u32,
+    /// Share the port with other proxies (SO_REUSEPORT).
+    #[arg(long)]
+    reuse_port: bool,
+    /// proxy.listen (port 0 for any).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// proxy.threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// proxy.origin; without it a miss is FILE_NOT_FOUND.
+    #[arg(long)]
+    origin: Option<String>,
+    /// proxy.cache_timeout (e.g. 500ms).
+    #[arg(long, value_parser = settings::parse_duration)]
+    cache_timeout: Option<Duration>,
+    /// proxy.origin_timeout.
+    #[arg(long, value_parser = settings::parse_duration)]
+    origin_timeout: Option<Duration>,
+    /// proxy.max_object_size (e.g. 64MiB).
+    #[arg(long, value_parser = settings::parse_size)]
+    max_object_size: Option<u64>,
+    /// How long in-flight transfers may take after SIGTERM (supervisor.shutdown_timeout).
+    #[arg(long, value_parser = settings::parse_duration)]
+    shutdown_timeout: Option<Duration>,
+}
+
+impl Args {
+    fn settings(&self) -> ProxySettings {
+        let mut s = ProxySettings::default();
+        set(&mut s.listen, self.listen);
+        set(&mut s.threads, self.threads);
+        set(&mut s.cache_timeout, self.cache_timeout);
+        set(&mut s.origin_timeout, self.origin_timeout);
+        set(&mut s.max_object_size, self.max_object_size);
+        s.origin = self.origin.clone();
+        s
+    }
+
+    fn region(&self) -> anyhow::Result<ipc::Region> {
+        if let Some(id) = self.region {
+            return ipc::Region::attach(id).with_context(|| format!("attaching region {id}"));
+        }
+        let defaults = supervisor::config::IpcSettings::default();
+        let config = ipc::RegionConfig {
+            segments: self.segments.unwrap_or(defaults.segments),
+            segment_size: usize::try_from(self.segment_size.unwrap_or(defaults.segment_size))
+                .context("--segment-size")?,
+            cache_slots: self.caches,
+            proxy_slots: self.slot + 1,
+        };
+        let region = ipc::Region::create(&config, None).context("creating the region")?;
+        println!("region {}", region.id());
+        Ok(region)
+    }
+}
+
+fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *field = value;
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let stop = gfcache::signals::stop_flag().context("installing the signal handlers")?;
+    let config = ProxyConfig {
+        slot: ipc::ProxySlot::from_raw(args.slot),
+        reuse_port: args.reuse_port,
+        settings: args.settings(),
+    };
+    config.validate()?;
+    let drain_limit = args
+        .shutdown_timeout
+        .unwrap_or(supervisor::config::SupervisorSettings::default().shutdown_timeout);
+    let proxy = Proxy::start(Arc::new(args.region()?), config)?;
+    println!("listening on {}", proxy.local_addr());
+    std::io::stdout().flush().context("stdout")?;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !proxy.join_timeout(drain_limit)? {
+        tracing::warn!("transfers still in flight at exit");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    gfcache::init_logging();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gfcache-proxy: {}", gfcache::describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! What the gfcache binaries share and the libraries must not carry: logging set-up, error
+//! rendering and signal wiring. The binaries themselves live in `src/bin`.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+
+pub mod signals;
+
+/// Logs to stderr through `tracing`, at `RUST_LOG` or else `default_level`, in colour only on a
+/// terminal.
+pub fn init_logging_at(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// [`init_logging_at`] `info`.
+pub fn init_logging() {
+    init_logging_at("info");
+}
+
+/// The error and its causes on one line, leaving out a cause whose text its parent already
+/// shows.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
