@@ -12,8 +12,9 @@ use std::thread;
 use std::time::Instant;
 
 use gfprotocol::{Request, ResponseHeader, ResponseWriter};
-use ipc::{CacheSlot, Counter, Lookup, Region};
+use ipc::{CacheSlot, Lookup, Region};
 
+use crate::metrics::Counter;
 use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
 use crate::error::{Error, Side};
 use crate::fill::{run_fill, FillBudget, FillFeed, FILL_BACKLOG};

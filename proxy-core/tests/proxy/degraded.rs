@@ -7,7 +7,8 @@ use std::thread;
 use std::time::Duration;
 
 use gfprotocol::Status;
-use ipc::{CacheSlot, Counter, Member, MemberState, ProxySlot};
+use ipc::{CacheSlot, Member, MemberState, ProxySlot};
+use proxy_core::metrics::Counter;
 use nix::sys::signal::Signal;
 use proxy_core::Proxy;
 
