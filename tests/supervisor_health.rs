@@ -34,20 +34,24 @@ fn out_of_service(state: &serde_json::Value) -> bool {
 
 /// Waits until every cache slot is out of service, and returns the status then.
 fn wait_every_cache_out_of_service(run: &mut Run) -> serde_json::Value {
-    wait_for("every cache to be quarantined or unavailable", DEADLINE, || {
-        run.assert_alive();
-        // Until the supervisor wrote its first status file, `status` fails: poll on.
-        let out = gfsupervisor(&["status", "--json"], &run.config);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let caches: Vec<serde_json::Value> = status["children"]
-            .as_array()?
-            .iter()
-            .filter(|c| c["role"] == "cache")
-            .cloned()
-            .collect();
-        (caches.len() == 2 && caches.iter().all(|c| out_of_service(&c["state"])))
-            .then_some(status)
-    })
+    wait_for(
+        "every cache to be quarantined or unavailable",
+        DEADLINE,
+        || {
+            run.assert_alive();
+            // Until the supervisor wrote its first status file, `status` fails: poll on.
+            let out = gfsupervisor(&["status", "--json"], &run.config);
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let caches: Vec<serde_json::Value> = status["children"]
+                .as_array()?
+                .iter()
+                .filter(|c| c["role"] == "cache")
+                .cloned()
+                .collect();
+            (caches.len() == 2 && caches.iter().all(|c| out_of_service(&c["state"])))
+                .then_some(status)
+        },
+    )
 }
 
 /// The not-answering entries of a status for caches, as (slot, state).
@@ -65,7 +69,8 @@ fn caches_not_answering(status: &serde_json::Value) -> Vec<(u64, String)> {
 }
 
 fn assert_child_state_metric(text: &str, role: &str, slot: u32, state: &str) {
-    let series = format!("gfcache_child_state{{role=\"{role}\",slot=\"{slot}\",state=\"{state}\"}}");
+    let series =
+        format!("gfcache_child_state{{role=\"{role}\",slot=\"{slot}\",state=\"{state}\"}}");
     assert_eq!(metric_value(text, &series), Some(1.0), "{series}:\n{text}");
 }
 
@@ -188,12 +193,18 @@ fn the_last_proxy_is_never_quarantined() {
     assert_eq!(proxy["crash_looping"], true, "{proxy}");
     let text = run.metrics_text();
     assert_eq!(
-        metric_value(&text, "gfcache_child_crash_looping{role=\"proxy\",slot=\"0\"}"),
+        metric_value(
+            &text,
+            "gfcache_child_crash_looping{role=\"proxy\",slot=\"0\"}"
+        ),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        metric_value(&text, "gfcache_child_quarantined{role=\"proxy\",slot=\"0\"}"),
+        metric_value(
+            &text,
+            "gfcache_child_quarantined{role=\"proxy\",slot=\"0\"}"
+        ),
         Some(0.0),
         "{text}"
     );
@@ -201,7 +212,10 @@ fn the_last_proxy_is_never_quarantined() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("proxy 0 crash-loops"), "{table}");
     let log = run.log_text();
-    assert!(log.contains("it is the last proxy: not quarantined"), "{log}");
+    assert!(
+        log.contains("it is the last proxy: not quarantined"),
+        "{log}"
+    );
     let (path, body) = &files[0];
     let reply = wait_for("the proxy to serve", DEADLINE, || run.get(path).ok());
     assert_eq!(reply, Reply::Ok(body.clone()));

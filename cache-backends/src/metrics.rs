@@ -115,89 +115,73 @@ pub const SCHEMA: &[Family] = &[
         name: "gfcache_cache_sent_bytes_total",
         help: "Body bytes a cache process copied into segments.",
         kind: MetricKind::Counter,
-        series: &[
-            Series {
-                labels: &[Label::slot("slot")],
-                cell: Cell::Counter(Counter::BytesOut.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Counter(Counter::BytesOut.id()),
+        }],
     },
     Family {
         name: "gfcache_cache_fills_stored_total",
         help: "Origin fills stored by a cache process.",
         kind: MetricKind::Counter,
-        series: &[
-            Series {
-                labels: &[Label::slot("slot")],
-                cell: Cell::Counter(Counter::PutsStored.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Counter(Counter::PutsStored.id()),
+        }],
     },
     Family {
         name: "gfcache_backend_objects",
         help: "Objects held by the slot's backend.",
         kind: MetricKind::Gauge,
-        series: &[
-            Series {
-                labels: &[Label::slot("slot")],
-                cell: Cell::Gauge(Gauge::BackendObjects.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::BackendObjects.id()),
+        }],
     },
     Family {
         name: "gfcache_backend_bytes",
         help: "Bytes held by the slot's backend.",
         kind: MetricKind::Gauge,
-        series: &[
-            Series {
-                labels: &[Label::slot("slot")],
-                cell: Cell::Gauge(Gauge::BackendBytes.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::BackendBytes.id()),
+        }],
     },
     Family {
         name: "gfcache_backend_capacity_bytes",
         help: "Byte bound of the slot's backend (0: unbounded).",
         kind: MetricKind::Gauge,
-        series: &[
-            Series {
-                labels: &[Label::slot("slot")],
-                cell: Cell::Gauge(Gauge::BackendCapacity.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::BackendCapacity.id()),
+        }],
     },
     Family {
         name: "gfcache_backend_evictions_total",
         help: "Objects evicted by the slot's backend since it opened.",
         kind: MetricKind::Counter,
-        series: &[
-            Series {
-                labels: &[Label::slot("slot")],
-                cell: Cell::Gauge(Gauge::BackendEvictions.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::BackendEvictions.id()),
+        }],
     },
     Family {
         name: "gfcache_backend_inserts_total",
         help: "Objects stored by the slot's backend since it opened.",
         kind: MetricKind::Counter,
-        series: &[
-            Series {
-                labels: &[Label::slot("slot")],
-                cell: Cell::Gauge(Gauge::BackendInserts.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::BackendInserts.id()),
+        }],
     },
     Family {
         name: "gfcache_in_flight_requests",
         help: "Requests in progress, by process.",
         kind: MetricKind::Gauge,
-        series: &[
-            Series {
-                labels: &[Label::fixed("role", "cache"), Label::slot("slot")],
-                cell: Cell::Gauge(Gauge::InFlight.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::fixed("role", "cache"), Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::InFlight.id()),
+        }],
     },
 ];
 
@@ -213,7 +197,11 @@ mod tests {
     #[test]
     fn every_cell_has_its_own_index_and_a_series() {
         let counters: HashSet<_> = Counter::ALL.iter().map(|c| c.id()).collect();
-        assert_eq!(counters.len(), Counter::ALL.len(), "two counters share a cell");
+        assert_eq!(
+            counters.len(),
+            Counter::ALL.len(),
+            "two counters share a cell"
+        );
         let gauges: HashSet<_> = Gauge::ALL.iter().map(|g| g.id()).collect();
         assert_eq!(gauges.len(), Gauge::ALL.len(), "two gauges share a cell");
         let cells: HashSet<Cell> = SCHEMA
@@ -221,10 +209,16 @@ mod tests {
             .flat_map(|family| family.series.iter().map(|series| series.cell))
             .collect();
         for counter in Counter::ALL {
-            assert!(cells.contains(&Cell::Counter(counter.id())), "{counter:?} is not shown");
+            assert!(
+                cells.contains(&Cell::Counter(counter.id())),
+                "{counter:?} is not shown"
+            );
         }
         for gauge in Gauge::ALL {
-            assert!(cells.contains(&Cell::Gauge(gauge.id())), "{gauge:?} is not shown");
+            assert!(
+                cells.contains(&Cell::Gauge(gauge.id())),
+                "{gauge:?} is not shown"
+            );
         }
     }
 }

@@ -6,8 +6,8 @@ mod common;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture, pattern, write_tree};
 use cache_backends::metrics::{Counter, Gauge};
+use common::{fixture, pattern, write_tree};
 use ipc::{CacheSlot, Lookup, Member, MemberState, Region, RegionConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -197,7 +197,10 @@ fn serve_and_verify(region: &Region, cache: &mut CacheChild) {
         MemberState::Down
     );
     let stats = region.stats_snapshot(Member::Cache(slot()));
-    assert_eq!(stats.gauge(Gauge::BackendObjects.id()), objects.len() as u64);
+    assert_eq!(
+        stats.gauge(Gauge::BackendObjects.id()),
+        objects.len() as u64
+    );
 }
 
 #[test]

@@ -93,14 +93,14 @@ pub use ledger::{
     SweepReport,
 };
 pub use region::{Member, MemberState, Region, RegionConfig, SegmentCounts};
+pub use schema::{schema_is_consistent, Cell, Family, Label, LabelValue, MetricKind, Series};
 pub use segment::{
     CacheRequest, Chunk, ChunkBuf, ChunkDest, GetStream, GetWriter, Lease, Lookup, Op, PutReader,
     PutStream,
 };
-pub use schema::{schema_is_consistent, Cell, Family, Label, LabelValue, MetricKind, Series};
 pub use stats::{
-    CounterId, GaugeId, HistogramId, HistogramSnapshot, StatsBlock, StatsIndexError,
-    StatsSnapshot, COUNTER_SLOTS, GAUGE_SLOTS, HISTOGRAM_BOUNDS_SECONDS, HISTOGRAM_SLOTS,
+    CounterId, GaugeId, HistogramId, HistogramSnapshot, StatsBlock, StatsIndexError, StatsSnapshot,
+    COUNTER_SLOTS, GAUGE_SLOTS, HISTOGRAM_BOUNDS_SECONDS, HISTOGRAM_SLOTS,
 };
 
 /// Longest path a segment header carries (GETFILE.md's limit).

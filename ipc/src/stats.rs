@@ -166,7 +166,10 @@ pub struct StatsBlock<'r> {
 impl StatsBlock<'_> {
     /// Adds to a counter.
     pub fn add(&self, counter: CounterId, n: u64) {
-        if let Some(cell) = self.area.and_then(|area| area.counters.get(counter.index())) {
+        if let Some(cell) = self
+            .area
+            .and_then(|area| area.counters.get(counter.index()))
+        {
             cell.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -403,13 +406,22 @@ mod tests {
     #[test]
     fn indices_past_the_block_are_typed_errors() {
         assert_eq!(CounterId::new(3), Ok(CounterId::at::<3>()));
-        assert_eq!(CounterId::new(COUNTER_SLOTS - 1).map(CounterId::index), Ok(COUNTER_SLOTS - 1));
+        assert_eq!(
+            CounterId::new(COUNTER_SLOTS - 1).map(CounterId::index),
+            Ok(COUNTER_SLOTS - 1)
+        );
         let past = CounterId::new(COUNTER_SLOTS).unwrap_err();
-        assert_eq!((past.kind, past.index, past.capacity), ("counter", COUNTER_SLOTS, COUNTER_SLOTS));
+        assert_eq!(
+            (past.kind, past.index, past.capacity),
+            ("counter", COUNTER_SLOTS, COUNTER_SLOTS)
+        );
         assert!(GaugeId::new(GAUGE_SLOTS).is_err());
         assert!(HistogramId::new(HISTOGRAM_SLOTS).is_err());
         assert_eq!(CounterId::all().count(), COUNTER_SLOTS);
-        assert_eq!(HistogramId::all().last(), HistogramId::new(HISTOGRAM_SLOTS - 1).ok());
+        assert_eq!(
+            HistogramId::all().last(),
+            HistogramId::new(HISTOGRAM_SLOTS - 1).ok()
+        );
         assert!(past.to_string().contains("past"), "{past}");
     }
 

@@ -219,34 +219,28 @@ pub const SCHEMA: &[Family] = &[
         name: "gfcache_origin_fallbacks_total",
         help: "Requests served by the origin because their cache was down or failed.",
         kind: MetricKind::Counter,
-        series: &[
-            Series {
-                labels: &[],
-                cell: Cell::Counter(Counter::Fallbacks.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::Fallbacks.id()),
+        }],
     },
     Family {
         name: "gfcache_collapsed_requests_total",
         help: "Requests that waited on another request's origin fetch.",
         kind: MetricKind::Counter,
-        series: &[
-            Series {
-                labels: &[],
-                cell: Cell::Counter(Counter::Collapsed.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::Collapsed.id()),
+        }],
     },
     Family {
         name: "gfcache_response_bytes_total",
         help: "Body bytes sent to clients.",
         kind: MetricKind::Counter,
-        series: &[
-            Series {
-                labels: &[],
-                cell: Cell::Counter(Counter::ResponseBytes.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::ResponseBytes.id()),
+        }],
     },
     Family {
         name: "gfcache_fills_total",
@@ -290,12 +284,10 @@ pub const SCHEMA: &[Family] = &[
         name: "gfcache_in_flight_requests",
         help: "Requests in progress, by process.",
         kind: MetricKind::Gauge,
-        series: &[
-            Series {
-                labels: &[Label::fixed("role", "proxy"), Label::slot("slot")],
-                cell: Cell::Gauge(Gauge::InFlight.id()),
-            },
-        ],
+        series: &[Series {
+            labels: &[Label::fixed("role", "proxy"), Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::InFlight.id()),
+        }],
     },
 ];
 
@@ -312,7 +304,11 @@ mod tests {
     #[test]
     fn every_cell_has_its_own_index_and_a_series() {
         let counters: HashSet<_> = Counter::ALL.iter().map(|c| c.id()).collect();
-        assert_eq!(counters.len(), Counter::ALL.len(), "two counters share a cell");
+        assert_eq!(
+            counters.len(),
+            Counter::ALL.len(),
+            "two counters share a cell"
+        );
         let histograms: HashSet<_> = Histogram::ALL.iter().map(|h| h.id()).collect();
         assert_eq!(histograms.len(), Histogram::ALL.len());
         let cells: HashSet<Cell> = SCHEMA
@@ -320,10 +316,16 @@ mod tests {
             .flat_map(|family| family.series.iter().map(|series| series.cell))
             .collect();
         for counter in Counter::ALL {
-            assert!(cells.contains(&Cell::Counter(counter.id())), "{counter:?} is not shown");
+            assert!(
+                cells.contains(&Cell::Counter(counter.id())),
+                "{counter:?} is not shown"
+            );
         }
         for histogram in Histogram::ALL {
-            assert!(cells.contains(&Cell::Histogram(histogram.id())), "{histogram:?} is not shown");
+            assert!(
+                cells.contains(&Cell::Histogram(histogram.id())),
+                "{histogram:?} is not shown"
+            );
         }
         assert!(cells.contains(&Cell::Gauge(Gauge::InFlight.id())));
     }

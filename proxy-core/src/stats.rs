@@ -75,7 +75,9 @@ impl Stats {
     /// Counts a request in flight until the guard drops.
     pub fn in_flight(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.region.stats(self.member).set(Gauge::InFlight.id(), now);
+        self.region
+            .stats(self.member)
+            .set(Gauge::InFlight.id(), now);
         InFlight { stats: self }
     }
 }

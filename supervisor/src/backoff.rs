@@ -151,7 +151,13 @@ mod tests {
             ));
         }
         assert_eq!(
-            t.on_exit(&p, start + Duration::from_secs(5), quick, 1.0, Quarantine::Allowed),
+            t.on_exit(
+                &p,
+                start + Duration::from_secs(5),
+                quick,
+                1.0,
+                Quarantine::Allowed
+            ),
             RestartDecision::Quarantine
         );
     }
@@ -170,7 +176,10 @@ mod tests {
         assert!(decisions[..5]
             .iter()
             .all(|d| matches!(d, RestartDecision::RetryAfter(_))));
-        assert_eq!(decisions[5], RestartDecision::CrashLoop(Duration::from_millis(3200)));
+        assert_eq!(
+            decisions[5],
+            RestartDecision::CrashLoop(Duration::from_millis(3200))
+        );
         assert_eq!(decisions[29], RestartDecision::CrashLoop(p.max), "capped");
         assert!(!decisions.contains(&RestartDecision::Quarantine));
     }
@@ -205,7 +214,13 @@ mod tests {
         );
         let later = now + Duration::from_secs(200);
         assert_eq!(
-            t.on_exit(&p, later, Duration::from_secs(120), 1.0, Quarantine::Allowed),
+            t.on_exit(
+                &p,
+                later,
+                Duration::from_secs(120),
+                1.0,
+                Quarantine::Allowed
+            ),
             RestartDecision::RetryAfter(Duration::from_millis(100))
         );
     }

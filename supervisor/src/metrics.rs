@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use ipc::{Cell, HistogramSnapshot, LabelValue, MetricKind, SegmentCounts, StatsSnapshot, HISTOGRAM_BOUNDS_SECONDS};
+use ipc::{
+    Cell, HistogramSnapshot, LabelValue, MetricKind, SegmentCounts, StatsSnapshot,
+    HISTOGRAM_BOUNDS_SECONDS,
+};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -212,7 +215,12 @@ fn descriptions() -> Vec<(&'static str, &'static str, MetricKind, Vec<&'static s
     let mut out: Vec<(&'static str, &'static str, MetricKind, Vec<&'static str>)> = Vec::new();
     for family in Role::ALL.iter().flat_map(|role| role.schema()) {
         if !out.iter().any(|(name, ..)| *name == family.name) {
-            out.push((family.name, family.help, family.kind, family.label_names().collect()));
+            out.push((
+                family.name,
+                family.help,
+                family.kind,
+                family.label_names().collect(),
+            ));
         }
     }
     for own in OWN_FAMILIES {
@@ -619,7 +627,13 @@ mod tests {
         }
     }
 
-    fn child(role: Role, slot: u32, state: ShownState, restarts: u64, stats: &StatsSnapshot) -> ChildSample {
+    fn child(
+        role: Role,
+        slot: u32,
+        state: ShownState,
+        restarts: u64,
+        stats: &StatsSnapshot,
+    ) -> ChildSample {
         ChildSample {
             role,
             slot,
@@ -723,7 +737,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("gfcache_request_duration_seconds_bucket{outcome=\"hit\",le=\"+Inf\"} 14"),
+            text.contains(
+                "gfcache_request_duration_seconds_bucket{outcome=\"hit\",le=\"+Inf\"} 14"
+            ),
             "{text}"
         );
         assert!(
@@ -744,8 +760,14 @@ mod tests {
     #[test]
     fn proxies_are_summed_caches_and_in_flight_are_per_slot() {
         let text = rendered();
-        assert!(text.contains("gfcache_requests_total{status=\"ok\"} 14"), "{text}");
-        assert!(text.contains("gfcache_cache_lookups_total{result=\"hit\"} 10"), "{text}");
+        assert!(
+            text.contains("gfcache_requests_total{status=\"ok\"} 14"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gfcache_cache_lookups_total{result=\"hit\"} 10"),
+            "{text}"
+        );
         assert!(
             text.contains("gfcache_cache_requests_total{slot=\"1\",result=\"hit\"} 5"),
             "{text}"
@@ -759,7 +781,8 @@ mod tests {
             "{text}"
         );
         assert_eq!(
-            text.matches("# TYPE gfcache_in_flight_requests gauge").count(),
+            text.matches("# TYPE gfcache_in_flight_requests gauge")
+                .count(),
             1,
             "one family from both schemas: {text}"
         );
@@ -796,14 +819,26 @@ mod tests {
     fn families_of_one_name_agree_across_the_schemas() {
         let mut seen: HashMap<&str, (&str, MetricKind, Vec<&str>)> = HashMap::new();
         for family in Role::ALL.iter().flat_map(|role| role.schema()) {
-            let this = (family.help, family.kind, family.label_names().collect::<Vec<_>>());
+            let this = (
+                family.help,
+                family.kind,
+                family.label_names().collect::<Vec<_>>(),
+            );
             if let Some(earlier) = seen.get(family.name) {
-                assert_eq!(earlier, &this, "{} differs between the schemas", family.name);
+                assert_eq!(
+                    earlier, &this,
+                    "{} differs between the schemas",
+                    family.name
+                );
             }
             seen.insert(family.name, this);
         }
         for own in OWN_FAMILIES {
-            assert!(!seen.contains_key(own.name), "{} is defined twice", own.name);
+            assert!(
+                !seen.contains_key(own.name),
+                "{} is defined twice",
+                own.name
+            );
         }
         assert!(seen.keys().all(|name| name.starts_with("gfcache_")));
     }

@@ -347,7 +347,10 @@ mod tests {
         report.children[0].crash_looping = true;
         let table = report.render_table();
         assert!(table.contains(", degraded; config"), "{table}");
-        assert!(table.contains("not answering: cache 1 unavailable"), "{table}");
+        assert!(
+            table.contains("not answering: cache 1 unavailable"),
+            "{table}"
+        );
         assert!(table.contains("proxy 0 crash-loops"), "{table}");
         assert!(table.contains("crash-looping"), "{table}");
         let dir = tempfile::tempdir().unwrap();

@@ -172,7 +172,9 @@ impl LiveSource {
     /// A child as it is now: a running process whose member state is Unavailable is shown
     /// unavailable, and only a running one whose member state is Ready answers.
     fn slot(&self, child: &ChildView) -> SlotView {
-        let member_state = self.region.member_state(role::member(child.role, child.slot));
+        let member_state = self
+            .region
+            .member_state(role::member(child.role, child.slot));
         let running = child.shown == ShownState::Running;
         let state = if running && member_state == MemberState::Unavailable {
             ShownState::Unavailable

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use ipc::testkit::{check_pattern, fill_pattern, peer_counters, Checksum};
 use ipc::{
-    CacheRequest, CacheSlot, ChunkDest, IpcKind, IpcObject, Ledger, Lookup, Member,
-    MemberState, Op, Region, RegionConfig, RegionId,
+    CacheRequest, CacheSlot, ChunkDest, IpcKind, IpcObject, Ledger, Lookup, Member, MemberState,
+    Op, Region, RegionConfig, RegionId,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);

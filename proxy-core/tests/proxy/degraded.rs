@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use gfprotocol::Status;
 use ipc::{CacheSlot, Member, MemberState, ProxySlot};
-use proxy_core::metrics::Counter;
 use nix::sys::signal::Signal;
+use proxy_core::metrics::Counter;
 use proxy_core::Proxy;
 
 use crate::common::{self, Backend, Fetched, Rig, TestOrigin};

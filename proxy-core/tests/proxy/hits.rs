@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 
-
 use crate::common::{self, Backend, Rig};
 
 const BIG: &str = "/big/64m.bin";
