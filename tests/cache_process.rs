@@ -8,8 +8,9 @@ mod common;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use cache_backends::metrics::{Counter, Gauge};
 use common::{fixture, pattern, write_tree};
-use ipc::{CacheSlot, Counter, Gauge, Lookup, Member, MemberState, Region, RegionConfig};
+use ipc::{CacheSlot, Lookup, Member, MemberState, Region, RegionConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -172,11 +173,11 @@ fn serve_and_verify(region: &Region, cache: &mut CacheChild) {
     let stats = region.stats_snapshot(Member::Cache(slot()));
     let payload: u64 = objects.iter().map(|(_, body)| body.len() as u64).sum();
     assert_eq!(
-        stats.counter(Counter::CacheHits),
+        stats.counter(Counter::Hits.id()),
         2 * objects.len() as u64 + concurrent
     );
-    assert_eq!(stats.counter(Counter::CacheMisses), 3);
-    assert_eq!(stats.counter(Counter::CacheErrors), 0);
+    assert_eq!(stats.counter(Counter::Misses.id()), 3);
+    assert_eq!(stats.counter(Counter::Errors.id()), 0);
     let concurrent_bytes: u64 = (0..4)
         .map(|thread| {
             objects
@@ -187,7 +188,7 @@ fn serve_and_verify(region: &Region, cache: &mut CacheChild) {
         })
         .sum();
     assert_eq!(
-        stats.counter(Counter::CacheBytesOut),
+        stats.counter(Counter::BytesOut.id()),
         2 * payload + concurrent_bytes
     );
 
@@ -198,7 +199,10 @@ fn serve_and_verify(region: &Region, cache: &mut CacheChild) {
         MemberState::Down
     );
     let stats = region.stats_snapshot(Member::Cache(slot()));
-    assert_eq!(stats.gauge(Gauge::BackendObjects), objects.len() as u64);
+    assert_eq!(
+        stats.gauge(Gauge::BackendObjects.id()),
+        objects.len() as u64
+    );
 }
 
 #[test]
@@ -232,7 +236,7 @@ fn serves_a_writable_directory_filled_by_puts() {
     }
     let stats = region.stats_snapshot(Member::Cache(slot()));
     assert_eq!(
-        stats.counter(Counter::CachePutsStored),
+        stats.counter(Counter::PutsStored.id()),
         objects().len() as u64
     );
     assert_eq!(
@@ -262,7 +266,7 @@ fn serves_memory_filled_by_puts() {
     let deadline = Instant::now() + TIMEOUT;
     while region
         .stats_snapshot(Member::Cache(slot()))
-        .gauge(Gauge::BackendInserts)
+        .gauge(Gauge::BackendInserts.id())
         != objects().len() as u64
     {
         assert!(Instant::now() < deadline, "gauges never updated");
@@ -357,7 +361,7 @@ fn sigterm_aborts_a_stalled_transfer_at_the_shutdown_deadline() {
     }
     assert!(failed, "an aborted transfer ended cleanly");
     let stats = region.stats_snapshot(Member::Cache(slot()));
-    assert_eq!(stats.counter(Counter::CacheErrors), 1);
+    assert_eq!(stats.counter(Counter::Errors.id()), 1);
     // The aborting cache released its side itself: once the proxy side lets go, the segment is
     // back in the pool with no reclaim by a supervisor.
     drop(stream);
@@ -394,8 +398,8 @@ fn a_damaged_object_is_answered_error_and_counted() {
     let status = cache.terminate(TIMEOUT);
     assert!(status.success(), "{status}");
     let stats = region.stats_snapshot(Member::Cache(slot()));
-    assert_eq!(stats.counter(Counter::CacheErrors), 2);
-    assert_eq!(stats.counter(Counter::CacheHits), 1);
+    assert_eq!(stats.counter(Counter::Errors.id()), 2);
+    assert_eq!(stats.counter(Counter::Hits.id()), 1);
 }
 
 #[test]

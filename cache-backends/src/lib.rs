@@ -20,7 +20,9 @@
 //!   [`BackendConfig`].
 //! - [`run_cache_process`] is the cache process loop on an attached [`ipc::Region`];
 //!   [`run_cache_slot`] attaches the region, opens the backend and runs it in one call (for a
-//!   child given a region id); the `gfcache-cache` binary runs one standalone.
+//!   child given a region id); the `gfcache-cache` binary runs one standalone. It counts into its
+//!   slot's block of the ipc stats area; [`metrics`] says what each cell means and gives the
+//!   schema the supervisor publishes.
 //!
 //! Paths are GetFile paths. The directory and pack backends hold only canonical paths
 //! ([`paths::relative_object_path`]): `/../x`, `//x` or `/a/../x` are simply not found.
@@ -50,6 +52,7 @@
 
 mod directory;
 mod memory;
+pub mod metrics;
 pub mod pack;
 pub mod paths;
 mod process;

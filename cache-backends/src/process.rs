@@ -12,8 +12,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ipc::{CacheRequest, Counter, Gauge, Member, MemberState, Op, Region, StatsBlock};
+use ipc::{CacheRequest, Member, MemberState, Op, Region, StatsBlock};
 
+use crate::metrics::{Counter, Gauge};
 use crate::{BackendStats, CacheBackend, CacheProcessConfig, Error};
 
 /// How long a worker waits for a request before it checks the stop flag again.
@@ -168,12 +169,12 @@ fn supervise(shared: &Shared<'_>, member: Member, pid: i32) {
 }
 
 fn publish_gauges(stats: &StatsBlock<'_>, backend: &BackendStats, in_flight: u64) {
-    stats.set(Gauge::BackendObjects, backend.objects);
-    stats.set(Gauge::BackendBytes, backend.bytes);
-    stats.set(Gauge::BackendCapacity, backend.capacity.unwrap_or(0));
-    stats.set(Gauge::BackendEvictions, backend.evictions);
-    stats.set(Gauge::BackendInserts, backend.inserts);
-    stats.set(Gauge::InFlight, in_flight);
+    stats.set(Gauge::BackendObjects.id(), backend.objects);
+    stats.set(Gauge::BackendBytes.id(), backend.bytes);
+    stats.set(Gauge::BackendCapacity.id(), backend.capacity.unwrap_or(0));
+    stats.set(Gauge::BackendEvictions.id(), backend.evictions);
+    stats.set(Gauge::BackendInserts.id(), backend.inserts);
+    stats.set(Gauge::InFlight.id(), in_flight);
 }
 
 fn worker_loop(shared: &Shared<'_>) {
@@ -192,7 +193,7 @@ fn worker_loop(shared: &Shared<'_>) {
             }
         };
         let now = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        shared.stats().set(Gauge::InFlight, now);
+        shared.stats().set(Gauge::InFlight.id(), now);
         let outcome = match request.op() {
             Op::Get => serve_get(shared, request),
             Op::Put { len } => serve_put(shared, request, len, &mut fill_buffer),
@@ -201,9 +202,9 @@ fn worker_loop(shared: &Shared<'_>) {
             .in_flight
             .fetch_sub(1, Ordering::Relaxed)
             .saturating_sub(1);
-        shared.stats().set(Gauge::InFlight, now);
+        shared.stats().set(Gauge::InFlight.id(), now);
         if let Err(failure) = outcome {
-            shared.stats().add(Counter::CacheErrors, 1);
+            shared.stats().add(Counter::Errors.id(), 1);
             tracing::warn!(
                 key = %failure.path,
                 error = %failure.error,
@@ -251,7 +252,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
     let object = match shared.backend.get(&path) {
         Ok(Some(object)) => object,
         Ok(None) => {
-            stats.add(Counter::CacheMisses, 1);
+            stats.add(Counter::Misses.id(), 1);
             return request.not_found().map_err(|error| fail(error.into()));
         }
         Err(error) => {
@@ -264,7 +265,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
     let total = object.len();
     // Counted before the proxy can see the answer, so a reader of the stats who has the
     // answer also sees the count.
-    stats.add(Counter::CacheHits, 1);
+    stats.add(Counter::Hits.id(), 1);
     let mut writer = request.found(total).map_err(|error| fail(error.into()))?;
     let mut offset = 0u64;
     while offset < total {
@@ -284,7 +285,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
             ))));
         }
         object.copy_to(offset, step, &mut buf).map_err(&fail)?;
-        stats.add(Counter::CacheBytesOut, step as u64);
+        stats.add(Counter::BytesOut.id(), step as u64);
         buf.publish().map_err(|error| fail(error.into()))?;
         offset += step as u64;
     }
@@ -338,7 +339,7 @@ fn serve_put(
     }
     match fill.commit() {
         Ok(()) => {
-            shared.stats().add(Counter::CachePutsStored, 1);
+            shared.stats().add(Counter::PutsStored.id(), 1);
             reader.complete(true).map_err(|error| fail(error.into()))
         }
         Err(error) => {

@@ -6,9 +6,10 @@
 //! response (ERROR when the handler sent nothing, a close when it sent a short body).
 //!
 //! Every socket write here uses `send(2)` with `MSG_NOSIGNAL` or `sendfile(2)`; a peer that went
-//! away is an `io::Error`, never a signal. (`sendfile` and plain `write(2)` can still raise
-//! SIGPIPE, which Rust executables ignore from startup; a process that restores SIGPIPE must not
-//! use this server.)
+//! away is an `io::Error`, never a signal, whatever the process's SIGPIPE disposition.
+//! `sendfile` has no `MSG_NOSIGNAL` and raises SIGPIPE at the sending thread, so every worker
+//! blocks SIGPIPE for itself when it starts: the signal then stays pending on that thread,
+//! never delivered, and the call fails with `EPIPE` like a `send`.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read};
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{
     self, setsockopt, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType,
     SockaddrStorage,
@@ -142,9 +144,9 @@ impl<'c> ResponseWriter<'c> {
     /// Sends `len` body bytes written by `write` straight to the socket (e.g. from shared
     /// memory); `write` must write exactly `len` bytes or fail.
     ///
-    /// The descriptor is a blocking socket with a send timeout. If `write` uses `write(2)`
-    /// rather than `send(2)` with `MSG_NOSIGNAL`, a closed peer raises SIGPIPE: the process must
-    /// ignore it (Rust executables do by default).
+    /// The descriptor is a blocking socket with a send timeout. `write` should use `send(2)`
+    /// with `MSG_NOSIGNAL` (as ipc's `Chunk::send_all_to` does), so that a closed peer is an
+    /// error and not a signal; on a server worker SIGPIPE is blocked as well.
     pub fn send_body_with(
         &mut self,
         len: usize,
@@ -579,8 +581,18 @@ struct Worker {
     config: ServerConfig,
 }
 
+/// Blocks SIGPIPE in the calling thread (see the module docs: for `sendfile(2)`).
+fn block_sigpipe() {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    if let Err(e) = set.thread_block() {
+        tracing::warn!(error = %e, "cannot block SIGPIPE in a worker");
+    }
+}
+
 impl Worker {
     fn run(self) {
+        block_sigpipe();
         loop {
             let next = match self.receiver.lock() {
                 Ok(receiver) => receiver.recv(),

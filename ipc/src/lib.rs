@@ -22,6 +22,9 @@
 //!   [`Region::reclaim_dead`] with the dead peer's pid. A generation per use fences late peers.
 //! - Stats: [`Region::stats`] gives a lock-free [`StatsBlock`] per [`Member`]; the supervisor reads
 //!   [`Region::stats_snapshot`]. The blocks are indexed by slot, so counters survive restarts.
+//!   A block holds [`COUNTER_SLOTS`] counters, [`GAUGE_SLOTS`] gauges and [`HISTOGRAM_SLOTS`]
+//!   histograms, addressed by [`CounterId`], [`GaugeId`] and [`HistogramId`]; ipc names none of
+//!   them. The owner of a block describes its cells with a [`Family`] schema.
 //! - [`Ledger`]: the run directory's lock file (flock, held while the owner lives) and the record
 //!   of created objects; [`sweep`] removes what a dead owner left, checking each object is still
 //!   the recorded one. With the region `IPC_RMID`'d at creation the sweep normally finds nothing
@@ -75,6 +78,7 @@ mod futex;
 mod ids;
 mod ledger;
 mod region;
+mod schema;
 mod segment;
 mod stats;
 mod sys;
@@ -92,13 +96,14 @@ pub use region::{
     Member, MemberState, Region, RegionConfig, SegmentCounts, MAX_SEGMENTS, MAX_SEGMENT_SIZE,
     MAX_SLOTS, MIN_SEGMENT_SIZE,
 };
+pub use schema::{schema_is_consistent, Cell, Family, Label, LabelValue, MetricKind, Series};
 pub use segment::{
     CacheRequest, Chunk, ChunkBuf, ChunkDest, GetStream, GetWriter, Lease, Lookup, Op, PutReader,
     PutStream,
 };
 pub use stats::{
-    Counter, Gauge, Histogram, HistogramSnapshot, StatsBlock, StatsSnapshot,
-    HISTOGRAM_BOUNDS_SECONDS,
+    CounterId, GaugeId, HistogramId, HistogramSnapshot, StatsBlock, StatsIndexError, StatsSnapshot,
+    COUNTER_SLOTS, GAUGE_SLOTS, HISTOGRAM_BOUNDS_SECONDS, HISTOGRAM_SLOTS,
 };
 
 /// Longest path a segment header carries (GETFILE.md's limit).

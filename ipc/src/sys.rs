@@ -400,17 +400,21 @@ pub(crate) unsafe fn pread_raw(
     usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
 
-/// One `write(2)` of up to `len` bytes from `src`.
+/// One `send(2)` with `MSG_NOSIGNAL` of up to `len` bytes from `src`: a peer that went away is
+/// `EPIPE`, never SIGPIPE.
 ///
 /// # Safety
 /// `src..src+len` must be valid for reads and not written by anyone meanwhile.
-pub(crate) unsafe fn write_raw(
-    fd: BorrowedFd<'_>,
-    src: *const u8,
-    len: usize,
-) -> io::Result<usize> {
+pub(crate) unsafe fn send_raw(fd: BorrowedFd<'_>, src: *const u8, len: usize) -> io::Result<usize> {
     // SAFETY: the caller guarantees the source range is readable and stable.
-    let ret = unsafe { libc::write(fd.as_raw_fd(), src.cast::<libc::c_void>(), len) };
+    let ret = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            src.cast::<libc::c_void>(),
+            len,
+            libc::MSG_NOSIGNAL,
+        )
+    };
     usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
 

@@ -10,6 +10,32 @@ pub fn set_yield_budget(budget: std::time::Duration) {
 /// The default of [`set_yield_budget`].
 pub const DEFAULT_YIELD_BUDGET: std::time::Duration = crate::futex::DEFAULT_YIELD_BUDGET;
 
+/// Sets SIGPIPE back to its default action (terminate) for the whole process, which Rust
+/// executables ignore from startup: a test that then writes to a closed socket without
+/// `MSG_NOSIGNAL` dies of it.
+pub fn restore_default_sigpipe() -> std::io::Result<()> {
+    // SAFETY: SIG_DFL is a valid disposition and installs no handler.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if previous == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The counters the test peer (`ipc-testpeer`) keeps in its stats block: ipc gives the indices
+/// no meaning of its own, so the peer and the tests agree on these.
+pub mod peer_counters {
+    use crate::CounterId;
+    /// GETs answered found.
+    pub const HITS: CounterId = CounterId::at::<0>();
+    /// GETs answered not found.
+    pub const MISSES: CounterId = CounterId::at::<1>();
+    /// Body bytes copied into segments.
+    pub const BYTES_OUT: CounterId = CounterId::at::<2>();
+    /// PUTs stored.
+    pub const PUTS_STORED: CounterId = CounterId::at::<3>();
+}
+
 /// splitmix64: a fast, well-mixed function of one word.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);

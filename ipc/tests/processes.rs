@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{wait_until, ObjectGuard, Peer};
-use ipc::testkit::{check_pattern, fill_pattern, Checksum};
+use ipc::testkit::{check_pattern, fill_pattern, peer_counters, Checksum};
 use ipc::{
-    lock_holder, object_info, sweep, CacheSlot, ChunkDest, Counter, Error, IpcKind, Lookup, Member,
+    lock_holder, object_info, sweep, CacheSlot, ChunkDest, Error, IpcKind, Lookup, Member,
     MemberState, Op, Region, RegionConfig, RegionId, SegmentCounts,
 };
 
@@ -191,10 +191,10 @@ fn objects_of_edge_sizes_round_trip_between_processes() {
     assert!(matches!(err, Error::Declined), "{err}");
     wait_all_free(&region);
     let stats = region.stats_snapshot(Member::Cache(CacheSlot::from_raw(0)));
-    assert_eq!(stats.counter(Counter::CacheHits), sizes.len() as u64 + 1);
-    assert_eq!(stats.counter(Counter::CacheMisses), 1);
+    assert_eq!(stats.counter(peer_counters::HITS), sizes.len() as u64 + 1);
+    assert_eq!(stats.counter(peer_counters::MISSES), 1);
     assert_eq!(
-        stats.counter(Counter::CachePutsStored),
+        stats.counter(peer_counters::PUTS_STORED),
         sizes.len() as u64 + 1
     );
 }
@@ -218,7 +218,7 @@ fn many_concurrent_transfers_over_few_segments() {
     assert_eq!(
         region
             .stats_snapshot(Member::Cache(CacheSlot::from_raw(0)))
-            .counter(Counter::CacheHits),
+            .counter(peer_counters::HITS),
         200
     );
 }
@@ -254,7 +254,7 @@ fn two_proxy_and_two_cache_processes_at_once() {
         .map(|slot| {
             region
                 .stats_snapshot(Member::Cache(CacheSlot::from_raw(slot)))
-                .counter(Counter::CacheHits)
+                .counter(peer_counters::HITS)
         })
         .sum();
     assert_eq!(hits, 80);
@@ -279,8 +279,8 @@ fn stats_survive_a_cache_restart() {
     }
     wait_all_free(&region);
     let stats = region.stats_snapshot(member);
-    assert_eq!(stats.counter(Counter::CacheHits), 5);
-    assert_eq!(stats.counter(Counter::CacheBytesOut), 500);
+    assert_eq!(stats.counter(peer_counters::HITS), 5);
+    assert_eq!(stats.counter(peer_counters::BYTES_OUT), 500);
 }
 
 #[test]

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipc::{CacheSlot, Counter, Region};
+use ipc::{CacheSlot, Region};
 
+use crate::metrics::Counter;
 use crate::path::CanonicalPath;
 use crate::stats::Stats;
 

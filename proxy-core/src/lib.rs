@@ -16,7 +16,8 @@
 //! the request served by the origin (a fallback); after the header a failure can only close the
 //! connection. Errors ([`Error`]) record which side failed and whether another source may
 //! succeed. Counters and latency histograms go to the proxy's block of the ipc stats area
-//! ([`stats`]).
+//! ([`stats`]); [`metrics`] says what each cell means and gives the schema the supervisor
+//! publishes.
 //!
 //! Settings: [`ProxySettings`] is the `[proxy]` section, with its defaults and its validator.
 //!
@@ -51,6 +52,7 @@
 pub mod collapse;
 mod error;
 pub mod fill;
+pub mod metrics;
 pub mod origin;
 pub mod path;
 mod request;
@@ -197,7 +199,7 @@ impl Handler for Frontend {
 
     fn rejected(&self, peer: SocketAddr, reason: &gfprotocol::Malformed) {
         tracing::debug!(%peer, %reason, "invalid request");
-        self.ctx.stats.incr(ipc::Counter::RequestsInvalid);
+        self.ctx.stats.incr(metrics::Counter::RequestsInvalid);
     }
 }
 

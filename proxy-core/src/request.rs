@@ -12,11 +12,12 @@ use std::thread;
 use std::time::Instant;
 
 use gfprotocol::{Request, ResponseHeader, ResponseWriter};
-use ipc::{CacheSlot, Counter, Lookup, Region};
+use ipc::{CacheSlot, Lookup, Region};
 
 use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
 use crate::error::{Error, Side};
 use crate::fill::{run_fill, FillBudget, FillFeed, FILL_BACKLOG};
+use crate::metrics::Counter;
 use crate::origin::{Origin, OriginAnswer, OriginBody};
 use crate::path::CanonicalPath;
 use crate::routing::{Route, Router};
@@ -157,7 +158,7 @@ fn from_cache(
         }
         // 5. Stream to the client straight from the segment (the server coalesces a pending
         // header with these bytes, so a small object still leaves in one segment).
-        let sent_chunk = response.send_body_with(chunk.len(), &mut |fd| chunk.write_all_to(fd));
+        let sent_chunk = response.send_body_with(chunk.len(), &mut |fd| chunk.send_all_to(fd));
         if let Err(error) = sent_chunk {
             return CacheResult::Served(client_gone(&error, response));
         }

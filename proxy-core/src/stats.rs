@@ -1,10 +1,13 @@
-//! The proxy's counters and latency histograms, written into its block of the ipc stats area.
+//! The proxy's counters and latency histograms, written into its block of the ipc stats area
+//! (what each cell means is in [`crate::metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipc::{Counter, Gauge, Histogram, Member, Region};
+use ipc::{Member, Region};
+
+use crate::metrics::{Counter, Gauge, Histogram};
 
 /// How a request ended, for the counters and histograms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +46,7 @@ impl Stats {
 
     /// Adds `n` to a counter.
     pub fn add(&self, counter: Counter, n: u64) {
-        self.region.stats(self.member).add(counter, n);
+        self.region.stats(self.member).add(counter.id(), n);
     }
 
     /// Adds one to a counter.
@@ -62,17 +65,19 @@ impl Stats {
             Outcome::Invalid => (Counter::RequestsInvalid, Histogram::RequestFailed),
             Outcome::Aborted => (Counter::RequestsAborted, Histogram::RequestFailed),
         };
-        block.add(counter, 1);
+        block.add(counter.id(), 1);
         if body_bytes > 0 {
-            block.add(Counter::ResponseBytes, body_bytes);
+            block.add(Counter::ResponseBytes.id(), body_bytes);
         }
-        block.observe(histogram, elapsed);
+        block.observe(histogram.id(), elapsed);
     }
 
     /// Counts a request in flight until the guard drops.
     pub fn in_flight(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.region.stats(self.member).set(Gauge::InFlight, now);
+        self.region
+            .stats(self.member)
+            .set(Gauge::InFlight.id(), now);
         InFlight { stats: self }
     }
 }
@@ -92,6 +97,6 @@ impl Drop for InFlight<'_> {
         self.stats
             .region
             .stats(self.stats.member)
-            .set(Gauge::InFlight, now);
+            .set(Gauge::InFlight.id(), now);
     }
 }

@@ -1,5 +1,7 @@
-//! Restart policy: exponential backoff with jitter, and quarantine of a slot that crash-loops.
-//! Pure logic over `Instant`s, so it is tested without processes.
+//! Restart policy: exponential backoff with jitter, and quarantine of a slot that crash-loops,
+//! unless quarantine would leave the run without that slot's role (the last proxy): such a slot
+//! is kept restarting with the capped backoff. Pure logic over `Instant`s, so it is tested
+//! without processes.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -13,6 +15,18 @@ pub enum RestartDecision {
     RetryAfter(Duration),
     /// Too many restarts in the window: leave the slot down until revived.
     Quarantine,
+    /// Too many restarts in the window, but the slot may not be quarantined: start it again
+    /// after this delay (the backoff keeps growing up to its cap).
+    CrashLoop(Duration),
+}
+
+/// Whether a slot that crash-loops may be left down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quarantine {
+    /// Yes: others of its role serve.
+    Allowed,
+    /// No: it is the last of its role that could serve (the last proxy).
+    Forbidden,
 }
 
 /// The crash history of one slot.
@@ -38,6 +52,7 @@ impl RestartTracker {
         now: Instant,
         lived: Duration,
         jitter: f64,
+        quarantine: Quarantine,
     ) -> RestartDecision {
         if lived >= policy.reset_after {
             self.attempt = 0;
@@ -50,12 +65,17 @@ impl RestartTracker {
                 break;
             }
         }
-        if self.crashes.len() > policy.max_restarts as usize {
+        let looping = self.crashes.len() > policy.max_restarts as usize;
+        if looping && quarantine == Quarantine::Allowed {
             return RestartDecision::Quarantine;
         }
         let delay = backoff_delay(policy, self.attempt, jitter);
         self.attempt = self.attempt.saturating_add(1);
-        RestartDecision::RetryAfter(delay)
+        if looping {
+            RestartDecision::CrashLoop(delay)
+        } else {
+            RestartDecision::RetryAfter(delay)
+        }
     }
 
     /// Forgets the history (after a revival or a reload).
@@ -126,14 +146,42 @@ mod tests {
         for i in 0..5 {
             let now = start + Duration::from_secs(i);
             assert!(matches!(
-                t.on_exit(&p, now, quick, 1.0),
+                t.on_exit(&p, now, quick, 1.0, Quarantine::Allowed),
                 RestartDecision::RetryAfter(_)
             ));
         }
         assert_eq!(
-            t.on_exit(&p, start + Duration::from_secs(5), quick, 1.0),
+            t.on_exit(
+                &p,
+                start + Duration::from_secs(5),
+                quick,
+                1.0,
+                Quarantine::Allowed
+            ),
             RestartDecision::Quarantine
         );
+    }
+
+    #[test]
+    fn the_last_of_a_role_keeps_restarting_with_the_capped_backoff() {
+        let p = policy();
+        let mut t = RestartTracker::new();
+        let start = Instant::now();
+        let quick = Duration::from_millis(10);
+        let mut decisions = Vec::new();
+        for i in 0..30 {
+            let now = start + Duration::from_millis(i);
+            decisions.push(t.on_exit(&p, now, quick, 1.0, Quarantine::Forbidden));
+        }
+        assert!(decisions[..5]
+            .iter()
+            .all(|d| matches!(d, RestartDecision::RetryAfter(_))));
+        assert_eq!(
+            decisions[5],
+            RestartDecision::CrashLoop(Duration::from_millis(3200))
+        );
+        assert_eq!(decisions[29], RestartDecision::CrashLoop(p.max), "capped");
+        assert!(!decisions.contains(&RestartDecision::Quarantine));
     }
 
     #[test]
@@ -143,7 +191,7 @@ mod tests {
         let start = Instant::now();
         for i in 0..20u64 {
             let now = start + Duration::from_secs(i * 30);
-            let d = t.on_exit(&p, now, Duration::from_secs(1), 1.0);
+            let d = t.on_exit(&p, now, Duration::from_secs(1), 1.0, Quarantine::Allowed);
             assert!(
                 matches!(d, RestartDecision::RetryAfter(_)),
                 "crash {i}: {d:?}"
@@ -158,15 +206,21 @@ mod tests {
         let mut t = RestartTracker::new();
         let now = Instant::now();
         let quick = Duration::from_millis(1);
-        t.on_exit(&p, now, quick, 1.0);
-        t.on_exit(&p, now, quick, 1.0);
+        t.on_exit(&p, now, quick, 1.0, Quarantine::Allowed);
+        t.on_exit(&p, now, quick, 1.0, Quarantine::Allowed);
         assert_eq!(
-            t.on_exit(&p, now, quick, 1.0),
+            t.on_exit(&p, now, quick, 1.0, Quarantine::Allowed),
             RestartDecision::RetryAfter(Duration::from_millis(400))
         );
         let later = now + Duration::from_secs(200);
         assert_eq!(
-            t.on_exit(&p, later, Duration::from_secs(120), 1.0),
+            t.on_exit(
+                &p,
+                later,
+                Duration::from_secs(120),
+                1.0,
+                Quarantine::Allowed
+            ),
             RestartDecision::RetryAfter(Duration::from_millis(100))
         );
     }

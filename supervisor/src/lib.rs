@@ -9,7 +9,8 @@
 //!   once per child ([`role::run_role`] on the child side, settings passed as a
 //!   [`role::ChildSpec`] in the environment), restarts dead children with backoff
 //!   ([`backoff::RestartTracker`]), applies reloads one child at a time, writes
-//!   [`status::StatusReport`] to `run_dir/status.json`, serves [`metrics`] and, on SIGTERM or
+//!   [`status::StatusReport`] to `run_dir/status.json`, judges readiness ([`health`]: ready,
+//!   degraded or not ready), serves [`metrics`] and, on SIGTERM or
 //!   SIGINT, stops the proxies (they drain), then the caches, and removes every IPC object.
 //! - [`commands`]: `stop`, `status`, `reload`, `cleanup`, `check-config`, which find the running
 //!   supervisor through the run directory's lock.
@@ -42,6 +43,7 @@ use std::path::PathBuf;
 pub mod backoff;
 pub mod commands;
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod promtool;

@@ -1,17 +1,27 @@
 //! Prometheus metrics: a [`StatsCollector`] that reads a [`Sample`] (the ipc stats area and the
 //! supervisor's view of its children) at scrape time, and a tiny_http [`MetricsServer`] serving
 //! `/metrics`, `/healthz` and `/readyz`.
+//!
+//! The supervisor names no proxy or cache metric: it publishes the schemas that proxy-core
+//! ([`proxy_core::metrics::SCHEMA`]) and cache-backends ([`cache_backends::metrics::SCHEMA`])
+//! give for their stats blocks, and adds its own families (children, segments, reloads,
+//! readiness).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use ipc::{Counter, Gauge, Histogram, HistogramSnapshot, SegmentCounts, HISTOGRAM_BOUNDS_SECONDS};
+use ipc::{
+    Cell, HistogramSnapshot, LabelValue, MetricKind, SegmentCounts, StatsSnapshot,
+    HISTOGRAM_BOUNDS_SECONDS,
+};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use crate::health::{Health, RunState};
+use crate::status::ShownState;
 /// "proxy" or "cache".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -42,40 +52,16 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// The stats of one member, copied out of the stats area.
-#[derive(Clone, Debug, Default)]
-pub struct MemberSample {
-    /// Counters that are not 0.
-    pub counters: HashMap<Counter, u64>,
-    /// Gauges.
-    pub gauges: HashMap<Gauge, u64>,
-    /// Histograms.
-    pub histograms: HashMap<Histogram, HistogramSnapshot>,
-}
+impl Role {
+    /// Both roles, in the order their families are shown.
+    pub const ALL: [Role; 2] = [Role::Proxy, Role::Cache];
 
-impl MemberSample {
-    /// Copies the interesting parts of an ipc snapshot.
-    pub fn from_snapshot(snapshot: &ipc::StatsSnapshot) -> Self {
-        let counters = Counter::ALL
-            .iter()
-            .map(|&c| (c, snapshot.counter(c)))
-            .collect();
-        let gauges = Gauge::ALL.iter().map(|&g| (g, snapshot.gauge(g))).collect();
-        let histograms = Histogram::ALL
-            .iter()
-            .map(|&h| (h, snapshot.histogram(h)))
-            .collect();
-        MemberSample {
-            counters,
-            gauges,
-            histograms,
+    /// The schema of this role's stats blocks, from the crate that writes them.
+    pub fn schema(self) -> &'static [ipc::Family] {
+        match self {
+            Role::Proxy => proxy_core::metrics::SCHEMA,
+            Role::Cache => cache_backends::metrics::SCHEMA,
         }
-    }
-    fn counter(&self, c: Counter) -> u64 {
-        self.counters.get(&c).copied().unwrap_or(0)
-    }
-    fn gauge(&self, g: Gauge) -> u64 {
-        self.gauges.get(&g).copied().unwrap_or(0)
     }
 }
 
@@ -86,18 +72,20 @@ pub struct ChildSample {
     pub role: Role,
     /// Its slot.
     pub slot: u32,
-    /// Running and ready.
+    /// Its state, as `status` shows it.
+    pub state: ShownState,
+    /// Running and its member state is Ready.
     pub up: bool,
-    /// Left down after crash-looping.
-    pub quarantined: bool,
+    /// Kept restarting past `max_restarts` because it is the last of its role.
+    pub crash_looping: bool,
     /// Restarts of the slot.
     pub restarts: u64,
-    /// Its stats.
-    pub stats: MemberSample,
+    /// Its stats block.
+    pub stats: StatsSnapshot,
 }
 
 /// Everything one scrape shows.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Sample {
     /// Every child slot.
     pub children: Vec<ChildSample>,
@@ -107,33 +95,24 @@ pub struct Sample {
     pub reloads_ok: u64,
     /// Reloads rejected.
     pub reloads_failed: u64,
-    /// Whether `/readyz` would answer 200.
-    pub ready: bool,
+    /// Ready, degraded or not ready.
+    pub health: Health,
 }
 
 /// Where the collector and the HTTP server get their data.
 pub trait SampleSource: Send + Sync + 'static {
     /// A fresh sample.
     fn sample(&self) -> Sample;
-    /// Whether the proxy and every cache that is not quarantined are ready.
-    fn ready(&self) -> bool;
+    /// Whether the run serves, and what does not answer.
+    fn health(&self) -> Health;
 }
 
-/// Requests served by a member: for a proxy its responses, for a cache its GETs answered.
-pub fn requests_served(role: Role, stats: &MemberSample) -> u64 {
-    let counters: &[Counter] = match role {
-        Role::Proxy => &[
-            Counter::RequestsOk,
-            Counter::RequestsNotFound,
-            Counter::RequestsError,
-            Counter::RequestsInvalid,
-            Counter::RequestsAborted,
-        ],
-        Role::Cache => &[
-            Counter::CacheHits,
-            Counter::CacheMisses,
-            Counter::CacheErrors,
-        ],
+/// Requests served by a member: for a proxy its responses, for a cache its GETs answered (the
+/// counters are named by the crate that writes them).
+pub fn requests_served(role: Role, stats: &StatsSnapshot) -> u64 {
+    let counters = match role {
+        Role::Proxy => proxy_core::metrics::REQUESTS_SERVED,
+        Role::Cache => cache_backends::metrics::REQUESTS_SERVED,
     };
     counters
         .iter()
@@ -141,206 +120,114 @@ pub fn requests_served(role: Role, stats: &MemberSample) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
-/// One metric family; `families` has an arm for each, so none can be left out silently.
+/// One family of the supervisor's own; `supervisor_points` has an arm for each, so none can be
+/// left out silently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    RequestsTotal,
-    CacheLookupsTotal,
-    OriginFetchesTotal,
-    OriginFallbacksTotal,
-    CollapsedRequestsTotal,
-    ResponseBytesTotal,
-    FillsTotal,
-    RequestDurationSeconds,
-    InFlightRequests,
+enum Own {
     Segments,
     ChildUp,
+    ChildState,
     ChildQuarantined,
+    ChildCrashLooping,
     ChildRestartsTotal,
-    CacheRequestsTotal,
-    CacheSentBytesTotal,
-    CacheFillsStoredTotal,
-    BackendObjects,
-    BackendBytes,
-    BackendCapacityBytes,
-    BackendEvictionsTotal,
-    BackendInsertsTotal,
     SupervisorReloadsTotal,
     Ready,
+    Degraded,
 }
 
-/// One metric family: name, help, type and label names; the values come per scrape.
-struct FamilySpec {
-    family: Family,
+/// A family of the supervisor's own: name, help, type and label names.
+struct OwnSpec {
+    family: Own,
     name: &'static str,
     help: &'static str,
-    kind: MetricType,
+    kind: MetricKind,
     labels: &'static [&'static str],
 }
 
-const FAMILIES: &[FamilySpec] = &[
-    FamilySpec {
-        family: Family::RequestsTotal,
-        name: "gfcache_requests_total",
-        help: "GetFile responses sent by the proxies, by status.",
-        kind: MetricType::COUNTER,
-        labels: &["status"],
-    },
-    FamilySpec {
-        family: Family::CacheLookupsTotal,
-        name: "gfcache_cache_lookups_total",
-        help: "Cache lookups made by the proxies, by result.",
-        kind: MetricType::COUNTER,
-        labels: &["result"],
-    },
-    FamilySpec {
-        family: Family::OriginFetchesTotal,
-        name: "gfcache_origin_fetches_total",
-        help: "Origin fetches made by the proxies, by result.",
-        kind: MetricType::COUNTER,
-        labels: &["result"],
-    },
-    FamilySpec {
-        family: Family::OriginFallbacksTotal,
-        name: "gfcache_origin_fallbacks_total",
-        help: "Requests served by the origin because their cache was down or failed.",
-        kind: MetricType::COUNTER,
-        labels: &[],
-    },
-    FamilySpec {
-        family: Family::CollapsedRequestsTotal,
-        name: "gfcache_collapsed_requests_total",
-        help: "Requests that waited on another request's origin fetch.",
-        kind: MetricType::COUNTER,
-        labels: &[],
-    },
-    FamilySpec {
-        family: Family::ResponseBytesTotal,
-        name: "gfcache_response_bytes_total",
-        help: "Body bytes sent to clients.",
-        kind: MetricType::COUNTER,
-        labels: &[],
-    },
-    FamilySpec {
-        family: Family::FillsTotal,
-        name: "gfcache_fills_total",
-        help: "Origin fills offered to the caches, by result.",
-        kind: MetricType::COUNTER,
-        labels: &["result"],
-    },
-    FamilySpec {
-        family: Family::RequestDurationSeconds,
-        name: "gfcache_request_duration_seconds",
-        help: "Whole-request latency at the proxies, by outcome.",
-        kind: MetricType::HISTOGRAM,
-        labels: &["outcome"],
-    },
-    FamilySpec {
-        family: Family::InFlightRequests,
-        name: "gfcache_in_flight_requests",
-        help: "Requests in progress, by process.",
-        kind: MetricType::GAUGE,
-        labels: &["role", "slot"],
-    },
-    FamilySpec {
-        family: Family::Segments,
+const OWN_FAMILIES: &[OwnSpec] = &[
+    OwnSpec {
+        family: Own::Segments,
         name: "gfcache_segments",
         help: "Shared memory segments, by state.",
-        kind: MetricType::GAUGE,
+        kind: MetricKind::Gauge,
         labels: &["state"],
     },
-    FamilySpec {
-        family: Family::ChildUp,
+    OwnSpec {
+        family: Own::ChildUp,
         name: "gfcache_child_up",
         help: "1 if the child process of the slot is running and ready.",
-        kind: MetricType::GAUGE,
+        kind: MetricKind::Gauge,
         labels: &["role", "slot"],
     },
-    FamilySpec {
-        family: Family::ChildQuarantined,
+    OwnSpec {
+        family: Own::ChildState,
+        name: "gfcache_child_state",
+        help: "1 for the state the slot is in (as `gfsupervisor status` shows it), 0 for the others.",
+        kind: MetricKind::Gauge,
+        labels: &["role", "slot", "state"],
+    },
+    OwnSpec {
+        family: Own::ChildQuarantined,
         name: "gfcache_child_quarantined",
         help: "1 if the slot crash-looped and is left down until revived.",
-        kind: MetricType::GAUGE,
+        kind: MetricKind::Gauge,
         labels: &["role", "slot"],
     },
-    FamilySpec {
-        family: Family::ChildRestartsTotal,
+    OwnSpec {
+        family: Own::ChildCrashLooping,
+        name: "gfcache_child_crash_looping",
+        help: "1 if the slot crash-loops but is the last proxy, so it is restarted instead of quarantined.",
+        kind: MetricKind::Gauge,
+        labels: &["role", "slot"],
+    },
+    OwnSpec {
+        family: Own::ChildRestartsTotal,
         name: "gfcache_child_restarts_total",
         help: "Restarts of the slot's child process.",
-        kind: MetricType::COUNTER,
+        kind: MetricKind::Counter,
         labels: &["role", "slot"],
     },
-    FamilySpec {
-        family: Family::CacheRequestsTotal,
-        name: "gfcache_cache_requests_total",
-        help: "GET requests answered by a cache process, by result.",
-        kind: MetricType::COUNTER,
-        labels: &["slot", "result"],
-    },
-    FamilySpec {
-        family: Family::CacheSentBytesTotal,
-        name: "gfcache_cache_sent_bytes_total",
-        help: "Body bytes a cache process copied into segments.",
-        kind: MetricType::COUNTER,
-        labels: &["slot"],
-    },
-    FamilySpec {
-        family: Family::CacheFillsStoredTotal,
-        name: "gfcache_cache_fills_stored_total",
-        help: "Origin fills stored by a cache process.",
-        kind: MetricType::COUNTER,
-        labels: &["slot"],
-    },
-    FamilySpec {
-        family: Family::BackendObjects,
-        name: "gfcache_backend_objects",
-        help: "Objects held by the slot's backend.",
-        kind: MetricType::GAUGE,
-        labels: &["slot"],
-    },
-    FamilySpec {
-        family: Family::BackendBytes,
-        name: "gfcache_backend_bytes",
-        help: "Bytes held by the slot's backend.",
-        kind: MetricType::GAUGE,
-        labels: &["slot"],
-    },
-    FamilySpec {
-        family: Family::BackendCapacityBytes,
-        name: "gfcache_backend_capacity_bytes",
-        help: "Byte bound of the slot's backend (0: unbounded).",
-        kind: MetricType::GAUGE,
-        labels: &["slot"],
-    },
-    FamilySpec {
-        family: Family::BackendEvictionsTotal,
-        name: "gfcache_backend_evictions_total",
-        help: "Objects evicted by the slot's backend since it opened.",
-        kind: MetricType::COUNTER,
-        labels: &["slot"],
-    },
-    FamilySpec {
-        family: Family::BackendInsertsTotal,
-        name: "gfcache_backend_inserts_total",
-        help: "Objects stored by the slot's backend since it opened.",
-        kind: MetricType::COUNTER,
-        labels: &["slot"],
-    },
-    FamilySpec {
-        family: Family::SupervisorReloadsTotal,
+    OwnSpec {
+        family: Own::SupervisorReloadsTotal,
         name: "gfcache_supervisor_reloads_total",
         help: "Config reloads, by result.",
-        kind: MetricType::COUNTER,
+        kind: MetricKind::Counter,
         labels: &["result"],
     },
-    FamilySpec {
-        family: Family::Ready,
+    OwnSpec {
+        family: Own::Ready,
         name: "gfcache_ready",
-        help: "1 when the proxy and every cache that is not quarantined are ready.",
-        kind: MetricType::GAUGE,
+        help: "1 when /readyz answers 200: a proxy and a cache (or the origin) can answer.",
+        kind: MetricKind::Gauge,
+        labels: &[],
+    },
+    OwnSpec {
+        family: Own::Degraded,
+        name: "gfcache_degraded",
+        help: "1 when the run serves but some slot does not answer (quarantined, unavailable, restarting).",
+        kind: MetricKind::Gauge,
         labels: &[],
     },
 ];
+
+/// Name, help, type and label names of every family, schema families first, each name once.
+fn descriptions() -> Vec<(&'static str, &'static str, MetricKind, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, &'static str, MetricKind, Vec<&'static str>)> = Vec::new();
+    for family in Role::ALL.iter().flat_map(|role| role.schema()) {
+        if !out.iter().any(|(name, ..)| *name == family.name) {
+            out.push((
+                family.name,
+                family.help,
+                family.kind,
+                family.label_names().collect(),
+            ));
+        }
+    }
+    for own in OWN_FAMILIES {
+        out.push((own.name, own.help, own.kind, own.labels.to_vec()));
+    }
+    out
+}
 
 /// Collects gfcache metrics from a [`SampleSource`] at scrape time.
 pub struct StatsCollector<S> {
@@ -351,13 +238,13 @@ pub struct StatsCollector<S> {
 impl<S: SampleSource> StatsCollector<S> {
     /// A collector over `source`.
     pub fn new(source: Arc<S>) -> Result<Self, prometheus::Error> {
-        let descs = FAMILIES
-            .iter()
-            .map(|f| {
+        let descs = descriptions()
+            .into_iter()
+            .map(|(name, help, _, labels)| {
                 Desc::new(
-                    f.name.to_string(),
-                    f.help.to_string(),
-                    f.labels.iter().map(|l| l.to_string()).collect(),
+                    name.to_string(),
+                    help.to_string(),
+                    labels.iter().map(|l| l.to_string()).collect(),
                     HashMap::new(),
                 )
             })
@@ -375,172 +262,164 @@ impl<S: SampleSource> Collector for StatsCollector<S> {
     }
 }
 
-/// Builds every family from a sample.
+/// Builds every family from a sample: the schema families of each role, then the supervisor's.
 pub fn families(sample: &Sample) -> Vec<MetricFamily> {
-    let mut proxies = MemberSample::default();
-    for child in sample.children.iter().filter(|c| c.role == Role::Proxy) {
-        for (&c, &v) in &child.stats.counters {
-            let total = proxies.counters.entry(c).or_insert(0);
-            *total = total.saturating_add(v);
-        }
-        for (&h, snap) in &child.stats.histograms {
-            merge_histogram(proxies.histograms.entry(h).or_default(), snap);
+    let mut out: Vec<MetricFamily> = Vec::new();
+    for role in Role::ALL {
+        let members: Vec<&ChildSample> =
+            sample.children.iter().filter(|c| c.role == role).collect();
+        for family in role.schema() {
+            let points: Vec<Point> = family
+                .series
+                .iter()
+                .flat_map(|series| series_points(series, &members))
+                .collect();
+            push_family(&mut out, family.name, family.help, family.kind, points);
         }
     }
-    let caches: Vec<&ChildSample> = sample
-        .children
+    for own in OWN_FAMILIES {
+        let points = own_points(own.family, sample);
+        push_family(&mut out, own.name, own.help, own.kind, points);
+    }
+    out
+}
+
+/// Adds points to the family of that name, creating it at the end if it is new (the in-flight
+/// gauge, for one, comes from both schemas).
+fn push_family(
+    out: &mut Vec<MetricFamily>,
+    name: &str,
+    help: &str,
+    kind: MetricKind,
+    points: Vec<Point>,
+) {
+    if points.is_empty() {
+        return;
+    }
+    let kind = metric_type(kind);
+    let metrics = points.into_iter().map(|p| typed(p, kind));
+    if let Some(family) = out.iter_mut().find(|f| f.name() == name) {
+        family.mut_metric().extend(metrics);
+        return;
+    }
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(metrics.collect());
+    out.push(family);
+}
+
+fn metric_type(kind: MetricKind) -> MetricType {
+    match kind {
+        MetricKind::Counter => MetricType::COUNTER,
+        MetricKind::Gauge => MetricType::GAUGE,
+        MetricKind::Histogram => MetricType::HISTOGRAM,
+    }
+}
+
+/// The points of one schema series: one per member when it has a slot label, else the sum over
+/// the members.
+fn series_points(series: &ipc::Series, members: &[&ChildSample]) -> Vec<Point> {
+    let per_member = series
+        .labels
         .iter()
-        .filter(|c| c.role == Role::Cache)
-        .collect();
-    let per_slot = |f: &dyn Fn(&ChildSample) -> f64| -> Vec<Point> {
-        caches
+        .any(|label| label.value == LabelValue::Slot);
+    let labels = |slot: Option<u32>| -> Vec<(&str, String)> {
+        series
+            .labels
             .iter()
-            .map(|c| value_metric(&[("slot", c.slot.to_string())], f(c)))
+            .map(|label| {
+                let value = match label.value {
+                    LabelValue::Fixed(value) => value.to_string(),
+                    LabelValue::Slot => slot.map(|s| s.to_string()).unwrap_or_default(),
+                };
+                (label.name, value)
+            })
             .collect()
     };
+    if per_member {
+        return members
+            .iter()
+            .map(|member| cell_point(&labels(Some(member.slot)), series.cell, &[&member.stats]))
+            .collect();
+    }
+    let blocks: Vec<&StatsSnapshot> = members.iter().map(|m| &m.stats).collect();
+    vec![cell_point(&labels(None), series.cell, &blocks)]
+}
+
+/// The value of one cell summed over `blocks`.
+fn cell_point(labels: &[(&str, String)], cell: Cell, blocks: &[&StatsSnapshot]) -> Point {
+    let sum = |read: &dyn Fn(&StatsSnapshot) -> u64| {
+        blocks
+            .iter()
+            .map(|b| read(b))
+            .fold(0u64, u64::saturating_add) as f64
+    };
+    match cell {
+        Cell::Counter(id) => value_metric(labels, sum(&|b| b.counter(id))),
+        Cell::Gauge(id) => value_metric(labels, sum(&|b| b.gauge(id))),
+        Cell::Histogram(id) => {
+            let mut merged = HistogramSnapshot::empty();
+            for block in blocks {
+                merged.merge(&block.histogram(id));
+            }
+            histogram_metric(labels, &merged)
+        }
+    }
+}
+
+fn own_points(family: Own, sample: &Sample) -> Vec<Point> {
     let per_child = |f: &dyn Fn(&ChildSample) -> f64| -> Vec<Point> {
         sample
             .children
             .iter()
-            .map(|c| {
-                value_metric(
-                    &[
-                        ("role", c.role.as_str().to_string()),
-                        ("slot", c.slot.to_string()),
-                    ],
-                    f(c),
-                )
-            })
-            .collect()
-    };
-    let by = |label: &str, pairs: &[(&str, Counter)]| -> Vec<Point> {
-        pairs
-            .iter()
-            .map(|(v, c)| value_metric(&[(label, v.to_string())], proxies.counter(*c) as f64))
+            .map(|c| value_metric(&child_labels(c), f(c)))
             .collect()
     };
     let single = |v: f64| vec![value_metric(&[], v)];
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-
-    let mut out = Vec::with_capacity(FAMILIES.len());
-    for spec in FAMILIES {
-        let metrics = match spec.family {
-            Family::RequestsTotal => by(
-                "status",
-                &[
-                    ("ok", Counter::RequestsOk),
-                    ("file_not_found", Counter::RequestsNotFound),
-                    ("error", Counter::RequestsError),
-                    ("invalid", Counter::RequestsInvalid),
-                    ("aborted", Counter::RequestsAborted),
-                ],
-            ),
-            Family::CacheLookupsTotal => by(
-                "result",
-                &[
-                    ("hit", Counter::LookupHits),
-                    ("miss", Counter::LookupMisses),
-                    ("error", Counter::LookupErrors),
-                ],
-            ),
-            Family::OriginFetchesTotal => by(
-                "result",
-                &[
-                    ("ok", Counter::OriginOk),
-                    ("not_found", Counter::OriginNotFound),
-                    ("error", Counter::OriginError),
-                ],
-            ),
-            Family::OriginFallbacksTotal => single(proxies.counter(Counter::Fallbacks) as f64),
-            Family::CollapsedRequestsTotal => single(proxies.counter(Counter::Collapsed) as f64),
-            Family::ResponseBytesTotal => single(proxies.counter(Counter::ResponseBytes) as f64),
-            Family::FillsTotal => by(
-                "result",
-                &[
-                    ("stored", Counter::FillsStored),
-                    ("dropped", Counter::FillsDropped),
-                ],
-            ),
-            Family::RequestDurationSeconds => [
-                ("hit", Histogram::RequestHit),
-                ("miss", Histogram::RequestMiss),
-                ("not_found", Histogram::RequestNotFound),
-                ("failed", Histogram::RequestFailed),
-            ]
+    match family {
+        Own::Segments => [
+            ("free", sample.segments.free),
+            ("busy", sample.segments.busy),
+            ("quarantined", sample.segments.quarantined),
+        ]
+        .iter()
+        .map(|(state, n)| value_metric(&[("state", state.to_string())], f64::from(*n)))
+        .collect(),
+        Own::ChildUp => per_child(&|c| flag(c.up)),
+        Own::ChildState => sample
+            .children
             .iter()
-            .map(|(outcome, h)| {
-                histogram_metric(
-                    &[("outcome", outcome.to_string())],
-                    proxies.histograms.get(h),
-                )
+            .flat_map(|c| {
+                ShownState::ALL.iter().map(move |&state| {
+                    let mut labels = child_labels(c);
+                    labels.push(("state", state.as_str().to_string()));
+                    value_metric(&labels, flag(c.state == state))
+                })
             })
             .collect(),
-            Family::InFlightRequests => per_child(&|c| c.stats.gauge(Gauge::InFlight) as f64),
-            Family::Segments => [
-                ("free", sample.segments.free),
-                ("busy", sample.segments.busy),
-                ("quarantined", sample.segments.quarantined),
-            ]
-            .iter()
-            .map(|(state, n)| value_metric(&[("state", state.to_string())], f64::from(*n)))
-            .collect(),
-            Family::ChildUp => per_child(&|c| flag(c.up)),
-            Family::ChildQuarantined => per_child(&|c| flag(c.quarantined)),
-            Family::ChildRestartsTotal => per_child(&|c| c.restarts as f64),
-            Family::CacheRequestsTotal => caches
-                .iter()
-                .flat_map(|c| {
-                    [
-                        ("hit", Counter::CacheHits),
-                        ("miss", Counter::CacheMisses),
-                        ("error", Counter::CacheErrors),
-                    ]
-                    .map(|(result, counter)| {
-                        value_metric(
-                            &[("slot", c.slot.to_string()), ("result", result.to_string())],
-                            c.stats.counter(counter) as f64,
-                        )
-                    })
-                })
-                .collect(),
-            Family::CacheSentBytesTotal => {
-                per_slot(&|c| c.stats.counter(Counter::CacheBytesOut) as f64)
-            }
-            Family::CacheFillsStoredTotal => {
-                per_slot(&|c| c.stats.counter(Counter::CachePutsStored) as f64)
-            }
-            Family::BackendObjects => per_slot(&|c| c.stats.gauge(Gauge::BackendObjects) as f64),
-            Family::BackendBytes => per_slot(&|c| c.stats.gauge(Gauge::BackendBytes) as f64),
-            Family::BackendCapacityBytes => {
-                per_slot(&|c| c.stats.gauge(Gauge::BackendCapacity) as f64)
-            }
-            Family::BackendEvictionsTotal => {
-                per_slot(&|c| c.stats.gauge(Gauge::BackendEvictions) as f64)
-            }
-            Family::BackendInsertsTotal => {
-                per_slot(&|c| c.stats.gauge(Gauge::BackendInserts) as f64)
-            }
-            Family::SupervisorReloadsTotal => vec![
-                value_metric(&[("result", "ok".to_string())], sample.reloads_ok as f64),
-                value_metric(
-                    &[("result", "failed".to_string())],
-                    sample.reloads_failed as f64,
-                ),
-            ],
-            Family::Ready => single(flag(sample.ready)),
-        };
-        if metrics.is_empty() {
-            continue;
-        }
-        let mut family = MetricFamily::default();
-        family.set_name(spec.name.to_string());
-        family.set_help(spec.help.to_string());
-        family.set_field_type(spec.kind);
-        let metrics = metrics.into_iter().map(|m| typed(m, spec.kind)).collect();
-        family.set_metric(metrics);
-        out.push(family);
+        Own::ChildQuarantined => per_child(&|c| flag(c.state == ShownState::Quarantined)),
+        Own::ChildCrashLooping => per_child(&|c| flag(c.crash_looping)),
+        Own::ChildRestartsTotal => per_child(&|c| c.restarts as f64),
+        Own::SupervisorReloadsTotal => vec![
+            value_metric(&[("result", "ok".to_string())], sample.reloads_ok as f64),
+            value_metric(
+                &[("result", "failed".to_string())],
+                sample.reloads_failed as f64,
+            ),
+        ],
+        Own::Ready => single(flag(sample.health.state.serving())),
+        Own::Degraded => single(flag(sample.health.state == RunState::Degraded)),
     }
-    out
+}
+
+fn child_labels(c: &ChildSample) -> Vec<(&'static str, String)> {
+    vec![
+        ("role", c.role.as_str().to_string()),
+        ("slot", c.slot.to_string()),
+    ]
 }
 
 /// A labelled value; [`typed`] turns it into a counter or a gauge as its family needs.
@@ -585,22 +464,9 @@ fn label_pairs(labels: &[(&str, String)]) -> Vec<proto::LabelPair> {
         .collect()
 }
 
-fn merge_histogram(into: &mut HistogramSnapshot, from: &HistogramSnapshot) {
-    if into.buckets.len() < from.buckets.len() {
-        into.buckets.resize(from.buckets.len(), 0);
-    }
-    for (a, b) in into.buckets.iter_mut().zip(&from.buckets) {
-        *a = a.saturating_add(*b);
-    }
-    into.count = into.count.saturating_add(from.count);
-    into.sum_seconds += from.sum_seconds;
-}
-
 /// A histogram from non-cumulative ipc buckets: made cumulative; the count is the total of every
 /// bucket (so the implied `+Inf` bucket is never below a finite one, even mid-update).
-fn histogram_metric(labels: &[(&str, String)], snap: Option<&HistogramSnapshot>) -> Point {
-    let empty = HistogramSnapshot::default();
-    let snap = snap.unwrap_or(&empty);
+fn histogram_metric(labels: &[(&str, String)], snap: &HistogramSnapshot) -> Point {
     let mut cumulative = 0u64;
     let mut buckets = Vec::with_capacity(HISTOGRAM_BOUNDS_SECONDS.len());
     for (i, &bound) in HISTOGRAM_BOUNDS_SECONDS.iter().enumerate() {
@@ -715,11 +581,13 @@ fn serve<S: SampleSource>(server: &tiny_http::Server, registry: &Registry, sourc
                 (200, "ok\n".to_string(), "text/plain; charset=utf-8")
             }
             (tiny_http::Method::Get, "/readyz") => {
-                if source.ready() {
-                    (200, "ready\n".to_string(), "text/plain; charset=utf-8")
-                } else {
-                    (503, "not ready\n".to_string(), "text/plain; charset=utf-8")
-                }
+                let health = source.health();
+                let code = if health.state.serving() { 200 } else { 503 };
+                (
+                    code,
+                    format!("{}\n", health.summary()),
+                    "text/plain; charset=utf-8",
+                )
             }
             (tiny_http::Method::Get, _) => (
                 404,
@@ -746,63 +614,77 @@ fn serve<S: SampleSource>(server: &tiny_http::Server, registry: &Registry, sourc
 mod tests {
     use super::*;
 
+    use cache_backends::metrics as cache;
+    use proxy_core::metrics as proxy;
+
     struct Fixed(Sample);
     impl SampleSource for Fixed {
         fn sample(&self) -> Sample {
             self.0.clone()
         }
-        fn ready(&self) -> bool {
-            self.0.ready
+        fn health(&self) -> Health {
+            self.0.health.clone()
+        }
+    }
+
+    fn child(
+        role: Role,
+        slot: u32,
+        state: ShownState,
+        restarts: u64,
+        stats: &StatsSnapshot,
+    ) -> ChildSample {
+        ChildSample {
+            role,
+            slot,
+            state,
+            up: state == ShownState::Running,
+            crash_looping: false,
+            restarts,
+            stats: stats.clone(),
         }
     }
 
     fn sample() -> Sample {
-        let mut proxy = MemberSample::default();
-        proxy.counters.insert(Counter::RequestsOk, 7);
-        proxy.counters.insert(Counter::LookupHits, 5);
-        proxy.counters.insert(Counter::ResponseBytes, 1234);
+        let mut proxy_block = StatsSnapshot::default();
+        proxy_block.set_counter(proxy::Counter::RequestsOk.id(), 7);
+        proxy_block.set_counter(proxy::Counter::LookupHits.id(), 5);
+        proxy_block.set_counter(proxy::Counter::ResponseBytes.id(), 1234);
+        proxy_block.set_gauge(proxy::Gauge::InFlight.id(), 2);
         let mut buckets = vec![0u64; HISTOGRAM_BOUNDS_SECONDS.len() + 1];
         buckets[2] = 3;
         buckets[5] = 4;
-        proxy.histograms.insert(
-            Histogram::RequestHit,
+        proxy_block.set_histogram(
+            proxy::Histogram::RequestHit.id(),
             HistogramSnapshot {
                 buckets,
                 count: 7,
                 sum_seconds: 0.01,
             },
         );
-        let mut cache = MemberSample::default();
-        cache.counters.insert(Counter::CacheHits, 5);
-        cache.gauges.insert(Gauge::BackendObjects, 3);
-        cache.gauges.insert(Gauge::BackendBytes, 4096);
+        let mut cache_block = StatsSnapshot::default();
+        cache_block.set_counter(cache::Counter::Hits.id(), 5);
+        cache_block.set_gauge(cache::Gauge::BackendObjects.id(), 3);
+        cache_block.set_gauge(cache::Gauge::BackendBytes.id(), 4096);
+        cache_block.set_gauge(cache::Gauge::InFlight.id(), 1);
+        let children = vec![
+            child(Role::Proxy, 0, ShownState::Running, 1, &proxy_block),
+            child(Role::Proxy, 1, ShownState::Running, 0, &proxy_block),
+            child(Role::Cache, 0, ShownState::Running, 0, &cache_block),
+            child(Role::Cache, 1, ShownState::Quarantined, 6, &cache_block),
+        ];
+        let slots: Vec<crate::health::SlotView> = children
+            .iter()
+            .map(|c| crate::health::SlotView {
+                role: c.role,
+                slot: c.slot,
+                state: c.state,
+                answering: c.up,
+                settled: true,
+            })
+            .collect();
         Sample {
-            children: vec![
-                ChildSample {
-                    role: Role::Proxy,
-                    slot: 0,
-                    up: true,
-                    quarantined: false,
-                    restarts: 1,
-                    stats: proxy,
-                },
-                ChildSample {
-                    role: Role::Cache,
-                    slot: 0,
-                    up: true,
-                    quarantined: false,
-                    restarts: 0,
-                    stats: cache.clone(),
-                },
-                ChildSample {
-                    role: Role::Cache,
-                    slot: 1,
-                    up: false,
-                    quarantined: true,
-                    restarts: 6,
-                    stats: cache,
-                },
-            ],
+            children,
             segments: SegmentCounts {
                 free: 14,
                 busy: 2,
@@ -810,7 +692,7 @@ mod tests {
             },
             reloads_ok: 1,
             reloads_failed: 0,
-            ready: true,
+            health: Health::assess(&slots, false),
         }
     }
 
@@ -823,7 +705,7 @@ mod tests {
     fn renders_counters_gauges_and_cumulative_histograms() {
         let text = rendered();
         assert!(
-            text.contains("gfcache_requests_total{status=\"ok\"} 7"),
+            text.contains("gfcache_requests_total{status=\"ok\"} 14"),
             "{text}"
         );
         assert!(
@@ -844,22 +726,24 @@ mod tests {
         );
         assert!(
             text.contains(
-                "gfcache_request_duration_seconds_bucket{outcome=\"hit\",le=\"0.00025\"} 3"
+                "gfcache_request_duration_seconds_bucket{outcome=\"hit\",le=\"0.00025\"} 6"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "gfcache_request_duration_seconds_bucket{outcome=\"hit\",le=\"0.0025\"} 7"
+                "gfcache_request_duration_seconds_bucket{outcome=\"hit\",le=\"0.0025\"} 14"
             ),
             "{text}"
         );
         assert!(
-            text.contains("gfcache_request_duration_seconds_bucket{outcome=\"hit\",le=\"+Inf\"} 7"),
+            text.contains(
+                "gfcache_request_duration_seconds_bucket{outcome=\"hit\",le=\"+Inf\"} 14"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("gfcache_request_duration_seconds_count{outcome=\"hit\"} 7"),
+            text.contains("gfcache_request_duration_seconds_count{outcome=\"hit\"} 14"),
             "{text}"
         );
         assert!(
@@ -871,6 +755,92 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("process_"), "{text}");
+    }
+
+    #[test]
+    fn proxies_are_summed_caches_and_in_flight_are_per_slot() {
+        let text = rendered();
+        assert!(
+            text.contains("gfcache_requests_total{status=\"ok\"} 14"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gfcache_cache_lookups_total{result=\"hit\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gfcache_cache_requests_total{slot=\"1\",result=\"hit\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gfcache_in_flight_requests{role=\"proxy\",slot=\"1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gfcache_in_flight_requests{role=\"cache\",slot=\"0\"} 1"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE gfcache_in_flight_requests gauge")
+                .count(),
+            1,
+            "one family from both schemas: {text}"
+        );
+        assert!(
+            text.contains("gfcache_request_duration_seconds_count{outcome=\"hit\"} 14"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_run_state_and_each_child_state_are_shown() {
+        let text = rendered();
+        assert!(text.contains("gfcache_ready 1"), "{text}");
+        assert!(text.contains("gfcache_degraded 1"), "{text}");
+        assert!(
+            text.contains("gfcache_child_state{role=\"cache\",slot=\"1\",state=\"quarantined\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gfcache_child_state{role=\"cache\",slot=\"1\",state=\"running\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gfcache_child_quarantined{role=\"cache\",slot=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gfcache_child_crash_looping{role=\"proxy\",slot=\"0\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn families_of_one_name_agree_across_the_schemas() {
+        let mut seen: HashMap<&str, (&str, MetricKind, Vec<&str>)> = HashMap::new();
+        for family in Role::ALL.iter().flat_map(|role| role.schema()) {
+            let this = (
+                family.help,
+                family.kind,
+                family.label_names().collect::<Vec<_>>(),
+            );
+            if let Some(earlier) = seen.get(family.name) {
+                assert_eq!(
+                    earlier, &this,
+                    "{} differs between the schemas",
+                    family.name
+                );
+            }
+            seen.insert(family.name, this);
+        }
+        for own in OWN_FAMILIES {
+            assert!(
+                !seen.contains_key(own.name),
+                "{} is defined twice",
+                own.name
+            );
+        }
+        assert!(seen.keys().all(|name| name.starts_with("gfcache_")));
     }
 
     #[test]
@@ -905,7 +875,9 @@ mod tests {
             (code, out)
         };
         assert_eq!(get("/healthz").0, 200);
-        assert_eq!(get("/readyz").0, 200);
+        let (code, body) = get("/readyz");
+        assert_eq!(code, 200);
+        assert!(body.contains("degraded: cache 1 quarantined"), "{body}");
         let (code, body) = get("/metrics");
         assert_eq!(code, 200);
         assert!(body.contains("gfcache_requests_total"), "{body}");

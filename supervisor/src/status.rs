@@ -8,19 +8,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::{NotAnswering, RunState};
+
 /// The file name inside the run directory.
 pub const STATUS_FILE: &str = "status.json";
 
 /// The state of a child as shown by `status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ShownState {
     /// Started, not ready yet.
     Starting,
     /// Ready and serving.
     Running,
+    /// Its process runs but says it cannot answer (for example its pack is damaged); its paths
+    /// go to the origin.
+    Unavailable,
     /// Dead, waiting for its restart delay.
     Backoff,
+    /// Died more than `max_restarts` times in the window, but is the last of its role: it is
+    /// restarted with the capped backoff instead of being quarantined.
+    CrashLooping,
     /// Crash-looped; left down until revived.
     Quarantined,
     /// Being stopped (shutdown or reload).
@@ -30,12 +38,26 @@ pub enum ShownState {
 }
 
 impl ShownState {
-    /// The lowercase name.
+    /// Every state, in the order metrics list them.
+    pub const ALL: &'static [ShownState] = &[
+        ShownState::Starting,
+        ShownState::Running,
+        ShownState::Unavailable,
+        ShownState::Backoff,
+        ShownState::CrashLooping,
+        ShownState::Quarantined,
+        ShownState::Stopping,
+        ShownState::Stopped,
+    ];
+
+    /// The name shown by `status` and in metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             ShownState::Starting => "starting",
             ShownState::Running => "running",
+            ShownState::Unavailable => "unavailable",
             ShownState::Backoff => "backoff",
+            ShownState::CrashLooping => "crash-looping",
             ShownState::Quarantined => "quarantined",
             ShownState::Stopping => "stopping",
             ShownState::Stopped => "stopped",
@@ -65,6 +87,10 @@ pub struct ChildStatus {
     /// The backend its process serves (caches only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// It died more than `max_restarts` times in the window and is kept restarting because it is
+    /// the last proxy; cleared once a process of it has lived `backoff_reset_after`.
+    #[serde(default)]
+    pub crash_looping: bool,
 }
 
 /// The outcome of the last reload.
@@ -104,8 +130,16 @@ pub struct StatusReport {
     pub listen: String,
     /// The metrics address, if any.
     pub metrics_listen: Option<String>,
-    /// Whether the proxy and every cache that is not quarantined are ready.
+    /// Whether `/readyz` answers 200: the run is ready or degraded.
     pub ready: bool,
+    /// Ready, degraded or not ready (see [`crate::health`]).
+    pub state: RunState,
+    /// Why it is not ready, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The slots that do not answer, with their states.
+    #[serde(default)]
+    pub not_answering: Vec<NotAnswering>,
     /// The last reload, if any.
     pub last_reload: Option<ReloadStatus>,
     /// Every child.
@@ -166,9 +200,23 @@ impl StatusReport {
             "gfsupervisor pid {}, up {}, {}; config {}",
             self.pid,
             fmt_uptime(self.uptime_seconds),
-            if self.ready { "ready" } else { "not ready" },
+            self.state.as_str(),
             self.config.display()
         );
+        if let Some(reason) = &self.reason {
+            let _ = writeln!(out, "not ready: {reason}");
+        }
+        if !self.not_answering.is_empty() {
+            let slots: Vec<String> = self.not_answering.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "not answering: {}", slots.join(", "));
+        }
+        for c in self.children.iter().filter(|c| c.crash_looping) {
+            let _ = writeln!(
+                out,
+                "{} {} crash-loops: it is the last {}, so it is restarted with the capped backoff instead of quarantined",
+                c.role, c.slot, c.role
+            );
+        }
         let _ = writeln!(
             out,
             "proxy listen {}, backend {}, metrics {}",
@@ -186,7 +234,7 @@ impl StatusReport {
         }
         let _ = writeln!(
             out,
-            "{:<6} {:>4} {:>8} {:<12} {:>10} {:>8} {:>10} BACKEND",
+            "{:<6} {:>4} {:>8} {:<14} {:>10} {:>8} {:>10} BACKEND",
             "ROLE", "SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "REQUESTS"
         );
         for c in &self.children {
@@ -198,7 +246,7 @@ impl StatusReport {
             };
             let _ = writeln!(
                 out,
-                "{:<6} {:>4} {:>8} {:<12} {:>10} {:>8} {:>10} {}",
+                "{:<6} {:>4} {:>8} {:<14} {:>10} {:>8} {:>10} {}",
                 c.role,
                 c.slot,
                 pid,
@@ -243,6 +291,9 @@ mod tests {
             listen: "127.0.0.1:1".into(),
             metrics_listen: None,
             ready: true,
+            state: RunState::Ready,
+            reason: None,
+            not_answering: Vec::new(),
             last_reload: None,
             children: vec![ChildStatus {
                 role: "cache".into(),
@@ -254,6 +305,7 @@ mod tests {
                 restarts: 2,
                 requests: 7,
                 backend: Some("memory".into()),
+                crash_looping: false,
             }],
         }
     }
@@ -278,6 +330,37 @@ mod tests {
         let table = report.render_table();
         assert!(table.contains("cache"), "{table}");
         assert!(table.contains("running"), "{table}");
+        assert!(table.contains(", ready; config"), "{table}");
+    }
+
+    #[test]
+    fn a_degraded_run_names_its_slots() {
+        let mut report = sample();
+        report.state = RunState::Degraded;
+        report.not_answering = vec![NotAnswering {
+            role: "cache".into(),
+            slot: 1,
+            state: ShownState::Unavailable,
+        }];
+        report.children[0].role = "proxy".into();
+        report.children[0].state = ShownState::CrashLooping;
+        report.children[0].crash_looping = true;
+        let table = report.render_table();
+        assert!(table.contains(", degraded; config"), "{table}");
+        assert!(
+            table.contains("not answering: cache 1 unavailable"),
+            "{table}"
+        );
+        assert!(table.contains("proxy 0 crash-loops"), "{table}");
+        assert!(table.contains("crash-looping"), "{table}");
+        let dir = tempfile::tempdir().unwrap();
+        report.write_atomically(dir.path()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(status_path(dir.path())).unwrap()).unwrap();
+        assert_eq!(json["state"], "degraded");
+        assert_eq!(json["not_answering"][0]["state"], "unavailable");
+        assert_eq!(json["children"][0]["state"], "crash-looping");
+        assert_eq!(StatusReport::read(dir.path()).unwrap(), report);
     }
 
     #[test]

@@ -16,9 +16,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 
-use crate::backoff::{RestartDecision, RestartTracker};
+use crate::backoff::{Quarantine, RestartDecision, RestartTracker};
 use crate::config::Config;
-use crate::metrics::{ChildSample, MemberSample, MetricsServer, Role, Sample, SampleSource};
+use crate::health::{Health, RunState, SlotView};
+use crate::metrics::{ChildSample, MetricsServer, Role, Sample, SampleSource};
 use crate::role::{self, ChildSpec};
 use crate::status::{self, ChildStatus, ReloadStatus, ShownState, StatusReport};
 use crate::Error;
@@ -88,8 +89,12 @@ impl ChildState {
             _ => None,
         }
     }
-    fn shown(&self) -> ShownState {
+    /// The state `status` shows, before the member state is taken into account.
+    fn shown(&self, crash_looping: bool) -> ShownState {
         match self {
+            ChildState::Starting { .. } | ChildState::Backoff { .. } if crash_looping => {
+                ShownState::CrashLooping
+            }
             ChildState::Starting { .. } => ShownState::Starting,
             ChildState::Running { .. } => ShownState::Running,
             ChildState::Stopping { .. } => ShownState::Stopping,
@@ -111,6 +116,10 @@ struct Child {
     tracker: RestartTracker,
     /// Spawned at least once (the first start is not a restart).
     spawned: bool,
+    /// Died past `max_restarts` in the window but may not be quarantined (the last proxy).
+    crash_looping: bool,
+    /// Has been running or has failed since the supervisor started: out of its first start.
+    settled: bool,
 }
 
 impl Child {
@@ -134,14 +143,18 @@ struct SharedView {
     children: Vec<ChildView>,
     reloads_ok: u64,
     reloads_failed: u64,
+    /// An origin is configured: it answers for any cache that cannot.
+    origin: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct ChildView {
     role: Role,
     slot: u32,
-    running: bool,
-    quarantined: bool,
+    /// From the supervisor's state machine alone (see [`LiveSource::slot`] for the member state).
+    shown: ShownState,
+    crash_looping: bool,
+    settled: bool,
     restarts: u64,
 }
 
@@ -157,37 +170,50 @@ fn lock(view: &Mutex<SharedView>) -> MutexGuard<'_, SharedView> {
 }
 
 impl LiveSource {
-    fn is_ready(&self, view: &SharedView) -> bool {
-        let has_proxy = view
-            .children
-            .iter()
-            .any(|c| c.role == Role::Proxy && !c.quarantined);
-        has_proxy
-            && view.children.iter().all(|c| {
-                c.quarantined
-                    || (c.running
-                        && self.region.member_state(role::member(c.role, c.slot))
-                            == MemberState::Ready)
-            })
+    /// A child as it is now: a running process whose member state is Unavailable is shown
+    /// unavailable, and only a running one whose member state is Ready answers.
+    fn slot(&self, child: &ChildView) -> SlotView {
+        let member_state = self
+            .region
+            .member_state(role::member(child.role, child.slot));
+        let running = child.shown == ShownState::Running;
+        let state = if running && member_state == MemberState::Unavailable {
+            ShownState::Unavailable
+        } else {
+            child.shown
+        };
+        SlotView {
+            role: child.role,
+            slot: child.slot,
+            state,
+            answering: running && member_state == MemberState::Ready,
+            settled: child.settled,
+        }
+    }
+
+    fn health_of(&self, view: &SharedView) -> Health {
+        let slots: Vec<SlotView> = view.children.iter().map(|c| self.slot(c)).collect();
+        Health::assess(&slots, view.origin)
     }
 }
 
 impl SampleSource for LiveSource {
     fn sample(&self) -> Sample {
         let view = lock(&self.view).clone();
-        let ready = self.is_ready(&view);
+        let health = self.health_of(&view);
         let children = view
             .children
             .iter()
             .map(|c| {
-                let member = role::member(c.role, c.slot);
+                let slot = self.slot(c);
                 ChildSample {
                     role: c.role,
                     slot: c.slot,
-                    up: c.running && self.region.member_state(member) == MemberState::Ready,
-                    quarantined: c.quarantined,
+                    state: slot.state,
+                    up: slot.answering,
+                    crash_looping: c.crash_looping,
                     restarts: c.restarts,
-                    stats: MemberSample::from_snapshot(&self.region.stats_snapshot(member)),
+                    stats: self.region.stats_snapshot(role::member(c.role, c.slot)),
                 }
             })
             .collect();
@@ -196,12 +222,12 @@ impl SampleSource for LiveSource {
             segments: self.region.segment_counts(),
             reloads_ok: view.reloads_ok,
             reloads_failed: view.reloads_failed,
-            ready,
+            health,
         }
     }
-    fn ready(&self) -> bool {
+    fn health(&self) -> Health {
         let view = lock(&self.view).clone();
-        self.is_ready(&view)
+        self.health_of(&view)
     }
 }
 
@@ -289,6 +315,8 @@ struct Supervisor {
     started_at: SystemTime,
     ready_notified: bool,
     not_ready_logged: bool,
+    /// The run state last logged, to log each change once.
+    run_state: Option<RunState>,
     rolling: VecDeque<usize>,
     rolling_current: Option<usize>,
     last_reload: Option<ReloadStatus>,
@@ -332,6 +360,8 @@ impl Supervisor {
                 restarts: 0,
                 tracker: RestartTracker::new(),
                 spawned: false,
+                crash_looping: false,
+                settled: false,
             })
             .collect();
         let view = Arc::new(Mutex::new(SharedView::default()));
@@ -348,6 +378,7 @@ impl Supervisor {
             started_at: SystemTime::now(),
             ready_notified: false,
             not_ready_logged: false,
+            run_state: None,
             rolling: VecDeque::new(),
             rolling_current: None,
             last_reload: None,
@@ -467,13 +498,7 @@ impl Supervisor {
             Err(e) => {
                 tracing::error!(child = %child.name(), error = %e, exe = %self.exe.display(), "cannot start child");
                 child.running = None;
-                let decision = child.tracker.on_exit(
-                    &self.config.supervisor.backoff,
-                    now,
-                    Duration::ZERO,
-                    fastrand::f64(),
-                );
-                apply_decision(child, decision, now, &self.region);
+                self.after_crash(index, now, Duration::ZERO);
             }
         }
         self.status_dirty = true;
@@ -537,17 +562,49 @@ impl Supervisor {
             }
             _ => {
                 tracing::warn!(child = %child.name(), pid = pid.as_raw(), exit = %exit, lived_ms = lived.as_millis() as u64, reclaimed, "child died");
-                let decision = child.tracker.on_exit(
-                    &self.config.supervisor.backoff,
-                    now,
-                    lived,
-                    fastrand::f64(),
-                );
-                apply_decision(child, decision, now, &self.region);
+                self.after_crash(index, now, lived);
             }
         }
         self.status_dirty = true;
         self.publish_view();
+    }
+
+    /// Decides what follows a crash of child `index`: a restart after the backoff, quarantine,
+    /// or, for the last proxy (quarantine would leave nothing to serve), a restart after the
+    /// capped backoff.
+    fn after_crash(&mut self, index: usize, now: Instant, lived: Duration) {
+        let quarantine = if self.is_last_of_its_role(index) {
+            Quarantine::Forbidden
+        } else {
+            Quarantine::Allowed
+        };
+        let Some(child) = self.children.get_mut(index) else {
+            return;
+        };
+        child.settled = true;
+        let decision = child.tracker.on_exit(
+            &self.config.supervisor.backoff,
+            now,
+            lived,
+            fastrand::f64(),
+            quarantine,
+        );
+        apply_decision(child, decision, now, &self.region);
+    }
+
+    /// Whether child `index` is a proxy and every other proxy is quarantined or crash-looping
+    /// itself, so that quarantining it would leave no proxy that could serve.
+    fn is_last_of_its_role(&self, index: usize) -> bool {
+        let Some(child) = self.children.get(index) else {
+            return false;
+        };
+        child.role() == Role::Proxy
+            && self.children.iter().enumerate().all(|(i, other)| {
+                i == index
+                    || other.role() != Role::Proxy
+                    || other.crash_looping
+                    || matches!(other.state, ChildState::Quarantined { .. })
+            })
     }
 
     fn signal(child: &Child, signal: Signal) {
@@ -571,13 +628,21 @@ impl Supervisor {
                     since,
                     started_at,
                 } => {
-                    if self.region.member_state(child.member()) == MemberState::Ready {
-                        tracing::info!(child = %child.name(), pid = pid.as_raw(), startup_ms = now.duration_since(since).as_millis() as u64, "child ready");
+                    // Unavailable is an answer too: the process runs and says it cannot serve
+                    // (its data is damaged); it is not killed for it, and readiness tells.
+                    let member_state = self.region.member_state(child.member());
+                    if matches!(member_state, MemberState::Ready | MemberState::Unavailable) {
+                        if member_state == MemberState::Ready {
+                            tracing::info!(child = %child.name(), pid = pid.as_raw(), startup_ms = now.duration_since(since).as_millis() as u64, "child ready");
+                        } else {
+                            tracing::warn!(child = %child.name(), pid = pid.as_raw(), "child runs but cannot answer (unavailable)");
+                        }
                         child.state = ChildState::Running {
                             pid,
                             since,
                             started_at,
                         };
+                        child.settled = true;
                         self.status_dirty = true;
                     } else if now.duration_since(since) > ready_timeout {
                         tracing::warn!(child = %child.name(), pid = pid.as_raw(), "child not ready in time; killing it");
@@ -608,12 +673,20 @@ impl Supervisor {
                         killed: true,
                     };
                 }
+                ChildState::Running { pid, since, .. }
+                    if child.crash_looping && now.duration_since(since) >= policy.reset_after =>
+                {
+                    tracing::info!(child = %child.name(), pid = pid.as_raw(), "child no longer crash-loops");
+                    child.crash_looping = false;
+                    self.status_dirty = true;
+                }
                 ChildState::Backoff { until } if now >= until => to_spawn.push(i),
                 ChildState::Quarantined { since }
                     if now.duration_since(since) >= policy.revive_after =>
                 {
                     tracing::info!(child = %child.name(), "reviving quarantined slot");
                     child.tracker.reset();
+                    child.crash_looping = false;
                     to_spawn.push(i);
                 }
                 _ => {}
@@ -633,23 +706,42 @@ impl Supervisor {
             region: Arc::clone(&self.region),
             view: Arc::clone(&self.view),
         };
-        if self.ready_notified || !source.ready() {
+        let health = source.health();
+        self.log_run_state(&health);
+        if self.ready_notified || !health.state.serving() {
             if !self.ready_notified
                 && !self.not_ready_logged
                 && now.duration_since(self.started) > self.config.supervisor.ready_timeout
             {
-                tracing::warn!(waited = ?self.config.supervisor.ready_timeout, "not every child is ready yet");
+                tracing::warn!(waited = ?self.config.supervisor.ready_timeout, state = %health.summary(), "not ready yet");
                 self.not_ready_logged = true;
             }
             return;
         }
         self.ready_notified = true;
         self.status_dirty = true;
-        tracing::info!(startup_ms = now.duration_since(self.started).as_millis() as u64, listen = %self.config.proxy.settings.listen, "gfsupervisor ready");
+        tracing::info!(startup_ms = now.duration_since(self.started).as_millis() as u64, listen = %self.config.proxy.settings.listen, state = %health.summary(), "gfsupervisor ready");
         match crate::notify::notify("READY=1") {
             Ok(true) => tracing::debug!("told systemd READY=1"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot notify systemd"),
+        }
+    }
+
+    /// Logs each change of the run state once it is out of its first start (the degraded and
+    /// not-ready states name the slots that do not answer).
+    fn log_run_state(&mut self, health: &Health) {
+        if health.reason == Some("starting") || self.run_state == Some(health.state) {
+            return;
+        }
+        let first = self.run_state.is_none();
+        self.run_state = Some(health.state);
+        self.status_dirty = true;
+        match health.state {
+            RunState::Ready if first => {}
+            RunState::Ready => tracing::info!("run ready again: every slot answers"),
+            RunState::Degraded => tracing::warn!(state = %health.summary(), "run degraded"),
+            RunState::NotReady => tracing::error!(state = %health.summary(), "run cannot serve"),
         }
     }
 
@@ -660,12 +752,15 @@ impl Supervisor {
             .map(|c| ChildView {
                 role: c.role(),
                 slot: c.slot(),
-                running: matches!(c.state, ChildState::Running { .. }),
-                quarantined: matches!(c.state, ChildState::Quarantined { .. }),
+                shown: c.state.shown(c.crash_looping),
+                crash_looping: c.crash_looping,
+                settled: c.settled,
                 restarts: c.restarts,
             })
             .collect();
-        lock(&self.view).children = children;
+        let mut view = lock(&self.view);
+        view.children = children;
+        view.origin = self.config.proxy.settings.origin.is_some();
     }
 
     // -- reload --------------------------------------------------------------------------------
@@ -706,6 +801,7 @@ impl Supervisor {
             child.spec = spec;
             if matches!(child.state, ChildState::Quarantined { .. }) {
                 child.tracker.reset();
+                child.crash_looping = false;
                 child.state = ChildState::Backoff { until: now };
                 revived += 1;
             }
@@ -884,17 +980,24 @@ impl Supervisor {
     fn status_report(&self) -> StatusReport {
         let now = status::unix_now();
         let started = status::unix_seconds(self.started_at);
+        let source = LiveSource {
+            region: Arc::clone(&self.region),
+            view: Arc::clone(&self.view),
+        };
+        let view = lock(&self.view).clone();
+        let health = source.health_of(&view);
         let children = self
             .children
             .iter()
-            .map(|c| {
+            .zip(&view.children)
+            .map(|(c, seen)| {
                 let started_at = c.state.started_at().map(status::unix_seconds);
-                let stats = MemberSample::from_snapshot(&self.region.stats_snapshot(c.member()));
+                let stats = self.region.stats_snapshot(c.member());
                 ChildStatus {
                     role: c.role().as_str().to_string(),
                     slot: c.slot(),
                     pid: c.state.pid().map(Pid::as_raw),
-                    state: c.state.shown(),
+                    state: source.slot(seen).state,
                     uptime_seconds: started_at.map_or(0.0, |s| (now - s).max(0.0)),
                     started_at_unix: started_at,
                     restarts: c.restarts,
@@ -905,13 +1008,10 @@ impl Supervisor {
                         .unwrap_or(&c.spec)
                         .backend_kind()
                         .map(str::to_string),
+                    crash_looping: c.crash_looping,
                 }
             })
             .collect();
-        let source = LiveSource {
-            region: Arc::clone(&self.region),
-            view: Arc::clone(&self.view),
-        };
         StatusReport {
             pid: i32::try_from(std::process::id()).unwrap_or(0),
             started_at_unix: started,
@@ -921,7 +1021,10 @@ impl Supervisor {
             backend: self.config.cache.backend_kind().to_string(),
             listen: self.config.proxy.settings.listen.to_string(),
             metrics_listen: self.metrics.as_ref().map(|m| m.addr().to_string()),
-            ready: source.ready(),
+            ready: health.state.serving(),
+            state: health.state,
+            reason: health.reason.map(str::to_string),
+            not_answering: health.not_answering,
             last_reload: self.last_reload.clone(),
             children,
         }
@@ -938,6 +1041,11 @@ fn apply_decision(child: &mut Child, decision: RestartDecision, now: Instant, re
             tracing::error!(child = %child.name(), crashes = child.tracker.recent_crashes(), "slot crash-loops; quarantined");
             region.set_member_state(child.member(), MemberState::Quarantined, 0);
             child.state = ChildState::Quarantined { since: now };
+        }
+        RestartDecision::CrashLoop(delay) => {
+            tracing::error!(child = %child.name(), crashes = child.tracker.recent_crashes(), delay_ms = delay.as_millis() as u64, "slot crash-loops, but it is the last proxy: not quarantined, restarting after the capped backoff");
+            child.crash_looping = true;
+            child.state = ChildState::Backoff { until: now + delay };
         }
     }
 }

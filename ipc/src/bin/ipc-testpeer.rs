@@ -28,10 +28,10 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ipc::testkit::{check_pattern, fill_pattern, Checksum};
+use ipc::testkit::{check_pattern, fill_pattern, peer_counters, Checksum};
 use ipc::{
-    CacheRequest, CacheSlot, ChunkDest, Counter, IpcKind, IpcObject, Ledger, Lookup, Member,
-    MemberState, Op, Region, RegionConfig, RegionId,
+    CacheRequest, CacheSlot, ChunkDest, IpcKind, IpcObject, Ledger, Lookup, Member, MemberState,
+    Op, Region, RegionConfig, RegionId,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,11 +206,11 @@ fn serve_get(
     } else if let Some(body) = store.get(&path) {
         (body.len() as u64, Ok(body))
     } else {
-        stats.add(Counter::CacheMisses, 1);
+        stats.add(peer_counters::MISSES, 1);
         request.not_found()?;
         return Ok(());
     };
-    stats.add(Counter::CacheHits, 1);
+    stats.add(peer_counters::HITS, 1);
     let mut writer = request.found(len)?;
     let mut offset = 0u64;
     let mut scratch = Vec::new();
@@ -227,7 +227,7 @@ fn serve_get(
         }
         buf.publish()?;
         offset += n as u64;
-        stats.add(Counter::CacheBytesOut, n as u64);
+        stats.add(peer_counters::BYTES_OUT, n as u64);
     }
     writer.finish()?;
     Ok(())
@@ -264,7 +264,7 @@ fn serve_put(
     }
     reader.complete(intact)?;
     if intact {
-        region.stats(member).add(Counter::CachePutsStored, 1);
+        region.stats(member).add(peer_counters::PUTS_STORED, 1);
         if verify_seed.is_none() {
             store.insert(path, body);
         }

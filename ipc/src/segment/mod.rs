@@ -471,15 +471,17 @@ impl Chunk<'_> {
         self.len() == 0
     }
 
-    /// Writes the whole chunk to `fd` with write(2) straight from shared memory (loops on short
-    /// writes and EINTR; EAGAIN from a send timeout is an error).
-    pub fn write_all_to(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    /// Sends the whole chunk to the socket `fd` with `send(2)` and `MSG_NOSIGNAL`, straight from
+    /// shared memory (loops on short sends and EINTR; EAGAIN from a send timeout is an error). A
+    /// peer that went away is an error (`EPIPE`), never SIGPIPE, whatever the process's SIGPIPE
+    /// disposition. `fd` must be a socket (`ENOTSOCK` otherwise).
+    pub fn send_all_to(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let mut written = 0;
         while written < self.len {
             // SAFETY: `ptr..ptr+len` lies in one half of the segment (the consumer checked `len`
             // against the half size), and the producer does not touch this half until the
             // chunk is released in `drop`.
-            match unsafe { sys::write_raw(fd, self.ptr.add(written), self.len - written) } {
+            match unsafe { sys::send_raw(fd, self.ptr.add(written), self.len - written) } {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                 Ok(n) => written += n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -493,7 +495,7 @@ impl Chunk<'_> {
     pub fn append_to(&self, out: &mut Vec<u8>) {
         out.reserve(self.len);
         let start = out.len();
-        // SAFETY: the source is this chunk's half, stable until release (see `write_all_to`); the
+        // SAFETY: the source is this chunk's half, stable until release (see `send_all_to`); the
         // destination is the spare capacity reserved just above, which cannot overlap shared
         // memory; `set_len` covers exactly the bytes copied.
         unsafe {

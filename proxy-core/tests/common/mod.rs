@@ -13,7 +13,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cache_backends::{BackendConfig, CacheProcessConfig};
-use ipc::{CacheSlot, Counter, Member, MemberState, ProxySlot, Region, RegionConfig};
+use ipc::{CacheSlot, Member, MemberState, ProxySlot, Region, RegionConfig};
+use proxy_core::metrics::Counter;
 use proxy_core::{Proxy, ProxyConfig, RunningProxy};
 
 /// Name of the `#[test]` that runs the cache role when the environment asks for it.
@@ -307,7 +308,7 @@ impl Rig {
     pub fn counter(&self, counter: Counter) -> u64 {
         self.region
             .stats_snapshot(Member::Proxy(ProxySlot::from_raw(0)))
-            .counter(counter)
+            .counter(counter.id())
     }
 
     /// Waits until a counter reaches `value` (counters are written after the response went out).

@@ -7,8 +7,9 @@ use std::thread;
 use std::time::Duration;
 
 use gfprotocol::Status;
-use ipc::{CacheSlot, Counter, Member, MemberState, ProxySlot};
+use ipc::{CacheSlot, Member, MemberState, ProxySlot};
 use nix::sys::signal::Signal;
+use proxy_core::metrics::Counter;
 use proxy_core::Proxy;
 
 use crate::common::{self, Backend, Fetched, Rig, TestOrigin};

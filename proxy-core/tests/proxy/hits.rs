@@ -1,11 +1,10 @@
 //! Hits from each backend, byte-verified, 0 B to 64 MiB, 32 concurrent clients.
 
+use proxy_core::metrics::Counter;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
-
-use ipc::Counter;
 
 use crate::common::{self, Backend, Rig};
 

@@ -6,7 +6,8 @@ use std::thread;
 use std::time::Duration;
 
 use gfprotocol::Status;
-use ipc::{Counter, Member, ProxySlot};
+use ipc::{Member, ProxySlot};
+use proxy_core::metrics::Counter;
 use proxy_core::Proxy;
 
 use crate::common::{self, Backend, CutShortOrigin, Fetched, Reply, Rig, TestOrigin};
@@ -14,7 +15,7 @@ use crate::common::{self, Backend, CutShortOrigin, Fetched, Reply, Rig, TestOrig
 fn counter(rig: &Rig, slot: u32, counter: Counter) -> u64 {
     rig.region
         .stats_snapshot(Member::Proxy(ProxySlot::from_raw(slot)))
-        .counter(counter)
+        .counter(counter.id())
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use ipc::{Counter, Member, MemberState, ProxySlot};
+use ipc::{Member, MemberState, ProxySlot};
+use proxy_core::metrics::Counter;
 use proxy_core::Proxy;
 
 use crate::common::{self, Backend, Rig};
@@ -33,7 +34,7 @@ fn two_proxies_share_one_port() {
     let hits = |slot| {
         rig.region
             .stats_snapshot(Member::Proxy(ProxySlot::from_raw(slot)))
-            .counter(Counter::LookupHits)
+            .counter(Counter::LookupHits.id())
     };
     assert_eq!(hits(0) + hits(1), 20);
 }

@@ -11,7 +11,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use gfprotocol::Status;
-use ipc::{Counter, Region};
+use ipc::Region;
+use proxy_core::metrics::Counter;
 use proxy_core::origin::{CaBundle, CaFileError};
 use proxy_core::{Error, Proxy};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};

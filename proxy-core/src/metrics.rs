@@ -1,0 +1,332 @@
+//! The proxy's metric vocabulary: what each cell of a proxy's ipc stats block means, and the
+//! schema ([`SCHEMA`]) the supervisor reads to publish them. ipc only offers the cells by index;
+//! a new proxy counter is a change to this file alone.
+//!
+//! Series without a `slot` label are summed over the proxy processes.
+
+use ipc::{Cell, CounterId, Family, GaugeId, HistogramId, Label, MetricKind, Series};
+
+/// The proxy's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// Responses OK.
+    RequestsOk,
+    /// Responses FILE_NOT_FOUND.
+    RequestsNotFound,
+    /// Responses ERROR.
+    RequestsError,
+    /// Responses INVALID.
+    RequestsInvalid,
+    /// Connections closed after an OK header (short body).
+    RequestsAborted,
+    /// Cache lookups answered found.
+    LookupHits,
+    /// Cache lookups answered not found.
+    LookupMisses,
+    /// Cache lookups that failed or timed out, or skipped a down cache.
+    LookupErrors,
+    /// Origin fetches answered 200.
+    OriginOk,
+    /// Origin fetches answered 404/410.
+    OriginNotFound,
+    /// Origin fetches that failed.
+    OriginError,
+    /// Requests served by the origin because their cache was down or failed.
+    Fallbacks,
+    /// Requests that waited on another request's origin fetch.
+    Collapsed,
+    /// Body bytes sent to clients.
+    ResponseBytes,
+    /// Fills committed by the cache.
+    FillsStored,
+    /// Fills dropped (declined, too slow, too large, failed).
+    FillsDropped,
+}
+
+impl Counter {
+    /// Every counter.
+    pub const ALL: &'static [Counter] = &[
+        Counter::RequestsOk,
+        Counter::RequestsNotFound,
+        Counter::RequestsError,
+        Counter::RequestsInvalid,
+        Counter::RequestsAborted,
+        Counter::LookupHits,
+        Counter::LookupMisses,
+        Counter::LookupErrors,
+        Counter::OriginOk,
+        Counter::OriginNotFound,
+        Counter::OriginError,
+        Counter::Fallbacks,
+        Counter::Collapsed,
+        Counter::ResponseBytes,
+        Counter::FillsStored,
+        Counter::FillsDropped,
+    ];
+
+    /// Its cell in the proxy's stats block (an index past the block would not compile).
+    pub const fn id(self) -> CounterId {
+        match self {
+            Counter::RequestsOk => CounterId::at::<0>(),
+            Counter::RequestsNotFound => CounterId::at::<1>(),
+            Counter::RequestsError => CounterId::at::<2>(),
+            Counter::RequestsInvalid => CounterId::at::<3>(),
+            Counter::RequestsAborted => CounterId::at::<4>(),
+            Counter::LookupHits => CounterId::at::<5>(),
+            Counter::LookupMisses => CounterId::at::<6>(),
+            Counter::LookupErrors => CounterId::at::<7>(),
+            Counter::OriginOk => CounterId::at::<8>(),
+            Counter::OriginNotFound => CounterId::at::<9>(),
+            Counter::OriginError => CounterId::at::<10>(),
+            Counter::Fallbacks => CounterId::at::<11>(),
+            Counter::Collapsed => CounterId::at::<12>(),
+            Counter::ResponseBytes => CounterId::at::<13>(),
+            Counter::FillsStored => CounterId::at::<14>(),
+            Counter::FillsDropped => CounterId::at::<15>(),
+        }
+    }
+}
+
+/// The proxy's gauges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Gauge {
+    /// Requests in flight in this process.
+    InFlight,
+}
+
+impl Gauge {
+    /// Every gauge.
+    pub const ALL: &'static [Gauge] = &[Gauge::InFlight];
+
+    /// Its cell in the proxy's stats block.
+    pub const fn id(self) -> GaugeId {
+        match self {
+            Gauge::InFlight => GaugeId::at::<0>(),
+        }
+    }
+}
+
+/// The proxy's latency histograms (whole requests, by outcome).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Histogram {
+    /// Served from a cache.
+    RequestHit,
+    /// Served from the origin.
+    RequestMiss,
+    /// Not found.
+    RequestNotFound,
+    /// ERROR, INVALID or aborted.
+    RequestFailed,
+}
+
+impl Histogram {
+    /// Every histogram.
+    pub const ALL: &'static [Histogram] = &[
+        Histogram::RequestHit,
+        Histogram::RequestMiss,
+        Histogram::RequestNotFound,
+        Histogram::RequestFailed,
+    ];
+
+    /// Its cell in the proxy's stats block.
+    pub const fn id(self) -> HistogramId {
+        match self {
+            Histogram::RequestHit => HistogramId::at::<0>(),
+            Histogram::RequestMiss => HistogramId::at::<1>(),
+            Histogram::RequestNotFound => HistogramId::at::<2>(),
+            Histogram::RequestFailed => HistogramId::at::<3>(),
+        }
+    }
+}
+
+/// The counters that make up the requests a proxy served (every response, whatever its status).
+pub const REQUESTS_SERVED: &[CounterId] = &[
+    Counter::RequestsOk.id(),
+    Counter::RequestsNotFound.id(),
+    Counter::RequestsError.id(),
+    Counter::RequestsInvalid.id(),
+    Counter::RequestsAborted.id(),
+];
+
+/// The schema of a proxy's stats block, in the order the families are shown.
+pub const SCHEMA: &[Family] = &[
+    Family {
+        name: "gfcache_requests_total",
+        help: "GetFile responses sent by the proxies, by status.",
+        kind: MetricKind::Counter,
+        series: &[
+            Series {
+                labels: &[Label::fixed("status", "ok")],
+                cell: Cell::Counter(Counter::RequestsOk.id()),
+            },
+            Series {
+                labels: &[Label::fixed("status", "file_not_found")],
+                cell: Cell::Counter(Counter::RequestsNotFound.id()),
+            },
+            Series {
+                labels: &[Label::fixed("status", "error")],
+                cell: Cell::Counter(Counter::RequestsError.id()),
+            },
+            Series {
+                labels: &[Label::fixed("status", "invalid")],
+                cell: Cell::Counter(Counter::RequestsInvalid.id()),
+            },
+            Series {
+                labels: &[Label::fixed("status", "aborted")],
+                cell: Cell::Counter(Counter::RequestsAborted.id()),
+            },
+        ],
+    },
+    Family {
+        name: "gfcache_cache_lookups_total",
+        help: "Cache lookups made by the proxies, by result.",
+        kind: MetricKind::Counter,
+        series: &[
+            Series {
+                labels: &[Label::fixed("result", "hit")],
+                cell: Cell::Counter(Counter::LookupHits.id()),
+            },
+            Series {
+                labels: &[Label::fixed("result", "miss")],
+                cell: Cell::Counter(Counter::LookupMisses.id()),
+            },
+            Series {
+                labels: &[Label::fixed("result", "error")],
+                cell: Cell::Counter(Counter::LookupErrors.id()),
+            },
+        ],
+    },
+    Family {
+        name: "gfcache_origin_fetches_total",
+        help: "Origin fetches made by the proxies, by result.",
+        kind: MetricKind::Counter,
+        series: &[
+            Series {
+                labels: &[Label::fixed("result", "ok")],
+                cell: Cell::Counter(Counter::OriginOk.id()),
+            },
+            Series {
+                labels: &[Label::fixed("result", "not_found")],
+                cell: Cell::Counter(Counter::OriginNotFound.id()),
+            },
+            Series {
+                labels: &[Label::fixed("result", "error")],
+                cell: Cell::Counter(Counter::OriginError.id()),
+            },
+        ],
+    },
+    Family {
+        name: "gfcache_origin_fallbacks_total",
+        help: "Requests served by the origin because their cache was down or failed.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::Fallbacks.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_collapsed_requests_total",
+        help: "Requests that waited on another request's origin fetch.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::Collapsed.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_response_bytes_total",
+        help: "Body bytes sent to clients.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::ResponseBytes.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_fills_total",
+        help: "Origin fills offered to the caches, by result.",
+        kind: MetricKind::Counter,
+        series: &[
+            Series {
+                labels: &[Label::fixed("result", "stored")],
+                cell: Cell::Counter(Counter::FillsStored.id()),
+            },
+            Series {
+                labels: &[Label::fixed("result", "dropped")],
+                cell: Cell::Counter(Counter::FillsDropped.id()),
+            },
+        ],
+    },
+    Family {
+        name: "gfcache_request_duration_seconds",
+        help: "Whole-request latency at the proxies, by outcome.",
+        kind: MetricKind::Histogram,
+        series: &[
+            Series {
+                labels: &[Label::fixed("outcome", "hit")],
+                cell: Cell::Histogram(Histogram::RequestHit.id()),
+            },
+            Series {
+                labels: &[Label::fixed("outcome", "miss")],
+                cell: Cell::Histogram(Histogram::RequestMiss.id()),
+            },
+            Series {
+                labels: &[Label::fixed("outcome", "not_found")],
+                cell: Cell::Histogram(Histogram::RequestNotFound.id()),
+            },
+            Series {
+                labels: &[Label::fixed("outcome", "failed")],
+                cell: Cell::Histogram(Histogram::RequestFailed.id()),
+            },
+        ],
+    },
+    Family {
+        name: "gfcache_in_flight_requests",
+        help: "Requests in progress, by process.",
+        kind: MetricKind::Gauge,
+        series: &[Series {
+            labels: &[Label::fixed("role", "proxy"), Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::InFlight.id()),
+        }],
+    },
+];
+
+const _: () = assert!(ipc::schema_is_consistent(SCHEMA));
+const _: () = assert!(Counter::ALL.len() <= ipc::COUNTER_SLOTS);
+const _: () = assert!(Gauge::ALL.len() <= ipc::GAUGE_SLOTS);
+const _: () = assert!(Histogram::ALL.len() <= ipc::HISTOGRAM_SLOTS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_cell_has_its_own_index_and_a_series() {
+        let counters: HashSet<_> = Counter::ALL.iter().map(|c| c.id()).collect();
+        assert_eq!(
+            counters.len(),
+            Counter::ALL.len(),
+            "two counters share a cell"
+        );
+        let histograms: HashSet<_> = Histogram::ALL.iter().map(|h| h.id()).collect();
+        assert_eq!(histograms.len(), Histogram::ALL.len());
+        let cells: HashSet<Cell> = SCHEMA
+            .iter()
+            .flat_map(|family| family.series.iter().map(|series| series.cell))
+            .collect();
+        for counter in Counter::ALL {
+            assert!(
+                cells.contains(&Cell::Counter(counter.id())),
+                "{counter:?} is not shown"
+            );
+        }
+        for histogram in Histogram::ALL {
+            assert!(
+                cells.contains(&Cell::Histogram(histogram.id())),
+                "{histogram:?} is not shown"
+            );
+        }
+        assert!(cells.contains(&Cell::Gauge(Gauge::InFlight.id())));
+    }
+}
