@@ -8,8 +8,8 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// A pack of the test content cut after 5000 bytes, as `head -c 5000 good.pack > bad.pack`.
-fn truncated_pack(content: &Path, work: &Path) -> PathBuf {
+/// A pack of the test content, and its first 5000 bytes (`head -c 5000 good.pack`).
+fn pack_and_truncation(content: &Path, work: &Path) -> (PathBuf, Vec<u8>) {
     let good = work.join("good.pack");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gfpack"))
         .arg("build")
@@ -21,9 +21,28 @@ fn truncated_pack(content: &Path, work: &Path) -> PathBuf {
     assert!(out.status.success(), "gfpack build: {}", output_text(&out));
     let bytes = std::fs::read(&good).expect("read the pack");
     assert!(bytes.len() > 5000, "the pack is larger than the cut");
-    let bad = work.join("bad.pack");
-    std::fs::write(&bad, &bytes[..5000]).expect("write the truncated pack");
-    bad
+    (good, bytes[..5000].to_vec())
+}
+
+/// Starts a run on a good pack (start refuses a damaged one), then replaces the pack with its
+/// truncation, as an operator's mistake would, and SIGKILLs the caches so that they reopen it.
+fn run_on_a_pack_broken_after_start(setup_origin: Option<String>) -> (Run, tempfile::TempDir) {
+    let content = tempfile::tempdir().unwrap();
+    make_content(content.path());
+    let work = tempfile::tempdir().unwrap();
+    let (pack, truncated) = pack_and_truncation(content.path(), work.path());
+    let mut setup = Setup::new(Backend::Pack(pack.clone()));
+    setup.origin = setup_origin;
+    let run = Run::start(setup);
+    let replacement = work.path().join("bad.pack.tmp");
+    std::fs::write(&replacement, truncated).expect("write the truncated pack");
+    std::fs::rename(&replacement, &pack).expect("replace the pack");
+    for slot in 0..2 {
+        if let Some(pid) = run.child("cache", slot)["pid"].as_i64() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+    (run, content)
 }
 
 /// Whether a cache's status state says it cannot answer for good: it crash-looped into
@@ -76,12 +95,7 @@ fn assert_child_state_metric(text: &str, role: &str, slot: u32, state: &str) {
 
 #[test]
 fn a_run_whose_every_cache_is_broken_and_no_origin_is_not_ready() {
-    let content = tempfile::tempdir().unwrap();
-    make_content(content.path());
-    let work = tempfile::tempdir().unwrap();
-    let pack = truncated_pack(content.path(), work.path());
-    let mut run = Run::prepare(Setup::new(Backend::Pack(pack)));
-    run.spawn();
+    let (mut run, _content) = run_on_a_pack_broken_after_start(None);
     let status = wait_every_cache_out_of_service(&mut run);
 
     assert_eq!(status["ready"], false, "{status}");
@@ -135,12 +149,7 @@ fn with_an_origin_a_run_whose_every_cache_is_broken_is_ready_but_degraded() {
     let content = tempfile::tempdir().unwrap();
     let files = make_content(content.path());
     let origin = Origin::serve(content.path());
-    let work = tempfile::tempdir().unwrap();
-    let pack = truncated_pack(content.path(), work.path());
-    let mut setup = Setup::new(Backend::Pack(pack));
-    setup.origin = Some(origin.url());
-    let mut run = Run::prepare(setup);
-    run.spawn();
+    let (mut run, _pack_content) = run_on_a_pack_broken_after_start(Some(origin.url()));
     let status = wait_every_cache_out_of_service(&mut run);
 
     assert_eq!(status["ready"], true, "{status}");

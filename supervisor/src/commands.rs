@@ -190,9 +190,20 @@ pub fn cleanup(config_path: &Path) -> Result<ipc::SweepReport, Error> {
     Ok(report)
 }
 
-/// `check-config`: loads and validates; returns a one-line summary.
+/// `check-config`: what `start` and `reload` check too ([`Config::load_checked`]); returns a
+/// one-line summary.
 pub fn check_config(config_path: &Path) -> Result<String, Error> {
     let c = Config::load(config_path)?;
+    // While this config's gfcache runs, the addresses it listens on are its own.
+    let held = match running_pid(&c.supervisor.run_dir) {
+        Ok(_) => {
+            let mut held = vec![c.proxy.settings.listen];
+            held.extend(c.supervisor.metrics_listen);
+            held
+        }
+        Err(_) => Vec::new(),
+    };
+    let c = Config::load_checked(config_path, &held)?;
     Ok(format!(
         "{}: ok: proxy on {} ({} process(es), {} threads, origin {}), {} {} cache(s), {} segments of {}, run dir {}, metrics {}",
         config_path.display(),
