@@ -1,9 +1,12 @@
 //! gfsupervisor: config, child lifecycle, restarts, reload, metrics and IPC cleanup.
 //!
 //! Brief overview:
-//! - [`config`]: [`config::RawConfig`] mirrors the TOML file (unknown keys refused) and
-//!   [`config::Config::parse`] validates every value, reporting each problem with its key path and
-//!   line ([`config::ConfigIssue`]).
+//! - [`config`]: [`config::Config::parse`] reads each section of the TOML file into the type of
+//!   the crate that owns it (`proxy_core::ProxySettings`, `cache_backends::CacheSettings`, and
+//!   this crate's `[ipc]` and `[supervisor]` types), runs each owner's validator, and reports
+//!   every problem at once with its key path and line ([`config::ConfigIssue`]);
+//!   [`config::Config::load_checked`] adds the checks of the environment that `check-config`,
+//!   `reload` and `start` share.
 //! - [`supervise::start`] is `gfsupervisor start`: it sweeps a dead run's IPC objects, takes the
 //!   run directory's lock ([`ipc::Ledger`]), creates the [`ipc::Region`], re-executes the binary
 //!   once per child ([`role::run_role`] on the child side, settings passed as a
@@ -26,7 +29,7 @@
 //! "#;
 //! let dir = std::env::temp_dir();
 //! let config = Config::parse(text, &dir.join("gf.toml"), &dir).map_err(|issues| format!("{issues:?}"))?;
-//! assert_eq!(config.cache.backend.kind(), "memory");
+//! assert_eq!(config.cache.backend_kind(), "memory");
 //! assert_eq!(config.ipc.segment_size, 1 << 20);
 //!
 //! let bad = text.replace("64MiB", "lots");

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use ipc::{Member, MemberState, Region};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
@@ -308,7 +308,6 @@ struct Supervisor {
     children: Vec<Child>,
     view: Arc<Mutex<SharedView>>,
     signals: Receiver<i32>,
-    signals_handle: signal_hook::iterator::Handle,
     metrics: Option<MetricsServer>,
     exe: PathBuf,
     started: Instant,
@@ -326,27 +325,7 @@ struct Supervisor {
 
 impl Supervisor {
     fn new(config: Config, region: Arc<Region>) -> Result<Supervisor, Error> {
-        use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP])
-            .map_err(|source| Error::Os {
-            op: "sigaction",
-            source,
-        })?;
-        let signals_handle = signals.handle();
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for signal in signals.forever() {
-                    if tx.send(signal).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|source| Error::Os {
-                op: "spawn the signal thread",
-                source,
-            })?;
+        let rx = watch_signals()?;
         let exe = std::env::current_exe().map_err(|source| Error::Os {
             op: "current_exe",
             source,
@@ -371,7 +350,6 @@ impl Supervisor {
             children,
             view,
             signals: rx,
-            signals_handle,
             metrics: None,
             exe,
             started: Instant::now(),
@@ -432,7 +410,9 @@ impl Supervisor {
     }
 
     fn on_signal(&self, signal: i32, shutdown: &mut bool, reload: &mut bool) {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        const SIGHUP: i32 = Signal::SIGHUP as i32;
+        const SIGINT: i32 = Signal::SIGINT as i32;
+        const SIGTERM: i32 = Signal::SIGTERM as i32;
         match signal {
             SIGTERM | SIGINT => {
                 tracing::info!(signal = signal_name(signal), "shutdown requested");
@@ -914,7 +894,6 @@ impl Supervisor {
         if let Some(metrics) = self.metrics.take() {
             metrics.stop();
         }
-        self.signals_handle.close();
         tracing::info!("every child stopped");
     }
 
@@ -944,7 +923,7 @@ impl Supervisor {
             if !alive {
                 return;
             }
-            let impatient = matches!(self.signals.try_recv(), Ok(s) if s == signal_hook::consts::SIGINT || s == signal_hook::consts::SIGTERM);
+            let impatient = matches!(self.signals.try_recv(), Ok(s) if s == Signal::SIGINT as i32 || s == Signal::SIGTERM as i32);
             if !killed && (impatient || Instant::now() >= deadline) {
                 tracing::warn!(
                     role = role.as_str(),
@@ -1124,6 +1103,43 @@ impl std::fmt::Display for Exit {
             Exit::Signal(signal) => write!(f, "killed by {}", signal.as_str()),
         }
     }
+}
+
+/// The signals the supervisor acts on, as a channel: they are blocked in this thread (and so in
+/// every thread it starts later) and taken by one thread with sigwait(2), so no handler runs
+/// and nothing is lost between two waits. The children unblock them again after exec
+/// ([`role::run_role`]).
+fn watch_signals() -> Result<Receiver<i32>, Error> {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| {
+        Error::Os {
+            op: "pthread_sigmask",
+            source: e.into(),
+        }
+    })?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(signal) = set.wait() {
+                if tx.send(signal as i32).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|source| Error::Os {
+            op: "spawn the signal thread",
+            source,
+        })?;
+    Ok(rx)
 }
 
 fn signal_name(signal: i32) -> &'static str {
