@@ -383,7 +383,7 @@ fn a_damaged_object_is_answered_error_and_counted() {
         .unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[target.offset as usize + 100] ^= 1;
-    std::fs::write(&pack, &bytes).unwrap();
+    common::write_pack_file(&pack, &bytes);
 
     let region = region();
     let args = ["--backend", "pack", "--pack", pack.to_str().unwrap()];

@@ -19,6 +19,9 @@ pub enum ShownState {
     Starting,
     /// Ready and serving.
     Running,
+    /// Running, but it cannot serve (its pack is damaged, changed or missing): the proxy sends
+    /// its paths to the origin until it recovers by itself.
+    Unavailable,
     /// Dead, waiting for its restart delay.
     Backoff,
     /// Crash-looped; left down until revived.
@@ -35,6 +38,7 @@ impl ShownState {
         match self {
             ShownState::Starting => "starting",
             ShownState::Running => "running",
+            ShownState::Unavailable => "unavailable",
             ShownState::Backoff => "backoff",
             ShownState::Quarantined => "quarantined",
             ShownState::Stopping => "stopping",

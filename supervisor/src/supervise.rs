@@ -558,8 +558,11 @@ impl Supervisor {
                     since,
                     started_at,
                 } => {
-                    if self.region.member_state(child.member()) == MemberState::Ready {
-                        tracing::info!(child = %child.name(), pid = pid.as_raw(), startup_ms = now.duration_since(since).as_millis() as u64, "child ready");
+                    // Unavailable is started too: alive and answering its state, but unable to
+                    // serve (a damaged pack). Killing it would only make a crash loop of it.
+                    let member_state = self.region.member_state(child.member());
+                    if matches!(member_state, MemberState::Ready | MemberState::Unavailable) {
+                        tracing::info!(child = %child.name(), pid = pid.as_raw(), startup_ms = now.duration_since(since).as_millis() as u64, state = ?member_state, "child ready");
                         child.state = ChildState::Running {
                             pid,
                             since,
@@ -873,7 +876,14 @@ impl Supervisor {
                     role: c.role().as_str().to_string(),
                     slot: c.slot(),
                     pid: c.state.pid().map(Pid::as_raw),
-                    state: c.state.shown(),
+                    state: match c.state.shown() {
+                        ShownState::Running
+                            if self.region.member_state(c.member()) == MemberState::Unavailable =>
+                        {
+                            ShownState::Unavailable
+                        }
+                        shown => shown,
+                    },
                     uptime_seconds: started_at.map_or(0.0, |s| (now - s).max(0.0)),
                     started_at_unix: started_at,
                     restarts: c.restarts,
