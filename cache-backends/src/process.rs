@@ -262,11 +262,20 @@ fn worker_loop(shared: &Shared<'_>) {
         shared.stats().set(Gauge::InFlight, now);
         if let Err(failure) = outcome {
             shared.stats().add(Counter::CacheErrors, 1);
-            tracing::warn!(
-                key = %failure.path,
-                error = %failure.error,
-                "request failed"
-            );
+            if matches!(
+                failure.error,
+                Error::PackChanged { .. } | Error::PackUnavailable { .. }
+            ) {
+                // Logged once by the backend (the change) and by `supervise` (unavailable):
+                // not once per request refused meanwhile.
+                tracing::debug!(key = %failure.path, error = %failure.error, "request refused");
+            } else {
+                tracing::warn!(
+                    key = %failure.path,
+                    error = %failure.error,
+                    "request failed"
+                );
+            }
         }
     }
     refuse_queued(shared);
