@@ -98,6 +98,12 @@ struct Stamp {
     ctime_nsec: i64,
 }
 
+/// `st_nlink` is a u64 on x86_64 but a u32 on some other targets.
+#[allow(clippy::useless_conversion)]
+fn link_count(stat: &FileStat) -> u64 {
+    u64::from(stat.st_nlink)
+}
+
 fn fstat(file: &File) -> std::io::Result<FileStat> {
     nix::sys::stat::fstat(file.as_fd()).map_err(std::io::Error::from)
 }
@@ -258,8 +264,8 @@ impl PackBackend {
         }
     }
 
-    /// Opens the path again if the pack changed, was replaced or could not be opened, at most
-    /// once per [`POLL_INTERVAL`] (a first reopen after a change is immediate).
+    /// Opens the path again (the pack changed, was replaced or could not be opened), at most
+    /// once per [`POLL_INTERVAL`]: at once for a change long after the last open.
     fn reopen_if_due(&self, watch: &mut Watch, now: Instant, why: &str) -> Availability {
         if now.duration_since(watch.last_open) < POLL_INTERVAL {
             return Availability::Unavailable(why.to_string());
@@ -271,7 +277,7 @@ impl PackBackend {
                 tracing::info!(
                     pack = %self.path.display(),
                     objects = snapshot.entries.len(),
-                    "pack opened and verified"
+                    "pack opened (header and index verified; objects before their first serve)"
                 );
                 self.set_current(Current::Open(Arc::new(snapshot)));
                 Availability::Ready
@@ -324,7 +330,7 @@ impl Snapshot {
             file,
             map,
             stamp,
-            links: u64::from(stat.st_nlink),
+            links: link_count(&stat),
             entries: layout
                 .entries
                 .into_iter()
@@ -391,7 +397,7 @@ impl Snapshot {
                 self.stamp.size
             );
             self.mark_changed(how, true);
-        } else if u64::from(stat.st_nlink) < self.links {
+        } else if link_count(stat) < self.links {
             let how = "it was replaced by rename or removed (the old file lost a link)";
             self.mark_changed(how.into(), false);
         } else {
