@@ -5,11 +5,14 @@
 #[path = "../cache-backends/tests/common/mod.rs"]
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use cache_backends::metrics::{Counter, Gauge};
-use common::{fixture, pattern, write_tree};
+use common::{
+    fixture, overwrite_in_place, pattern, truncate_in_place, write_pack_file, write_tree,
+};
 use ipc::{CacheSlot, Lookup, Member, MemberState, Region, RegionConfig};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -54,6 +57,38 @@ impl CacheChild {
         let mut cache = CacheChild { child: Some(child) };
         cache.wait_state(region, MemberState::Ready);
         cache
+    }
+
+    /// Starts a pack cache with its stderr in `log`, and waits for `state`.
+    fn start_pack(region: &Region, pack: &Path, log: &Path, state: MemberState) -> CacheChild {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gfcache-cache"))
+            .arg("--region")
+            .arg(region.id().to_string())
+            .args([
+                "--slot",
+                "0",
+                "--workers",
+                "2",
+                "--backend",
+                "pack",
+                "--pack",
+            ])
+            .arg(pack)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut cache = CacheChild { child: Some(child) };
+        cache.wait_state(region, state);
+        cache
+    }
+
+    fn assert_alive(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("gfcache-cache exited with {status}");
+        }
     }
 
     fn pid(&self) -> Pid {
@@ -384,7 +419,7 @@ fn a_damaged_object_is_answered_error_and_counted() {
         .unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[target.offset as usize + 100] ^= 1;
-    std::fs::write(&pack, &bytes).unwrap();
+    common::write_pack_file(&pack, &bytes);
 
     let region = region();
     let args = ["--backend", "pack", "--pack", pack.to_str().unwrap()];
@@ -406,14 +441,254 @@ fn a_damaged_object_is_answered_error_and_counted() {
 fn a_bad_backend_exits_non_zero() {
     let region = region();
     let dir = TempDir::new().unwrap();
-    let missing = dir.path().join("missing.pack");
+    let missing = dir.path().join("missing-root");
     let output = Command::new(env!("CARGO_BIN_EXE_gfcache-cache"))
         .arg("--region")
         .arg(region.id().to_string())
-        .args(["--backend", "pack", "--pack", missing.to_str().unwrap()])
+        .args([
+            "--backend",
+            "directory",
+            "--root",
+            missing.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("missing.pack"), "{stderr}");
+    assert!(stderr.contains("missing-root"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pack changed on disk under a running cache process.
+
+/// What one GET as the proxy came to, without panicking on a failure.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Bytes(Vec<u8>),
+    NotFound,
+    /// Answered error, or the transfer broke off.
+    Failed,
+}
+
+fn try_get(region: &Region, path: &str) -> Got {
+    let lease = region.acquire(TIMEOUT).unwrap();
+    let Ok(mut stream) = lease.get(slot(), path, TIMEOUT) else {
+        return Got::Failed;
+    };
+    let len = match stream.lookup() {
+        Lookup::Found { len } => len,
+        Lookup::NotFound => return Got::NotFound,
+        Lookup::Error => return Got::Failed,
+    };
+    let mut body = Vec::new();
+    loop {
+        match stream.next_chunk(TIMEOUT) {
+            Ok(Some(chunk)) => chunk.append_to(&mut body),
+            Ok(None) => break,
+            Err(_) => return Got::Failed,
+        }
+    }
+    assert_eq!(
+        body.len() as u64,
+        len,
+        "{path}: a short or long body ended cleanly"
+    );
+    Got::Bytes(body)
+}
+
+/// A pack of `objects()` in a temp dir.
+fn built_pack(dir: &TempDir) -> PathBuf {
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    write_tree(&tree, &objects());
+    let pack = dir.path().join("content.pack");
+    cache_backends::build_pack(&tree, &pack).unwrap();
+    pack
+}
+
+fn object_offset(pack: &Path, path: &str) -> u64 {
+    cache_backends::PackBackend::open(pack)
+        .unwrap()
+        .objects()
+        .find(|object| object.path == path)
+        .unwrap()
+        .offset
+}
+
+fn wait_log(log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(10)); // polling a condition, not syncing
+    }
+}
+
+#[test]
+fn a_pack_overwritten_in_place_never_serves_wrong_bytes() {
+    let dir = TempDir::new().unwrap();
+    let pack = built_pack(&dir);
+    let target = "/large/three-mib.bin";
+    let offset = object_offset(&pack, target);
+    let region = region();
+    let log = dir.path().join("cache.log");
+    let mut cache = CacheChild::start_pack(&region, &pack, &log, MemberState::Ready);
+    let objects = objects();
+    let expected = |path: &str| &objects.iter().find(|(p, _)| *p == path).unwrap().1;
+    assert_eq!(
+        try_get(&region, target),
+        Got::Bytes(expected(target).clone())
+    );
+
+    // 4 KiB inside the object already served, in place.
+    overwrite_in_place(&pack, offset + (1 << 20), &pattern(4096, 77));
+    // Until the cache has re-verified the pack and checked the object again, each answer is
+    // the right bytes or a failure; afterwards the damaged object is refused for good and the
+    // others are served.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut answers = 0;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("checksum mismatch")
+    {
+        match try_get(&region, target) {
+            Got::Bytes(body) => assert!(body == *expected(target), "wrong bytes served"),
+            Got::Failed => {}
+            Got::NotFound => panic!("{target} not found"),
+        }
+        answers += 1;
+        assert!(
+            Instant::now() < deadline,
+            "never re-verified after {answers} answers"
+        );
+        cache.assert_alive();
+        std::thread::sleep(Duration::from_millis(5)); // polling a condition, not syncing
+    }
+    for _ in 0..5 {
+        assert_eq!(try_get(&region, target), Got::Failed);
+    }
+    for (path, body) in objects.iter().filter(|(path, _)| *path != target) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match try_get(&region, path) {
+                Got::Bytes(got) => {
+                    assert!(got == *body, "{path}: wrong bytes");
+                    break;
+                }
+                Got::Failed => assert!(Instant::now() < deadline, "{path} never served"),
+                Got::NotFound => panic!("{path} not found"),
+            }
+            std::thread::sleep(Duration::from_millis(5)); // polling a condition, not syncing
+        }
+    }
+    wait_log(&log, "modified in place");
+    assert_eq!(
+        region.member_state(Member::Cache(slot())),
+        MemberState::Ready
+    );
+    let status = cache.terminate(TIMEOUT);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_pack_truncated_in_place_leaves_the_cache_up_and_unavailable_until_restored() {
+    let dir = TempDir::new().unwrap();
+    let pack = built_pack(&dir);
+    let original = std::fs::read(&pack).unwrap();
+    let region = region();
+    let log = dir.path().join("cache.log");
+    let mut cache = CacheChild::start_pack(&region, &pack, &log, MemberState::Ready);
+    assert_eq!(
+        try_get(&region, "/a.txt"),
+        Got::Bytes(b"hello, world\n".to_vec())
+    );
+
+    truncate_in_place(&pack, original.len() as u64 / 2);
+    cache.wait_state(&region, MemberState::Unavailable);
+    let text = wait_log(&log, "cache unavailable");
+    assert!(text.contains(&pack.display().to_string()), "{text}");
+    // Asked anyway (a proxy that routed before the state changed): answered error at once.
+    assert_eq!(try_get(&region, "/a.txt"), Got::Failed);
+    cache.assert_alive();
+
+    write_pack_file(&pack, &original);
+    cache.wait_state(&region, MemberState::Ready);
+    for (path, body) in objects() {
+        assert_eq!(try_get(&region, path), Got::Bytes(body), "{path}");
+    }
+    let status = cache.terminate(TIMEOUT);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_cache_started_on_a_bad_pack_stays_up_unavailable_and_says_why() {
+    let dir = TempDir::new().unwrap();
+    let pack = built_pack(&dir);
+    let original = std::fs::read(&pack).unwrap();
+    let region = region();
+
+    // Truncated, as after a SIGBUS in the remaining window: the restarted cache must not exit.
+    write_pack_file(&pack, &original[..original.len() - 100]);
+    let log = dir.path().join("truncated.log");
+    let mut cache = CacheChild::start_pack(&region, &pack, &log, MemberState::Unavailable);
+    let text = wait_log(&log, "cache unavailable");
+    assert!(text.contains(&pack.display().to_string()), "{text}");
+    assert!(text.contains("footer"), "{text}");
+    cache.assert_alive();
+    write_pack_file(&pack, &original);
+    cache.wait_state(&region, MemberState::Ready);
+    assert_eq!(
+        try_get(&region, "/a.txt"),
+        Got::Bytes(b"hello, world\n".to_vec())
+    );
+    assert!(cache.terminate(TIMEOUT).success());
+
+    // Writable by others: refused, saying what to do, until fixed.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let log = dir.path().join("writable.log");
+        let mut cache = CacheChild::start_pack(&region, &pack, &log, MemberState::Unavailable);
+        let text = wait_log(&log, "chmod go-w");
+        assert!(text.contains("0666"), "{text}");
+        std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o644)).unwrap();
+        cache.wait_state(&region, MemberState::Ready);
+        assert!(cache.terminate(TIMEOUT).success());
+    }
+}
+
+#[test]
+fn a_pack_replaced_by_rename_is_served_by_the_running_cache() {
+    let dir = TempDir::new().unwrap();
+    let pack = built_pack(&dir);
+    let region = region();
+    let log = dir.path().join("cache.log");
+    let mut cache = CacheChild::start_pack(&region, &pack, &log, MemberState::Ready);
+    assert_eq!(
+        try_get(&region, "/a.txt"),
+        Got::Bytes(b"hello, world\n".to_vec())
+    );
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("a.txt"), b"replaced\n").unwrap();
+    cache_backends::build_pack(&other, &pack).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match try_get(&region, "/a.txt") {
+            Got::Bytes(body) if body == b"replaced\n" => break,
+            Got::Bytes(body) => assert_eq!(body, b"hello, world\n"),
+            Got::Failed => {}
+            Got::NotFound => panic!("/a.txt not found"),
+        }
+        assert!(Instant::now() < deadline, "the new pack was never served");
+        std::thread::sleep(Duration::from_millis(10)); // polling a condition, not syncing
+    }
+    assert_eq!(try_get(&region, "/dir/sub/z"), Got::NotFound);
+    assert!(cache.terminate(TIMEOUT).success());
 }

@@ -13,11 +13,14 @@
 //!     exactly the announced bytes makes the object visible; a dropped fill leaves nothing.
 //!   - [`CacheBackend::stats`] gives [`BackendStats`]. Every `get` that does not fail counts one
 //!     hit or one miss.
+//!   - [`CacheBackend::refresh`] says whether the backend can answer now ([`Availability`]); the
+//!     cache process asks every 20 ms and marks its slot Unavailable while it cannot. Only the
+//!     pack backend can become unavailable (its file damaged, changed or missing).
 //!   - All backends are `Send + Sync` and safe under concurrent gets and puts.
 //! - The backends: [`DirectoryBackend`] (files under a root or a listing, optionally writable
 //!   with an LRU size bound), [`MemoryBackend`] (sharded LRU bounded in bytes) and
 //!   [`PackBackend`] (a `gfpack` file, see [`pack`]); [`open_backend`] opens one from a
-//!   [`BackendConfig`].
+//!   [`BackendConfig`]; [`check_pack`] is the full check of a pack file (for `check-config`).
 //! - [`run_cache_process`] is the cache process loop on an attached [`ipc::Region`];
 //!   [`run_cache_slot`] attaches the region, opens the backend and runs it in one call (for a
 //!   child given a region id); the `gfcache-cache` binary runs one standalone. It counts into its
@@ -45,7 +48,8 @@
 //!
 //! `unsafe` code: the crate denies it (`forbid` cannot be lifted locally) and allows it in
 //! exactly one function, the read-only `mmap` of a pack file, whose SAFETY comment rests on packs
-//! being write-once.
+//! being write-once and on every read through the map being bracketed by checks that the file
+//! did not change (docs/pack-format.md).
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
@@ -60,7 +64,7 @@ pub mod settings;
 
 pub use directory::{DirectoryBackend, DirectoryOptions, FILL_PREFIX};
 pub use memory::{MemoryBackend, ENTRY_OVERHEAD, MAX_SHARDS};
-pub use pack::{build_pack, verify_pack, BuildReport, PackBackend, VerifyReport};
+pub use pack::{build_pack, check_pack, verify_pack, BuildReport, PackBackend, VerifyReport};
 pub use settings::{BackendKind, CacheSettings, DirectorySettings, MemorySettings, PackSettings};
 
 use std::path::PathBuf;
@@ -118,6 +122,47 @@ pub enum Error {
     /// The destination buffer refused the bytes (a segment half too small, a closed segment).
     #[error("copy into the destination failed: {0}")]
     Dest(#[source] std::io::Error),
+    /// A pack file that group or others may write: a pack must not change while it is served,
+    /// so it is refused.
+    #[error(
+        "pack {path}: mode {mode:04o} lets group or others write it, and a pack must not change \
+         while it is served; run `chmod go-w {path}`"
+    )]
+    PackWritable {
+        /// The pack file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The pack file changed on disk (written, truncated, replaced, or its attributes changed)
+    /// since it was verified: the transfer or lookup is abandoned and the pack re-verified.
+    #[error(
+        "pack {path} changed on disk while being served ({how}); not serving from it until it \
+         is verified again"
+    )]
+    PackChanged {
+        /// The pack file.
+        path: PathBuf,
+        /// What changed.
+        how: String,
+    },
+    /// The pack cannot be served now (it did not open or verify when last tried).
+    #[error("pack {path} is unavailable: {why}")]
+    PackUnavailable {
+        /// The pack file.
+        path: PathBuf,
+        /// Why, as the last attempt to open it said.
+        why: String,
+    },
+}
+
+/// Whether a backend can answer requests now (see [`CacheBackend::refresh`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// It can.
+    Ready,
+    /// It cannot (its file is damaged, changed or missing); why, naming the file.
+    Unavailable(String),
 }
 
 /// Counters and sizes of a backend.
@@ -148,7 +193,9 @@ pub trait CachedObject: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Copies bytes `offset .. offset + len` into `dest` with one copy.
+    /// Copies bytes `offset .. offset + len` into `dest` with one copy. On an error, whatever
+    /// this call put into `dest` must be discarded (a pack object checks after the copy that
+    /// its file did not change meanwhile).
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error>;
 }
 
@@ -171,6 +218,13 @@ pub trait CacheBackend: Send + Sync {
     fn put(&self, path: &str, len: u64) -> Result<Option<Box<dyn Fill>>, Error>;
     /// Current counters.
     fn stats(&self) -> BackendStats;
+    /// Re-checks the backend's files and says whether it can answer now. The cache process
+    /// calls it every 20 ms and marks its slot Unavailable while it cannot (the proxy then sends
+    /// the slot's requests to the origin), so it must be cheap when nothing changed. A backend
+    /// that can always answer keeps this default.
+    fn refresh(&self) -> Availability {
+        Availability::Ready
+    }
 }
 
 /// Which backend to open, and its settings: the validated form of [`CacheSettings`]
@@ -203,7 +257,11 @@ pub enum BackendConfig {
     },
 }
 
-/// Opens a backend.
+/// Opens a backend for a cache process. A pack is opened with
+/// [`PackBackend::open_for_serving`], which does not fail on the file's contents: a pack that
+/// is missing, damaged or writable by others leaves the backend Unavailable (and its cache
+/// process up) until the file is fixed, so that a bad pack never crash-loops its cache. Use
+/// [`check_pack`] to refuse such a pack up front.
 pub fn open_backend(config: &BackendConfig) -> Result<Box<dyn CacheBackend>, Error> {
     match config {
         BackendConfig::Directory {
@@ -240,7 +298,7 @@ pub fn open_backend(config: &BackendConfig) -> Result<Box<dyn CacheBackend>, Err
             capacity,
             max_object_size,
         } => Ok(Box::new(MemoryBackend::new(*capacity, *max_object_size)?)),
-        BackendConfig::Pack { path } => Ok(Box::new(PackBackend::open(path)?)),
+        BackendConfig::Pack { path } => Ok(Box::new(PackBackend::open_for_serving(path))),
     }
 }
 

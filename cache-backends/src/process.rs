@@ -1,11 +1,13 @@
 //! The cache process loop: a pool of workers serving one cache slot's requests from a backend.
 //!
-//! Life of a run: the slot goes Starting, then Ready once the workers run; each worker claims
-//! requests with a short timeout so that it notices the stop flag; GETs are copied chunk by
-//! chunk from the backend object into the segment, PUTs are fed into a backend fill. When the
-//! stop flag is set the slot goes Draining, workers take no new requests, transfers in flight
-//! may finish until `shutdown_timeout` and are aborted after it, the gauges are published a last
-//! time and the slot goes Down.
+//! Life of a run: the slot goes Starting, then Ready once the workers run (or Unavailable while
+//! the backend says it cannot answer: a damaged or changed pack); each worker claims requests
+//! with a short timeout so that it notices the stop flag; GETs are copied chunk by chunk from the
+//! backend object into the segment, PUTs are fed into a backend fill. The supervising thread
+//! asks the backend every 20 ms whether it can answer and moves the slot between Ready and
+//! Unavailable. When the stop flag is set the slot goes Draining, workers take no new requests,
+//! transfers in flight may finish until `shutdown_timeout` and are aborted after it, the gauges
+//! are published a last time and the slot goes Down.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use ipc::{CacheRequest, Member, MemberState, Op, Region, StatsBlock};
 
 use crate::metrics::{Counter, Gauge};
-use crate::{BackendStats, CacheBackend, CacheProcessConfig, Error};
+use crate::{Availability, BackendStats, CacheBackend, CacheProcessConfig, Error};
 
 /// How long a worker waits for a request before it checks the stop flag again.
 const CLAIM_INTERVAL: Duration = Duration::from_millis(100);
@@ -25,6 +27,9 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 const WATCH_INTERVAL: Duration = Duration::from_millis(20);
 /// Pause after a failed claim, so that a broken region does not spin a core.
 const CLAIM_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// While the backend stays unavailable for the same reason, the error is logged again this
+/// often (a new reason is logged at once).
+const UNAVAILABLE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the supervising thread tells the workers.
 struct Shared<'a> {
@@ -110,13 +115,9 @@ pub(crate) fn run(
                 });
             }
         }
-        region.set_member_state(member, MemberState::Ready, pid);
-        tracing::info!(
-            slot = config.slot.as_raw(),
-            kind = backend.kind(),
-            "cache ready"
-        );
-        supervise(&shared, member, pid);
+        let mut availability = AvailabilityLog::new(config.slot);
+        region.set_member_state(member, availability.update(backend.refresh()), pid);
+        supervise(&shared, member, pid, &mut availability);
         Ok(())
     });
     publish_gauges(&shared.stats(), &backend.stats(), 0);
@@ -125,10 +126,67 @@ pub(crate) fn run(
     spawned
 }
 
-/// Publishes gauges until the stop flag is set, then drains the workers.
-fn supervise(shared: &Shared<'_>, member: Member, pid: i32) {
+/// Whether the backend can answer, as the slot's member state, and the logging of its changes.
+struct AvailabilityLog {
+    slot: ipc::CacheSlot,
+    /// `None` before the first answer.
+    last: Option<Availability>,
+    last_logged: Instant,
+}
+
+impl AvailabilityLog {
+    fn new(slot: ipc::CacheSlot) -> AvailabilityLog {
+        AvailabilityLog {
+            slot,
+            last: None,
+            last_logged: Instant::now(),
+        }
+    }
+
+    /// Records the backend's latest answer, logs a change (and a lasting problem once a
+    /// minute), and returns the member state it calls for.
+    fn update(&mut self, now: Availability) -> MemberState {
+        let slot = self.slot.as_raw();
+        let changed = self.last.as_ref() != Some(&now);
+        match &now {
+            Availability::Ready if changed => {
+                let again = self.last.is_some();
+                tracing::info!(slot, again, "cache ready");
+            }
+            Availability::Ready => {}
+            Availability::Unavailable(why)
+                if changed || self.last_logged.elapsed() >= UNAVAILABLE_LOG_INTERVAL =>
+            {
+                tracing::error!(
+                    slot,
+                    why = %why,
+                    "cache unavailable: its requests go to the origin until its backend can \
+                     answer again (checked every second)"
+                );
+                self.last_logged = Instant::now();
+            }
+            Availability::Unavailable(_) => {}
+        }
+        let state = match now {
+            Availability::Ready => MemberState::Ready,
+            Availability::Unavailable(_) => MemberState::Unavailable,
+        };
+        self.last = Some(now);
+        state
+    }
+}
+
+/// Publishes gauges and the backend's availability until the stop flag is set, then drains
+/// the workers.
+fn supervise(shared: &Shared<'_>, member: Member, pid: i32, availability: &mut AvailabilityLog) {
     let mut last_publish: Option<Instant> = None;
+    let mut state = shared.region.member_state(member);
     while !shared.stop.load(Ordering::Acquire) && !shared.abort.load(Ordering::Acquire) {
+        let wanted = availability.update(shared.backend.refresh());
+        if wanted != state {
+            shared.region.set_member_state(member, wanted, pid);
+            state = wanted;
+        }
         if last_publish.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
             publish_gauges(
                 &shared.stats(),
@@ -205,11 +263,20 @@ fn worker_loop(shared: &Shared<'_>) {
         shared.stats().set(Gauge::InFlight.id(), now);
         if let Err(failure) = outcome {
             shared.stats().add(Counter::Errors.id(), 1);
-            tracing::warn!(
-                key = %failure.path,
-                error = %failure.error,
-                "request failed"
-            );
+            if matches!(
+                failure.error,
+                Error::PackChanged { .. } | Error::PackUnavailable { .. }
+            ) {
+                // Logged once by the backend (the change) and by `supervise` (unavailable):
+                // not once per request refused meanwhile.
+                tracing::debug!(key = %failure.path, error = %failure.error, "request refused");
+            } else {
+                tracing::warn!(
+                    key = %failure.path,
+                    error = %failure.error,
+                    "request failed"
+                );
+            }
         }
     }
     refuse_queued(shared);

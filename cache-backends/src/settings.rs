@@ -195,14 +195,13 @@ impl CacheSettings {
             Some(BackendKind::Directory) => "directory",
             _ => "memory",
         };
+        // A pack is checked in full (a cache would start on a bad one and wait, unavailable).
         let outcome = match &config {
-            BackendConfig::Pack { path } => crate::verify_pack(path).map(|report| report.problems),
-            other => crate::open_backend(other).map(|_| Vec::new()),
+            BackendConfig::Pack { path } => crate::check_pack(path).map(drop),
+            other => crate::open_backend(other).map(drop),
         };
-        match outcome {
-            Ok(damage) if damage.is_empty() => {}
-            Ok(damage) => problems.add(key, damage.join("; ")),
-            Err(error) => problems.add(key, error.to_string()),
+        if let Err(error) = outcome {
+            problems.add(key, error.to_string());
         }
         problems
     }

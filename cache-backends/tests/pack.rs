@@ -2,12 +2,15 @@
 
 mod common;
 
-use std::os::unix::fs::{symlink, FileExt};
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use cache_backends::pack::format;
 use cache_backends::{build_pack, verify_pack, CacheBackend, Error, PackBackend};
-use common::{fixture, get_bytes, pattern, write_tree};
+use common::{
+    fixture, get_bytes, overwrite_in_place, pattern, truncate_in_place, wait_ready,
+    wait_unavailable, write_pack_file, write_tree,
+};
 use tempfile::TempDir;
 
 /// 100 MiB of binary bytes, each MiB different (quicker than 100 MiB of random bytes).
@@ -99,7 +102,7 @@ fn every_flipped_byte_of_header_index_and_footer_is_caught_at_open() {
     // One copy patched in place (pwrite), not rewritten: truncating and rewriting a file
     // thousands of times makes ext4 flush it each time.
     let damaged = dir.path().join("damaged.pack");
-    std::fs::write(&damaged, &original).unwrap();
+    write_pack_file(&damaged, &original);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&damaged)
@@ -132,7 +135,7 @@ fn truncation_at_every_4_kib_boundary_is_caught() {
         original.len() - format::FOOTER_LEN as usize,
     ]);
     for cut in cuts {
-        std::fs::write(&truncated, &original[..cut]).unwrap();
+        write_pack_file(&truncated, &original[..cut]);
         open_error(&truncated);
     }
 }
@@ -144,14 +147,14 @@ fn other_versions_and_other_files_are_named_errors() {
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
     let other_version = dir.path().join("v2.pack");
-    std::fs::write(&other_version, &bytes).unwrap();
+    write_pack_file(&other_version, &bytes);
     assert!(open_error(&other_version).contains("version 2"));
 
     let text = dir.path().join("text.pack");
-    std::fs::write(&text, "not a pack at all\n".repeat(1000)).unwrap();
+    write_pack_file(&text, "not a pack at all\n".repeat(1000).as_bytes());
     assert!(open_error(&text).contains("magic"));
     let empty = dir.path().join("empty.pack");
-    std::fs::write(&empty, b"").unwrap();
+    write_pack_file(&empty, b"");
     open_error(&empty);
     assert!(matches!(
         PackBackend::open(&dir.path().join("missing.pack")),
@@ -172,7 +175,7 @@ fn a_damaged_object_is_never_served() {
     let mut bytes = std::fs::read(&pack_path).unwrap();
     bytes[(target.offset + 5000) as usize] ^= 0x40;
     let damaged = dir.path().join("damaged.pack");
-    std::fs::write(&damaged, &bytes).unwrap();
+    write_pack_file(&damaged, &bytes);
 
     let pack = PackBackend::open(&damaged).unwrap();
     for _ in 0..2 {
@@ -192,7 +195,7 @@ fn a_damaged_object_is_never_served() {
     let first_object_end = 4096 + 13; // /a.txt sorts first (after "/" + "a.txt" < "/dir...")
     bytes[first_object_end + 1] = 1;
     let padded = dir.path().join("padding.pack");
-    std::fs::write(&padded, &bytes).unwrap();
+    write_pack_file(&padded, &bytes);
     let report = verify_pack(&padded).unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(report.problems[0].contains("padding"));
@@ -228,7 +231,16 @@ fn build_replaces_the_output_atomically_and_leaves_no_temp_files() {
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("only"), b"only").unwrap();
     build_pack(&other, &pack_path).unwrap();
-    assert_eq!(get_bytes(&first, "/a.txt").unwrap(), b"hello, world\n");
+    // The open backend notices the replacement (the old file lost its link) and serves the new
+    // pack once refreshed; never a mix of both.
+    match first.get("/a.txt") {
+        Err(Error::PackChanged { how, .. }) => assert!(how.contains("replaced"), "{how}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("the replaced pack was still served"),
+    }
+    wait_ready(&first);
+    assert_eq!(get_bytes(&first, "/only").unwrap(), b"only");
+    assert!(first.get("/a.txt").unwrap().is_none());
     let second = PackBackend::open(&pack_path).unwrap();
     assert_eq!(second.objects().count(), 1);
     let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -262,4 +274,264 @@ fn a_pack_written_inside_its_tree_does_not_swallow_itself() {
     let pack = PackBackend::open(&pack_path).unwrap();
     let paths: Vec<_> = pack.objects().map(|object| object.path).collect();
     assert_eq!(paths, ["/a"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pack changed on disk while served (docs/pack-format.md, "Changes while served").
+
+const BIG: &str = "/big/three-mib.bin";
+
+/// The fixture plus a 3 MiB object, packed; returns the pack and the objects.
+fn build_served(dir: &TempDir) -> (PathBuf, Vec<(&'static str, Vec<u8>)>) {
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let mut objects = fixture();
+    objects.push((BIG, pattern(3 << 20, 21)));
+    write_tree(&tree, &objects);
+    let pack = dir.path().join("served.pack");
+    build_pack(&tree, &pack).unwrap();
+    (pack, objects)
+}
+
+fn offset_of(pack: &PackBackend, path: &str) -> u64 {
+    pack.objects()
+        .find(|object| object.path == path)
+        .unwrap()
+        .offset
+}
+
+/// Reads the whole object in 512 KiB chunks: `Ok(bytes)` or the first error.
+fn try_read(backend: &dyn CacheBackend, path: &str) -> Result<Option<Vec<u8>>, Error> {
+    let Some(object) = backend.get(path)? else {
+        return Ok(None);
+    };
+    let mut body = Vec::new();
+    let mut offset = 0;
+    while offset < object.len() {
+        let step = (512 << 10).min(object.len() - offset) as usize;
+        let mut chunk = Vec::new();
+        object.copy_to(offset, step, &mut chunk)?;
+        body.extend_from_slice(&chunk);
+        offset += step as u64;
+    }
+    Ok(Some(body))
+}
+
+#[test]
+fn an_object_overwritten_in_place_after_being_served_is_never_served_wrong() {
+    let dir = TempDir::new().unwrap();
+    let (pack_path, objects) = build_served(&dir);
+    let big = &objects.last().unwrap().1;
+    let pack = PackBackend::open_for_serving(&pack_path);
+    assert_eq!(try_read(&pack, BIG).unwrap().as_ref(), Some(big));
+    let offset = offset_of(&pack, BIG);
+
+    // dd bs=4096 seek=... conv=notrunc: 4 KiB inside the object that was served (and whose
+    // checksum was therefore checked already).
+    overwrite_in_place(&pack_path, offset + (1 << 20), &pattern(4096, 99));
+    match try_read(&pack, BIG) {
+        Err(Error::PackChanged { how, .. }) => assert!(how.contains("ctime"), "{how}"),
+        Err(other) => panic!("{other}"),
+        Ok(body) => panic!(
+            "served after the change: {} bytes",
+            body.map_or(0, |b| b.len())
+        ),
+    }
+    assert!(matches!(pack.get("/a.txt"), Err(Error::PackChanged { .. })));
+    // Re-opened and verified again: the damaged object is refused, the others are served.
+    wait_ready(&pack);
+    for _ in 0..5 {
+        match try_read(&pack, BIG) {
+            Err(Error::CorruptPack { what, .. }) => assert!(what.contains(BIG), "{what}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("the damaged object was served"),
+        }
+    }
+    for (path, bytes) in objects.iter().filter(|(path, _)| *path != BIG) {
+        assert_eq!(
+            try_read(&pack, path).unwrap().as_ref(),
+            Some(bytes),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_transfer_under_way_fails_at_its_next_chunk_after_a_change() {
+    let dir = TempDir::new().unwrap();
+    let (pack_path, objects) = build_served(&dir);
+    let big = &objects.last().unwrap().1;
+    let pack = PackBackend::open(&pack_path).unwrap();
+    let object = pack.get(BIG).unwrap().unwrap();
+    let mut first = Vec::new();
+    object.copy_to(0, 512 << 10, &mut first).unwrap();
+    assert_eq!(first, big[..512 << 10]);
+    // Change bytes the transfer has not copied yet.
+    overwrite_in_place(&pack_path, offset_of(&pack, BIG) + (2 << 20), &[0xee; 4096]);
+    let mut rest = Vec::new();
+    let copied = object.copy_to(2 << 20, 512 << 10, &mut rest);
+    assert!(
+        matches!(copied, Err(Error::PackChanged { .. })),
+        "{copied:?}"
+    );
+}
+
+#[test]
+fn a_pack_truncated_in_place_is_unavailable_until_it_is_restored_by_rename() {
+    let dir = TempDir::new().unwrap();
+    let (pack_path, objects) = build_served(&dir);
+    let original = std::fs::read(&pack_path).unwrap();
+    let pack = PackBackend::open_for_serving(&pack_path);
+    assert_eq!(pack.refresh(), cache_backends::Availability::Ready);
+    let object = pack.get(BIG).unwrap().unwrap();
+    let big_offset = offset_of(&pack, BIG);
+
+    // Cut the pack inside the big object: the map no longer covers its end. The stat check
+    // before the copy sees the new size, so the copy fails instead of raising SIGBUS.
+    truncate_in_place(&pack_path, big_offset + (1 << 20));
+    let mut tail = Vec::new();
+    let copied = object.copy_to((3 << 20) - 4096, 4096, &mut tail);
+    match copied {
+        Err(Error::PackChanged { how, .. }) => assert!(how.contains("size"), "{how}"),
+        other => panic!("{other:?}"),
+    }
+    let why = wait_unavailable(&pack);
+    assert!(why.contains(&pack_path.display().to_string()), "{why}");
+    assert!(why.contains("truncated") || why.contains("footer"), "{why}");
+    assert!(matches!(
+        pack.get("/a.txt"),
+        Err(Error::PackUnavailable { .. }) | Err(Error::PackChanged { .. })
+    ));
+    // Still unavailable at the next tries (once a second), until a sound pack is renamed in.
+    assert_ne!(pack.refresh(), cache_backends::Availability::Ready);
+    write_pack_file(&pack_path, &original);
+    std::fs::set_permissions(&pack_path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    wait_ready(&pack);
+    for (path, bytes) in &objects {
+        assert_eq!(
+            try_read(&pack, path).unwrap().as_ref(),
+            Some(bytes),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_pack_replaced_by_rename_is_picked_up_without_a_request() {
+    let dir = TempDir::new().unwrap();
+    let (pack_path, _) = build_served(&dir);
+    let pack = PackBackend::open_for_serving(&pack_path);
+    assert_eq!(get_bytes(&pack, "/a.txt").unwrap(), b"hello, world\n");
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("a.txt"), b"the new pack\n").unwrap();
+    build_pack(&other, &pack_path).unwrap();
+    // No get in between: the path is stat'ed once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        pack.refresh();
+        if let Ok(Some(bytes)) = try_read(&pack, "/a.txt") {
+            if bytes == b"the new pack\n" {
+                break;
+            }
+            assert_eq!(
+                bytes, b"hello, world\n",
+                "neither the old nor the new bytes"
+            );
+        }
+        assert!(std::time::Instant::now() < deadline, "never picked up");
+        std::thread::sleep(std::time::Duration::from_millis(10)); // polling, not syncing
+    }
+    assert_eq!(pack.objects().count(), 1);
+}
+
+#[test]
+fn a_pack_group_or_others_can_write_is_refused_saying_what_to_do() {
+    let dir = TempDir::new().unwrap();
+    let (pack_path, _) = build_served(&dir);
+    let shown = pack_path.display().to_string();
+    for mode in [0o664, 0o646, 0o666] {
+        std::fs::set_permissions(&pack_path, std::fs::Permissions::from_mode(mode)).unwrap();
+        for error in [
+            PackBackend::open(&pack_path).err(),
+            verify_pack(&pack_path).err(),
+            cache_backends::check_pack(&pack_path).err(),
+        ] {
+            let error = error.expect("a writable pack was accepted");
+            assert!(
+                matches!(error, Error::PackWritable { mode: m, .. } if m == mode),
+                "{error}"
+            );
+            let message = error.to_string();
+            assert!(message.contains(&shown), "{message}");
+            assert!(message.contains(&format!("{mode:04o}")), "{message}");
+            assert!(message.contains("chmod go-w"), "{message}");
+        }
+    }
+    // Served from once fixed, without a restart.
+    let pack = PackBackend::open_for_serving(&pack_path);
+    assert!(wait_unavailable(&pack).contains("chmod go-w"));
+    std::fs::set_permissions(&pack_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_ready(&pack);
+    assert_eq!(get_bytes(&pack, "/a.txt").unwrap(), b"hello, world\n");
+}
+
+#[test]
+fn a_built_pack_is_read_only_for_everyone() {
+    let dir = TempDir::new().unwrap();
+    let (pack_path, _) = build_served(&dir);
+    let mode = std::fs::metadata(&pack_path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, cache_backends::pack::PACK_MODE);
+    assert_eq!(mode, 0o444);
+}
+
+#[test]
+fn a_missing_pack_is_unavailable_until_it_appears() {
+    let dir = TempDir::new().unwrap();
+    let pack_path = dir.path().join("later.pack");
+    let pack = PackBackend::open_for_serving(&pack_path);
+    let why = wait_unavailable(&pack);
+    assert!(why.contains(&pack_path.display().to_string()), "{why}");
+    assert!(matches!(
+        pack.get("/a.txt"),
+        Err(Error::PackUnavailable { .. })
+    ));
+    assert_eq!(pack.stats().objects, 0);
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    write_tree(&tree, &fixture());
+    build_pack(&tree, &pack_path).unwrap();
+    wait_ready(&pack);
+    assert_eq!(get_bytes(&pack, "/a.txt").unwrap(), b"hello, world\n");
+}
+
+#[test]
+fn check_pack_names_the_file_and_the_damage() {
+    let dir = TempDir::new().unwrap();
+    let (pack_path, objects) = build_served(&dir);
+    let report = cache_backends::check_pack(&pack_path).unwrap();
+    assert_eq!(report.objects, objects.len() as u64);
+    assert!(report.problems.is_empty());
+    let shown = pack_path.display().to_string();
+
+    let offset = offset_of(&PackBackend::open(&pack_path).unwrap(), BIG);
+    let mut bytes = std::fs::read(&pack_path).unwrap();
+    bytes[offset as usize + 12345] ^= 1;
+    write_pack_file(&pack_path, &bytes);
+    match cache_backends::check_pack(&pack_path) {
+        Err(error @ Error::CorruptPack { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&shown), "{message}");
+            assert!(message.contains(BIG), "{message}");
+            assert!(message.contains("checksum mismatch"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    truncate_in_place(&pack_path, offset + 100);
+    match cache_backends::check_pack(&pack_path) {
+        Err(error @ Error::CorruptPack { .. }) => {
+            assert!(error.to_string().contains(&shown), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -21,8 +21,8 @@ pub enum ShownState {
     Starting,
     /// Ready and serving.
     Running,
-    /// Its process runs but says it cannot answer (for example its pack is damaged); its paths
-    /// go to the origin.
+    /// Running, but it cannot serve (its pack is damaged, changed or missing): the proxy sends
+    /// its paths to the origin until it recovers by itself.
     Unavailable,
     /// Dead, waiting for its restart delay.
     Backoff,

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -27,10 +27,15 @@ pub struct BuildReport {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// Mode of a built pack: read-only for everyone, so that even its owner cannot write it in
+/// place by mistake (a pack is replaced by building a new one, which needs no write permission
+/// on the old file).
+pub const PACK_MODE: u32 = 0o444;
+
 /// Builds a pack of every regular file under `dir` at `output`: written to a temporary file in
-/// `output`'s directory, fsynced, read back and checked (structure and every checksum), then
-/// renamed over `output` (and the directory fsynced), so `output` always names a complete,
-/// sound pack. Object paths are `/` + the path under `dir`; symlinks
+/// `output`'s directory, made mode [`PACK_MODE`], fsynced, read back and checked (structure and
+/// every checksum), then renamed over `output` (and the directory fsynced), so `output` always
+/// names a complete, sound, read-only pack. Object paths are `/` + the path under `dir`; symlinks
 /// are followed only when they resolve inside `dir`, and symlinked directories are not entered.
 /// An earlier `output` inside `dir` is not packed into the new one.
 pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
@@ -80,6 +85,9 @@ pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
         .into_inner()
         .map_err(|error| write_error(error.into_error()))?;
     report.pack_len = writer.position;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(PACK_MODE))
+        .map_err(&write_error)?;
     temp.as_file().sync_all().map_err(&write_error)?;
     check_written(&temp_path)?;
     temp.persist(output)
@@ -90,11 +98,11 @@ pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
     Ok(report)
 }
 
-/// Reads the finished pack back through the reader before it is renamed into place: the
-/// structure as at open, then every object's checksum.
+/// Reads the finished pack back before it is renamed into place: the checks of an open, then
+/// every object's checksum and the padding.
 fn check_written(temp_path: &Path) -> Result<(), Error> {
-    let written = super::PackBackend::open(temp_path)?;
-    match written.check_all().into_iter().next() {
+    let written = super::verify_pack(temp_path)?;
+    match written.problems.into_iter().next() {
         None => Ok(()),
         Some(problem) => Err(Error::CorruptPack {
             path: temp_path.to_path_buf(),

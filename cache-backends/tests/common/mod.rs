@@ -66,3 +66,68 @@ pub fn get_bytes(backend: &dyn CacheBackend, path: &str) -> Option<Vec<u8>> {
     let object = backend.get(path).unwrap()?;
     Some(read_all(object.as_ref(), 1 << 20))
 }
+
+/// Writes a pack file the way an operator would put a copy in place: a temporary file of mode
+/// 0644 (whatever the umask) renamed over `path`, so that it works over a read-only pack too.
+pub fn write_pack_file(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = path.with_extension("writing");
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// Overwrites `bytes` at `offset` of the file in place, like `dd conv=notrunc` (as root, the
+/// file's read-only mode does not stop it; otherwise the test makes it writable first).
+pub fn overwrite_in_place(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    let file = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(_) => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::OpenOptions::new().write(true).open(path).unwrap()
+        }
+    };
+    file.write_all_at(bytes, offset).unwrap();
+}
+
+/// Truncates the file in place to `len` bytes.
+pub fn truncate_in_place(path: &Path, len: u64) {
+    use std::os::unix::fs::PermissionsExt;
+    let file = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(_) => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::OpenOptions::new().write(true).open(path).unwrap()
+        }
+    };
+    file.set_len(len).unwrap();
+}
+
+/// Polls `refresh` until the backend is ready (a reopen is tried at most once a second).
+pub fn wait_ready(backend: &dyn CacheBackend) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let availability = backend.refresh();
+        if availability == cache_backends::Availability::Ready {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready again: {availability:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10)); // polling, not syncing
+    }
+}
+
+/// Polls `refresh` until the backend is unavailable, and returns why.
+pub fn wait_unavailable(backend: &dyn CacheBackend) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let cache_backends::Availability::Unavailable(why) = backend.refresh() {
+            return why;
+        }
+        assert!(std::time::Instant::now() < deadline, "never unavailable");
+        std::thread::sleep(std::time::Duration::from_millis(10)); // polling, not syncing
+    }
+}

@@ -199,16 +199,26 @@ fn routing_follows_the_member_states() {
     common::fetch_status(&addr, "/routed", Status::Error);
     assert_eq!(rig.counter(Counter::Fallbacks), 1);
 
+    // An unavailable owner (alive, but its pack is damaged or changed) keeps its keys too: a
+    // fallback, not a request to it. It is not paused: it serves again as soon as it is Ready.
+    set(owner, MemberState::Unavailable);
+    common::fetch_status(&addr, "/routed", Status::Error);
+    assert_eq!(rig.counter(Counter::Fallbacks), 2);
+    assert_eq!(rig.counter(Counter::LookupHits), 2);
+    set(owner, MemberState::Ready);
+    common::fetch_ok(&addr, "/routed", b"either cache has me");
+    assert_eq!(rig.counter(Counter::LookupHits), 3);
+
     // Every cache quarantined: every request is a fallback.
     set(owner, MemberState::Quarantined);
     set(other, MemberState::Quarantined);
     common::fetch_status(&addr, "/routed", Status::Error);
-    assert_eq!(rig.counter(Counter::Fallbacks), 2);
+    assert_eq!(rig.counter(Counter::Fallbacks), 3);
 
     set(owner, MemberState::Ready);
     set(other, MemberState::Ready);
     common::fetch_ok(&addr, "/routed", b"either cache has me");
-    assert_eq!(rig.counter(Counter::LookupHits), 3);
+    assert_eq!(rig.counter(Counter::LookupHits), 4);
 }
 
 #[test]
