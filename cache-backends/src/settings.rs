@@ -192,9 +192,25 @@ impl CacheSettings {
         };
         let key = match self.backend {
             Some(BackendKind::Pack) => "pack.path",
-            Some(BackendKind::Directory) => "directory",
+            Some(BackendKind::Directory)
+                if self.directory.as_ref().is_some_and(|d| d.root.is_none()) =>
+            {
+                "directory.content"
+            }
+            Some(BackendKind::Directory) => "directory.root",
             _ => "memory",
         };
+        if let BackendConfig::Directory {
+            root: Some(root),
+            writable: true,
+            ..
+        } = &config
+        {
+            if !root.exists() {
+                // Created at start; whether it can be is the caller's check.
+                return problems;
+            }
+        }
         // A pack is checked in full (a cache would start on a bad one and wait, unavailable).
         let outcome = match &config {
             BackendConfig::Pack { path } => crate::check_pack(path).map(drop),
