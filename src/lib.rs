@@ -38,3 +38,16 @@ pub fn describe(error: &anyhow::Error) -> String {
     }
     text
 }
+
+/// The `main` of a role binary: logs at `info`, runs `run`, and on failure prints
+/// `name: error` and exits 1.
+pub fn main_of(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    init_logging();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {}", describe(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -133,12 +133,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    gfcache::init_logging();
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("gfcache-cache: {}", gfcache::describe(&error));
-            ExitCode::FAILURE
-        }
-    }
+    gfcache::main_of("gfcache-cache", || run(Args::parse()))
 }

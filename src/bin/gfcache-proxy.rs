@@ -126,12 +126,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    gfcache::init_logging();
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("gfcache-proxy: {}", gfcache::describe(&error));
-            ExitCode::FAILURE
-        }
-    }
+    gfcache::main_of("gfcache-proxy", || run(Args::parse()))
 }

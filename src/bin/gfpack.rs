@@ -126,10 +126,13 @@ fn main() -> ExitCode {
         Ok(Outcome::Damaged | Outcome::NotFound) => ExitCode::from(1),
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("gfpack: {}", describe(&error));
+            eprintln!("gfpack: {}", gfcache::describe(&error));
             let damaged = matches!(
                 error.downcast_ref::<cache_backends::Error>(),
-                Some(cache_backends::Error::CorruptPack { .. })
+                Some(
+                    cache_backends::Error::CorruptPack { .. }
+                        | cache_backends::Error::PackWritable { .. }
+                )
             );
             ExitCode::from(if damaged { 1 } else { 2 })
         }
@@ -143,20 +146,4 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-/// The error and its causes, leaving out a cause whose text its parent already shows
-/// (the library's errors print their source inline).
-fn describe(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&cause);
-        }
-    }
-    text
 }

@@ -102,15 +102,9 @@ pub fn backoff_delay(policy: &BackoffSettings, attempt: u32, jitter: f64) -> Dur
 mod tests {
     use super::*;
 
+    /// The defaults: 100 ms doubling to 30 s, reset after 60 s, 5 restarts a minute.
     fn policy() -> BackoffSettings {
-        BackoffSettings {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-            reset_after: Duration::from_secs(60),
-            max_restarts: 5,
-            restart_window: Duration::from_secs(60),
-            revive_after: Duration::from_secs(300),
-        }
+        BackoffSettings::default()
     }
 
     #[test]
