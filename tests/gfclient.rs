@@ -292,3 +292,47 @@ fn a_failed_download_keeps_the_existing_file() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(names.len(), 1, "no partial files are left");
 }
+
+#[test]
+fn output_to_a_stream_writes_into_it_and_never_replaces_it() {
+    // `-o -` is stdout.
+    let (addr, server) = fake_server(b"GETFILE OK 3\r\n\r\nxyz".to_vec(), Pace::AtOnce);
+    let output = get(&addr, "/x", Path::new("-"));
+    server.join().unwrap();
+    assert_eq!(
+        (output.status.code(), output.stdout.as_slice()),
+        (Some(0), &b"xyz"[..])
+    );
+
+    // A FIFO is written into, and stays a FIFO (as /dev/null must stay a device).
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let reader = {
+        let fifo = fifo.clone();
+        thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let (addr, server) = fake_server(b"GETFILE OK 5\r\n\r\nhello".to_vec(), Pace::AtOnce);
+    let output = get(&addr, "/x", &fifo);
+    server.join().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(reader.join().unwrap(), b"hello");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no temporary file is left beside the FIFO"
+    );
+
+    // A directory is refused without touching it.
+    let (addr, _server) = fake_server(b"GETFILE OK 1\r\n\r\nz".to_vec(), Pace::AtOnce);
+    let output = get(&addr, "/x", dir.path());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("it is a directory"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -143,35 +143,31 @@ fn get(common: &Common, path: &str, output: Option<&Path>) -> u8 {
         return usage(&format!("bad path {path:?}: {e}"));
     }
     let result = match output {
-        None => {
-            let stdout = std::io::stdout();
-            let mut out = BufWriter::new(stdout.lock());
-            client.fetch(&common.server, path, &mut out)
-        }
-        Some(file) => {
-            // Written beside the target and renamed on success: a failed download neither
-            // leaves a partial file nor destroys an existing one.
-            let part = part_path(file);
-            match File::create(&part) {
+        None => to_stdout(&client, &common.server, path),
+        Some(file) if file.as_os_str() == "-" => to_stdout(&client, &common.server, path),
+        Some(file) => match Target::of(file) {
+            Target::Stream => match std::fs::OpenOptions::new().write(true).open(file) {
                 Ok(f) => {
                     let mut out = BufWriter::new(f);
-                    let result = client.fetch(&common.server, path, &mut out);
-                    drop(out);
-                    let result = match result {
-                        Ok(o) if o.status == Status::Ok => std::fs::rename(&part, file)
-                            .map(|()| o)
-                            .map_err(Error::Output),
-                        other => other,
-                    };
-                    let _ = std::fs::remove_file(&part);
-                    result
+                    client.fetch(&common.server, path, &mut out)
                 }
                 Err(e) => {
-                    eprintln!("gfclient: cannot create {}: {e}", part.display());
+                    eprintln!("gfclient: cannot open {}: {e}", file.display());
                     return EXIT_IO;
                 }
+            },
+            Target::RegularOrAbsent => match to_file(&client, &common.server, path, file) {
+                Ok(result) => result,
+                Err(code) => return code,
+            },
+            Target::Refused(what) => {
+                eprintln!(
+                    "gfclient: will not write to {}: it is {what}",
+                    file.display()
+                );
+                return EXIT_IO;
             }
-        }
+        },
     };
     let (code, line) = match result {
         Ok(o) => match o.status {
@@ -186,6 +182,74 @@ fn get(common: &Common, path: &str, output: Option<&Path>) -> u8 {
     };
     eprintln!("{line}");
     code
+}
+
+/// What `-o FILE` names, which decides how the download is written.
+enum Target {
+    /// A regular file, or nothing yet: written beside it and renamed over it on success.
+    RegularOrAbsent,
+    /// A character device, a FIFO or a socket (`/dev/null`, a terminal, a pipe): written
+    /// straight into, never replaced.
+    Stream,
+    /// Something that can be neither (a directory).
+    Refused(&'static str),
+}
+
+impl Target {
+    fn of(file: &Path) -> Target {
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::metadata(file) {
+            Err(_) => Target::RegularOrAbsent,
+            Ok(meta) => {
+                let kind = meta.file_type();
+                if kind.is_file() {
+                    Target::RegularOrAbsent
+                } else if kind.is_char_device() || kind.is_fifo() || kind.is_socket() {
+                    Target::Stream
+                } else if kind.is_dir() {
+                    Target::Refused("a directory")
+                } else {
+                    Target::Refused("neither a regular file nor a stream")
+                }
+            }
+        }
+    }
+}
+
+fn to_stdout(
+    client: &gfprotocol::Client,
+    server: &str,
+    path: &str,
+) -> Result<gfprotocol::FetchOutcome, Error> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    client.fetch(server, path, &mut out)
+}
+
+/// Written beside the target and renamed on success: a failed download neither leaves a
+/// partial file nor destroys an existing one.
+fn to_file(
+    client: &gfprotocol::Client,
+    server: &str,
+    path: &str,
+    file: &Path,
+) -> Result<Result<gfprotocol::FetchOutcome, Error>, u8> {
+    let part = part_path(file);
+    let f = File::create(&part).map_err(|e| {
+        eprintln!("gfclient: cannot create {}: {e}", part.display());
+        EXIT_IO
+    })?;
+    let mut out = BufWriter::new(f);
+    let result = client.fetch(server, path, &mut out);
+    drop(out);
+    let result = match result {
+        Ok(o) if o.status == Status::Ok => std::fs::rename(&part, file)
+            .map(|()| o)
+            .map_err(Error::Output),
+        other => other,
+    };
+    let _ = std::fs::remove_file(&part);
+    Ok(result)
 }
 
 /// `FILE` -> `FILE.part-<pid>` in the same directory.
