@@ -720,3 +720,61 @@ fn repeated_sigkills_never_serve_a_wrong_byte_and_serving_goes_on() {
     stop_and_check_nothing_left(run);
     eprintln!("chaos test took {:?}", test_started.elapsed());
 }
+
+/// With a read-only directory every cache serves the same files, so a killed cache's paths are
+/// served by the next cache in rendezvous order: no origin is needed for them.
+#[test]
+fn with_a_shared_directory_and_no_origin_cache_kills_cost_no_error() {
+    let content = tempfile::tempdir().expect("content dir");
+    let files = Arc::new(chaos_content(content.path()));
+    let mut setup = Setup::new(Backend::Directory(content.path().to_path_buf()));
+    setup.max_restarts = 20;
+    let run = Run::start(setup);
+    assert_every_file_complete(&run, &files, "before any kill");
+
+    let marks = Arc::new(Marks::default());
+    let clients = Clients::start(run.proxy, &files, &marks);
+    // The cache rounds of SCHEDULE, keeping their numbers: the records judge a round by
+    // `victim_of`, and no proxy is killed here.
+    let cache_rounds: Vec<u64> = (1..=SCHEDULE.len() as u64)
+        .filter(|&r| victim_of(r) != Victim::Proxy)
+        .collect();
+    let mut rounds_seen = Vec::new();
+    for round in cache_rounds {
+        rounds_seen.push(chaos_round(&run, &marks, &clients, round, victim_of(round)));
+    }
+    let records = clients.finish();
+    let rounds = rounds_text(&rounds_seen);
+    let complete = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Complete))
+        .count();
+    eprintln!(
+        "failover chaos: {complete} of {} requests complete ({:.3}%)\n{rounds}",
+        records.len(),
+        100.0 * complete as f64 / records.len().max(1) as f64
+    );
+    let broken: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            r.violation()
+                .map(|why| format!("{why}: {}", r.describe(&files)))
+        })
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "{} of {} requests broke a promise (no ERROR: the other cache answers); the first:\n{}\n{rounds}",
+        broken.len(),
+        records.len(),
+        broken.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+    );
+    let text = run.metrics_text();
+    assert_eq!(
+        metric(&text, "gfcache_requests_total{status=\"error\"}"),
+        0.0,
+        "{text}"
+    );
+    assert!(metric(&text, "gfcache_failovers_total") > 0.0, "{text}");
+    assert_every_file_complete(&run, &files, "after the kills");
+    stop_and_check_nothing_left(run);
+}

@@ -158,6 +158,17 @@ impl CacheSettings {
         }
     }
 
+    /// Whether every cache process serves the same data, so that any of them can answer for
+    /// another: a read-only directory or a pack (a memory cache, or a writable directory, holds
+    /// what was filled into it alone).
+    pub fn is_shared(&self) -> bool {
+        match self.backend {
+            Some(BackendKind::Pack) => true,
+            Some(BackendKind::Directory) => !self.directory.as_ref().is_some_and(|d| d.writable),
+            _ => false,
+        }
+    }
+
     /// The backend to open; None until a backend is chosen.
     pub fn backend_config(&self) -> Option<BackendConfig> {
         Some(match self.backend? {

@@ -41,6 +41,9 @@ pub enum Counter {
     FillsStored,
     /// Fills dropped (declined, too slow, too large, failed).
     FillsDropped,
+    /// Requests served by another cache than their owner, which could not answer (shared
+    /// backends only).
+    Failovers,
 }
 
 impl Counter {
@@ -62,6 +65,7 @@ impl Counter {
         Counter::ResponseBytes,
         Counter::FillsStored,
         Counter::FillsDropped,
+        Counter::Failovers,
     ];
 
     /// Its cell in the proxy's stats block (an index past the block would not compile).
@@ -83,6 +87,7 @@ impl Counter {
             Counter::ResponseBytes => CounterId::at::<13>(),
             Counter::FillsStored => CounterId::at::<14>(),
             Counter::FillsDropped => CounterId::at::<15>(),
+            Counter::Failovers => CounterId::at::<16>(),
         }
     }
 }
@@ -222,6 +227,15 @@ pub const SCHEMA: &[Family] = &[
         series: &[Series {
             labels: &[],
             cell: Cell::Counter(Counter::Fallbacks.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_failovers_total",
+        help: "Requests served by the next cache in rendezvous order because their owner could not answer (shared backends only).",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::Failovers.id()),
         }],
     },
     Family {

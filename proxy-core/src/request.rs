@@ -4,7 +4,8 @@
 //! rendezvous hashing -> acquire a segment -> GET from that cache -> stream to the client
 //! straight from the segment -> release. A miss goes to the origin (collapsed with concurrent
 //! misses, filled into the owning cache); a cache that cannot answer before the OK header is
-//! skipped for the origin (a fallback). After the OK header a failure can only close the
+//! skipped: for the next cache in rendezvous order when the caches share their data (a
+//! failover), else for the origin (a fallback). After the OK header a failure can only close the
 //! connection.
 
 use std::sync::Arc;
@@ -65,7 +66,7 @@ fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Ou
         Route::Unavailable(slot) => {
             tracing::debug!(slot = slot.as_raw(), key = %path, "cache unavailable");
             ctx.stats.incr(Counter::LookupErrors);
-            return fallback(ctx, &path, epoch, response);
+            return failover(ctx, &path, slot, epoch, response);
         }
         Route::NoCache => {
             tracing::debug!(key = %path, "every cache is quarantined");
@@ -80,9 +81,38 @@ fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Ou
         CacheResult::Failed(error) => {
             tracing::debug!(slot = slot.as_raw(), key = %path, %error, "cache failed");
             ctx.stats.incr(Counter::LookupErrors);
-            fallback(ctx, &path, epoch, response)
+            failover(ctx, &path, slot, epoch, response)
         }
     }
+}
+
+/// The owner cannot answer. When every cache serves the same data (a shared backend), the next
+/// caches in rendezvous order can; otherwise, or when none of them can, the origin.
+fn failover(
+    ctx: &Context,
+    path: &CanonicalPath,
+    owner: CacheSlot,
+    epoch: u64,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    if ctx.config.shared_backend {
+        let others = ctx.router.failover_order(&ctx.region, path.as_str());
+        for slot in others.into_iter().filter(|slot| *slot != owner) {
+            match from_cache(ctx, slot, path, response) {
+                CacheResult::Served(outcome) => {
+                    ctx.stats.incr(Counter::Failovers);
+                    return outcome;
+                }
+                // The caches share their data: what one lacks, all lack.
+                CacheResult::Miss => return from_origin(ctx, path, None, epoch, response),
+                CacheResult::Failed(error) => {
+                    tracing::debug!(slot = slot.as_raw(), key = %path, %error, "failover cache failed");
+                    ctx.stats.incr(Counter::LookupErrors);
+                }
+            }
+        }
+    }
+    fallback(ctx, path, epoch, response)
 }
 
 /// What a cache lookup came to.

@@ -103,6 +103,23 @@ impl Router {
         }
     }
 
+    /// The slots that may answer `path` in rendezvous order, best first: the owner (as
+    /// [`Router::route`] picks it), then the other slots that are Ready and not suspect. Every
+    /// cache of a shared backend holds the same objects, so any of them can serve a path whose
+    /// owner cannot.
+    pub fn failover_order(&self, region: &Region, path: &str) -> Vec<CacheSlot> {
+        let hash = path_hash(path);
+        let mut slots: Vec<CacheSlot> = (0..self.slot_count())
+            .map(CacheSlot::from_raw)
+            .filter(|slot| {
+                region.member_state(Member::Cache(*slot)) == MemberState::Ready
+                    && !self.is_suspect(region, *slot)
+            })
+            .collect();
+        slots.sort_by_key(|slot| (std::cmp::Reverse(score(hash, *slot)), slot.as_raw()));
+        slots
+    }
+
     /// Records that `slot` failed to answer: it is skipped until its process is replaced or the
     /// pause ends, so that one dead cache costs one timeout, not one per request.
     pub fn suspect(&self, region: &Region, slot: CacheSlot) {

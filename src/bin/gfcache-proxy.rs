@@ -43,6 +43,10 @@ struct Args {
     /// Share the port with other proxies (SO_REUSEPORT).
     #[arg(long)]
     reuse_port: bool,
+    /// The caches serve the same data (a read-only directory or a pack): a path whose cache
+    /// cannot answer is asked of the next cache before the origin.
+    #[arg(long)]
+    shared_backend: bool,
     /// proxy.listen (port 0 for any).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -107,6 +111,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = ProxyConfig {
         slot: ipc::ProxySlot::from_raw(args.slot),
         reuse_port: args.reuse_port,
+        shared_backend: args.shared_backend,
         settings: args.settings(),
     };
     config.validate()?;

@@ -1078,6 +1078,7 @@ fn child_specs(config: &Config) -> Vec<ChildSpec> {
     let proxies = (0..config.proxy.processes).map(|slot| ChildSpec::Proxy {
         slot,
         reuse_port: config.proxy.processes > 1,
+        shared_backend: config.cache.settings.is_shared(),
         proxy: config.proxy.settings.clone(),
         shutdown_timeout,
     });

@@ -222,6 +222,56 @@ fn routing_follows_the_member_states() {
 }
 
 #[test]
+fn with_a_shared_backend_the_next_cache_serves_when_the_owner_cannot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("routed"), b"either cache has me").expect("write");
+    let root = dir.path().to_path_buf();
+    let mut config = common::proxy_config(None);
+    config.shared_backend = true;
+    let rig = Rig::start(
+        8,
+        &[Backend::Directory(root.clone()), Backend::Directory(root)],
+        config,
+    );
+    let addr = rig.addr();
+    let slots = || (0..2).map(CacheSlot::from_raw);
+    let owner = proxy_core::routing::owner("/routed", slots()).expect("an owner");
+    let other = slots().find(|s| *s != owner).expect("another slot");
+    let set = |slot, state| {
+        let member = Member::Cache(slot);
+        let pid = rig.region.member_pid(member);
+        rig.region.set_member_state(member, state, pid);
+    };
+
+    // Restarting, unavailable or down: the other cache answers, and no request is an ERROR
+    // although there is no origin.
+    for (round, state) in [
+        MemberState::Starting,
+        MemberState::Unavailable,
+        MemberState::Down,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set(owner, state);
+        common::fetch_ok(&addr, "/routed", b"either cache has me");
+        assert_eq!(rig.counter(Counter::Failovers), round as u64 + 1);
+        assert_eq!(rig.counter(Counter::Fallbacks), 0);
+    }
+    // What the shared data lacks, every cache lacks: FILE_NOT_FOUND, not ERROR.
+    common::fetch_status(&addr, "/absent", Status::FileNotFound);
+
+    // Both unable: only then a fallback (ERROR without an origin).
+    set(other, MemberState::Starting);
+    common::fetch_status(&addr, "/routed", Status::Error);
+    assert_eq!(rig.counter(Counter::Fallbacks), 1);
+
+    set(owner, MemberState::Ready);
+    set(other, MemberState::Ready);
+    common::fetch_ok(&addr, "/routed", b"either cache has me");
+}
+
+#[test]
 fn a_malformed_request_is_answered_invalid_and_counted() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().expect("tempdir");
