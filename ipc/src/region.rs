@@ -198,6 +198,7 @@ pub(crate) struct ControlHeader {
 pub(crate) struct MemberWord {
     pub state: AtomicU32,
     pub pid: AtomicI32,
+    pub tag: AtomicU32,
 }
 
 /// Fields of a request, written by the proxy while it holds the segment Reserved.
@@ -475,6 +476,21 @@ impl Region {
         if let Some(word) = self.member_word(member) {
             word.pid.store(pid, Ordering::Relaxed);
             word.state.store(state.to_word(), Ordering::Release);
+        }
+    }
+
+    /// An opaque word published about a member (ipc gives it no meaning; the supervisor and the
+    /// proxy agree on its bits). It outlives the member's processes: a restart keeps it.
+    pub fn member_tag(&self, member: Member) -> u32 {
+        self.member_word(member)
+            .map(|word| word.tag.load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
+    /// Sets a member's tag.
+    pub fn set_member_tag(&self, member: Member, tag: u32) {
+        if let Some(word) = self.member_word(member) {
+            word.tag.store(tag, Ordering::Release);
         }
     }
 

@@ -85,9 +85,6 @@ pub struct ProxyConfig {
     pub slot: ipc::ProxySlot,
     /// Set SO_REUSEPORT, so that several proxy processes share the listen address.
     pub reuse_port: bool,
-    /// Every cache process serves the same data (a read-only directory, a pack): a path whose
-    /// owner cannot answer is asked of the next cache in rendezvous order before the origin.
-    pub shared_backend: bool,
     /// The `[proxy]` settings.
     pub settings: ProxySettings,
 }
@@ -98,7 +95,6 @@ impl ProxyConfig {
         ProxyConfig {
             slot: ipc::ProxySlot::from_raw(0),
             reuse_port: false,
-            shared_backend: false,
             settings: ProxySettings {
                 listen,
                 ..ProxySettings::default()

@@ -95,20 +95,17 @@ fn failover(
     epoch: u64,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
-    if ctx.config.shared_backend {
-        let others = ctx.router.failover_order(&ctx.region, path.as_str());
-        for slot in others.into_iter().filter(|slot| *slot != owner) {
-            match from_cache(ctx, slot, path, response) {
-                CacheResult::Served(outcome) => {
-                    ctx.stats.incr(Counter::Failovers);
-                    return outcome;
-                }
-                // The caches share their data: what one lacks, all lack.
-                CacheResult::Miss => return from_origin(ctx, path, None, epoch, response),
-                CacheResult::Failed(error) => {
-                    tracing::debug!(slot = slot.as_raw(), key = %path, %error, "failover cache failed");
-                    ctx.stats.incr(Counter::LookupErrors);
-                }
+    for slot in ctx.router.failover_order(&ctx.region, path.as_str(), owner) {
+        match from_cache(ctx, slot, path, response) {
+            CacheResult::Served(outcome) => {
+                ctx.stats.incr(Counter::Failovers);
+                return outcome;
+            }
+            // The caches share their data: what one lacks, all lack.
+            CacheResult::Miss => return from_origin(ctx, path, None, epoch, response),
+            CacheResult::Failed(error) => {
+                tracing::debug!(slot = slot.as_raw(), key = %path, %error, "failover cache failed");
+                ctx.stats.incr(Counter::LookupErrors);
             }
         }
     }

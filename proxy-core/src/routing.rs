@@ -50,6 +50,27 @@ pub fn owner(path: &str, candidates: impl IntoIterator<Item = CacheSlot>) -> Opt
     best.map(|(_, slot)| slot)
 }
 
+/// The bit of a cache member's tag ([`ipc::Region::member_tag`]) that says it serves the same
+/// data as every other cache carrying it (a read-only directory, a pack), so that any of them
+/// can answer for another. Whoever starts the caches sets it.
+pub const SHARES_DATA: u32 = 1;
+
+/// Marks cache `slot` as serving shared data, or not.
+pub fn set_shares_data(region: &Region, slot: CacheSlot, shared: bool) {
+    let member = Member::Cache(slot);
+    let tag = region.member_tag(member);
+    let tag = if shared {
+        tag | SHARES_DATA
+    } else {
+        tag & !SHARES_DATA
+    };
+    region.set_member_tag(member, tag);
+}
+
+fn shares_data(region: &Region, slot: CacheSlot) -> bool {
+    region.member_tag(Member::Cache(slot)) & SHARES_DATA != 0
+}
+
 /// Where a request goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -103,16 +124,20 @@ impl Router {
         }
     }
 
-    /// The slots that may answer `path` in rendezvous order, best first: the owner (as
-    /// [`Router::route`] picks it), then the other slots that are Ready and not suspect. Every
-    /// cache of a shared backend holds the same objects, so any of them can serve a path whose
-    /// owner cannot.
-    pub fn failover_order(&self, region: &Region, path: &str) -> Vec<CacheSlot> {
+    /// The caches that may answer `path` for its `owner`, which cannot, in rendezvous order:
+    /// none unless the owner [shares its data](SHARES_DATA); then the other caches that share
+    /// theirs and are Ready and not suspect. Each holds the same objects as the owner.
+    pub fn failover_order(&self, region: &Region, path: &str, owner: CacheSlot) -> Vec<CacheSlot> {
+        if !shares_data(region, owner) {
+            return Vec::new();
+        }
         let hash = path_hash(path);
         let mut slots: Vec<CacheSlot> = (0..self.slot_count())
             .map(CacheSlot::from_raw)
             .filter(|slot| {
-                region.member_state(Member::Cache(*slot)) == MemberState::Ready
+                *slot != owner
+                    && shares_data(region, *slot)
+                    && region.member_state(Member::Cache(*slot)) == MemberState::Ready
                     && !self.is_suspect(region, *slot)
             })
             .collect();

@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     reuse_port: bool,
     /// The caches serve the same data (a read-only directory or a pack): a path whose cache
-    /// cannot answer is asked of the next cache before the origin.
+    /// cannot answer is asked of the next cache before the origin. Marks every cache slot.
     #[arg(long)]
     shared_backend: bool,
     /// proxy.listen (port 0 for any).
@@ -111,14 +111,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = ProxyConfig {
         slot: ipc::ProxySlot::from_raw(args.slot),
         reuse_port: args.reuse_port,
-        shared_backend: args.shared_backend,
         settings: args.settings(),
     };
     config.validate()?;
     let drain_limit = args
         .shutdown_timeout
         .unwrap_or(supervisor::config::SupervisorSettings::default().shutdown_timeout);
-    let proxy = Proxy::start(Arc::new(args.region()?), config)?;
+    let region = Arc::new(args.region()?);
+    for slot in 0..region.config().cache_slots {
+        let slot = ipc::CacheSlot::from_raw(slot);
+        proxy_core::routing::set_shares_data(&region, slot, args.shared_backend);
+    }
+    let proxy = Proxy::start(region, config)?;
     println!("listening on {}", proxy.local_addr());
     std::io::stdout().flush().context("stdout")?;
     while !stop.load(Ordering::SeqCst) {

@@ -39,8 +39,6 @@ pub enum ChildSpec {
         slot: u32,
         /// Whether other proxies share its port (SO_REUSEPORT).
         reuse_port: bool,
-        /// Whether every cache serves the same data (failover between caches).
-        shared_backend: bool,
         /// `[proxy]`.
         proxy: ProxySettings,
         /// Drain limit on SIGTERM.
@@ -91,17 +89,15 @@ impl ChildSpec {
                     slot: a,
                     proxy: x,
                     reuse_port: r,
-                    shared_backend: s,
                     ..
                 },
                 ChildSpec::Proxy {
                     slot: b,
                     proxy: y,
                     reuse_port: q,
-                    shared_backend: t,
                     ..
                 },
-            ) => a != b || x != y || r != q || s != t,
+            ) => a != b || x != y || r != q,
             _ => true,
         }
     }
@@ -195,14 +191,12 @@ pub fn run_role(role: Role, slot: u32, stop: &AtomicBool) -> Result<(), Error> {
         ChildSpec::Proxy {
             slot,
             reuse_port,
-            shared_backend,
             proxy,
             shutdown_timeout,
         } => {
             let config = proxy_core::ProxyConfig {
                 slot: ipc::ProxySlot::from_raw(slot),
                 reuse_port,
-                shared_backend,
                 settings: proxy,
             };
             proxy_core::run(Arc::new(region), config, stop, shutdown_timeout)?;

@@ -439,6 +439,14 @@ impl Supervisor {
         };
         self.region
             .set_member_state(child.member(), MemberState::Down, 0);
+        if let ChildSpec::Cache { slot, cache, .. } = &child.spec {
+            // Tells the proxies whether the other caches can answer for this one.
+            proxy_core::routing::set_shares_data(
+                &self.region,
+                ipc::CacheSlot::from_raw(*slot),
+                cache.is_shared(),
+            );
+        }
         let spawned = Command::new(&self.exe)
             .args([
                 "role",
@@ -1078,7 +1086,6 @@ fn child_specs(config: &Config) -> Vec<ChildSpec> {
     let proxies = (0..config.proxy.processes).map(|slot| ChildSpec::Proxy {
         slot,
         reuse_port: config.proxy.processes > 1,
-        shared_backend: config.cache.settings.is_shared(),
         proxy: config.proxy.settings.clone(),
         shutdown_timeout,
     });

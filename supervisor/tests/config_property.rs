@@ -98,7 +98,6 @@ proptest! {
         let proxy = proxy_core::ProxyConfig {
             slot: ipc::ProxySlot::from_raw(0),
             reuse_port: false,
-            shared_backend: false,
             settings: config.proxy.settings,
         };
         match proxy_core::Proxy::start(region(), proxy) {

@@ -226,13 +226,14 @@ fn with_a_shared_backend_the_next_cache_serves_when_the_owner_cannot() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("routed"), b"either cache has me").expect("write");
     let root = dir.path().to_path_buf();
-    let mut config = common::proxy_config(None);
-    config.shared_backend = true;
     let rig = Rig::start(
         8,
         &[Backend::Directory(root.clone()), Backend::Directory(root)],
-        config,
+        common::proxy_config(None),
     );
+    for slot in 0..2 {
+        proxy_core::routing::set_shares_data(&rig.region, CacheSlot::from_raw(slot), true);
+    }
     let addr = rig.addr();
     let slots = || (0..2).map(CacheSlot::from_raw);
     let owner = proxy_core::routing::owner("/routed", slots()).expect("an owner");
