@@ -109,6 +109,8 @@ fn statuses_map_to_exit_codes() {
         (&b"GETFILE FILE_NOT_FOUND\r\n\r\n"[..], 3, "FILE_NOT_FOUND"),
         (b"GETFILE ERROR\r\n\r\n", 4, "ERROR"),
         (b"GETFILE INVALID\r\n\r\n", 5, "INVALID"),
+        // A public C server adds a length of 0: read as the status (GETFILE.md).
+        (b"GETFILE FILE_NOT_FOUND 0\r\n\r\n", 3, "FILE_NOT_FOUND"),
     ] {
         for pace in [Pace::AtOnce, Pace::ByteByByte] {
             let (got, status, body) = exchange(response, pace);
@@ -137,7 +139,7 @@ fn malformed_responses_are_invalid() {
             b"GETFILE FILE_NOT_FOUND 5\r\n\r\n",
             "length on a non-OK status",
         ),
-        (b"GETFILE ERROR 0\r\n\r\n", "length on a non-OK status"),
+        (b"GETFILE ERROR 00\r\n\r\n", "length on a non-OK status"),
         (b"GETFILE  OK 5\r\n\r\nhello", "separator"),
         (b"GETFILE OK 5\n\nhello", "terminator"),
         (b"GETFILE OK 5\r\n\nhello", "terminator"),

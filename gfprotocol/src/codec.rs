@@ -277,7 +277,9 @@ enum ResponseState {
     /// Inside the length.
     Length { value: u64, digits: u8 },
     /// After a non-OK status and a space.
-    AfterNonOkSpace,
+    AfterNonOkSpace(ResponseHeader),
+    /// After a non-OK status and ` 0`, which a public C server sends (GETFILE.md allows it).
+    NonOkZero(ResponseHeader),
     /// After the first CR; the header so far.
     Cr1(ResponseHeader),
     /// After the first CRLF.
@@ -378,7 +380,7 @@ impl ResponseDecoder {
                     match (status, byte) {
                         (Status::Ok, b' ') => S::LengthStart,
                         (Status::Ok, _) => return Err(Malformed::MissingLength),
-                        (_, b' ') => S::AfterNonOkSpace,
+                        (other, b' ') => S::AfterNonOkSpace(non_ok_header(other)),
                         (other, _) => S::Cr1(non_ok_header(other)),
                     }
                 }
@@ -413,9 +415,18 @@ impl ResponseDecoder {
                 b'\n' => return Err(Malformed::BadTerminator),
                 _ => return Err(Malformed::NonNumericLength),
             },
-            S::AfterNonOkSpace => match byte {
-                b'0'..=b'9' => return Err(Malformed::LengthOnNonOk),
+            S::AfterNonOkSpace(h) => match byte {
+                b'0' => S::NonOkZero(h),
+                b'1'..=b'9' => return Err(Malformed::LengthOnNonOk),
                 _ => return Err(Malformed::BadSeparator),
+            },
+            S::NonOkZero(h) => match byte {
+                b'\r' => {
+                    tracing::debug!(header = ?h, "a non-OK status with a length of 0, read as that status");
+                    S::Cr1(h)
+                }
+                b'0'..=b'9' => return Err(Malformed::LengthOnNonOk),
+                _ => return Err(Malformed::NonNumericLength),
             },
             S::Cr1(h) => expect(byte, b'\n', S::Lf1(h))?,
             S::Lf1(h) => expect(byte, b'\r', S::Cr2(h))?,
@@ -719,6 +730,21 @@ mod tests {
     }
 
     #[test]
+    fn response_non_ok_with_a_zero_length_is_that_status() {
+        // GETFILE.md's one exception, for a public C server; servers never send it.
+        for (input, header) in [
+            (
+                &b"GETFILE FILE_NOT_FOUND 0\r\n\r\n"[..],
+                ResponseHeader::FileNotFound,
+            ),
+            (b"GETFILE ERROR 0\r\n\r\n", ResponseHeader::Error),
+            (b"GETFILE INVALID 0\r\n\r\n", ResponseHeader::Invalid),
+        ] {
+            assert_eq!(decode_response(input), Ok(Some((header, input.len()))));
+        }
+    }
+
+    #[test]
     fn response_body_containing_terminator() {
         let input = b"GETFILE OK 8\r\n\r\nab\r\n\r\ncd";
         let (h, used) = decode_response(input).unwrap().unwrap();
@@ -761,7 +787,8 @@ mod tests {
                 b"GETFILE FILE_NOT_FOUND 12\r\n\r\n",
                 Malformed::LengthOnNonOk,
             ),
-            (b"GETFILE ERROR 0\r\n\r\n", Malformed::LengthOnNonOk),
+            (b"GETFILE ERROR 00\r\n\r\n", Malformed::LengthOnNonOk),
+            (b"GETFILE ERROR 0x\r\n\r\n", Malformed::NonNumericLength),
             (b"GETFILE INVALID \r\n\r\n", Malformed::BadSeparator),
             (b"GETFILE OK 1\n\n", Malformed::BadTerminator),
             (b"GETFILE OK 1\r\n\n", Malformed::BadTerminator),
