@@ -233,3 +233,29 @@ fn two_proxies_share_the_port() {
     }
     stop_and_check_nothing_left(run);
 }
+
+#[test]
+fn an_origin_that_refuses_is_logged_at_warn_with_the_path_and_the_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = closed.local_addr().unwrap();
+    drop(closed);
+    let mut setup = Setup::new(Backend::Memory);
+    setup.origin = Some(format!("http://{refused}"));
+    let run = Run::start(setup);
+    for _ in 0..20 {
+        assert_eq!(run.get("/nowhere.txt"), Ok(Reply::Error));
+    }
+    let line = wait_for("the origin failure in the log", DEADLINE, || {
+        run.log_text()
+            .lines()
+            .find(|l| l.contains("origin failed"))
+            .map(str::to_owned)
+    });
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("/nowhere.txt"), "{line}");
+    assert!(line.to_lowercase().contains("refused"), "{line}");
+    // Twenty failures within a second: at most two lines, not twenty.
+    let lines = run.log_text().matches("origin failed").count();
+    assert!(lines <= 2, "{lines} warnings for one dead origin");
+    stop_and_check_nothing_left(run);
+}

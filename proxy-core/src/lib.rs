@@ -59,6 +59,7 @@ mod request;
 pub mod routing;
 pub mod settings;
 pub mod stats;
+mod warn_limit;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +74,9 @@ pub use error::{Error, Side};
 pub use settings::ProxySettings;
 
 use request::Context;
+
+/// At most one origin-failure warning per this interval (the others are counted in it).
+const ORIGIN_WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a cache that failed is skipped (unless its process is replaced sooner).
 pub const SUSPECT_PAUSE: Duration = Duration::from_secs(1);
@@ -175,6 +179,7 @@ impl Proxy {
             stats: stats::Stats::new(Arc::clone(&region), Member::Proxy(config.slot)),
             flights: collapse::Flights::new(),
             fill_budget: Arc::new(fill::FillBudget::new(fill::FILL_BUDGET)),
+            origin_warnings: warn_limit::WarnLimit::new(ORIGIN_WARN_INTERVAL),
             origin,
             config,
             region,

@@ -23,6 +23,7 @@ use crate::origin::{Origin, OriginAnswer, OriginBody};
 use crate::path::CanonicalPath;
 use crate::routing::{Route, Router};
 use crate::stats::{Outcome, Stats};
+use crate::warn_limit::WarnLimit;
 use crate::ProxyConfig;
 
 /// Bytes read from the origin at a time.
@@ -38,6 +39,32 @@ pub(crate) struct Context {
     /// Bytes queued for fills across this process.
     pub(crate) fill_budget: Arc<FillBudget>,
     pub(crate) stats: Stats,
+    /// Rate limit of the origin-failure warnings.
+    pub(crate) origin_warnings: WarnLimit,
+}
+
+/// Logs an origin failure at warn with the path and the reason, at most once a second (a dead
+/// origin fails every request); the line says how many failures it stands for.
+fn warn_origin_failure(ctx: &Context, path: &CanonicalPath, reason: &str) {
+    if let Some(held_back) = ctx.origin_warnings.admit() {
+        tracing::warn!(key = %path, reason, also_failed_since_last_warning = held_back, "origin failed");
+    }
+}
+
+/// An error and its sources on one line ("connection refused" sits deep in reqwest's chain),
+/// leaving out a source whose text is already shown.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Answers one GetFile request and records how it ended.
@@ -384,7 +411,7 @@ fn fetch(
             return reply(response, ResponseHeader::FileNotFound);
         }
         Err(error) => {
-            tracing::debug!(key = %path, %error, "origin fetch failed");
+            warn_origin_failure(ctx, path, &with_causes(&error));
             ctx.stats.incr(Counter::OriginError);
             if let Some(leader) = leader {
                 leader.error();
@@ -397,7 +424,7 @@ fn fetch(
         None => match body.read_to_end_bounded(ctx.config.settings.max_object_size) {
             Ok(bytes) => send_buffered(ctx, path, Arc::from(bytes), fill_slot, leader, response),
             Err(error) => {
-                tracing::debug!(key = %path, %error, "origin body without length refused");
+                warn_origin_failure(ctx, path, &with_causes(&error));
                 ctx.stats.incr(Counter::OriginError);
                 if let Some(leader) = leader {
                     leader.error();
@@ -464,6 +491,11 @@ fn stream_origin(
         if let ClientState::Gone(error) = &client {
             return client_gone(error, response);
         }
+        warn_origin_failure(
+            ctx,
+            path,
+            &format!("cut short after {received} of {len} bytes"),
+        );
         ctx.stats.incr(Counter::OriginError);
         response.abort();
         return Outcome::Aborted;
