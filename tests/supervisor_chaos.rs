@@ -564,6 +564,35 @@ fn chaos_round(
     }
 }
 
+/// Every record keeps the promises of [`Record::violation`]; the message shows the first that
+/// do not.
+fn assert_no_broken_promise(
+    records: &[Record],
+    files: &[(String, Vec<u8>)],
+    context: &str,
+    rounds: &str,
+) {
+    let broken: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            r.violation()
+                .map(|why| format!("{why}: {}", r.describe(files)))
+        })
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "{} of {} requests broke a promise ({context}); the first ones:\n{}\n{rounds}",
+        broken.len(),
+        records.len(),
+        broken
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// One request per file, each of which must complete with the right bytes (the messages stay
 /// short: no multi-MiB body is printed).
 fn assert_every_file_complete(run: &Run, files: &[(String, Vec<u8>)], when: &str) {
@@ -643,25 +672,7 @@ fn repeated_sigkills_never_serve_a_wrong_byte_and_serving_goes_on() {
     );
     // ERROR never (the origin covers a dead cache), a cut body only across a kill, a refused or
     // dropped connection only across a proxy outage.
-    let violations: Vec<String> = records
-        .iter()
-        .filter_map(|r| {
-            r.violation()
-                .map(|why| format!("{why}: {}", r.describe(&files)))
-        })
-        .collect();
-    assert!(
-        violations.is_empty(),
-        "{} of {} requests broke a promise ({errors} ERROR in all); the first ones:\n{}\n{rounds}",
-        violations.len(),
-        records.len(),
-        violations
-            .iter()
-            .take(8)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_broken_promise(&records, &files, &format!("{errors} ERROR in all"), &rounds);
     assert!(complete > 0);
     // While a cache was down, its share went to the origin: requests kept completing.
     for round in rounds_seen.iter().filter(|r| r.victim != Victim::Proxy) {
@@ -754,19 +765,11 @@ fn with_a_shared_directory_and_no_origin_cache_kills_cost_no_error() {
         records.len(),
         100.0 * complete as f64 / records.len().max(1) as f64
     );
-    let broken: Vec<String> = records
-        .iter()
-        .filter_map(|r| {
-            r.violation()
-                .map(|why| format!("{why}: {}", r.describe(&files)))
-        })
-        .collect();
-    assert!(
-        broken.is_empty(),
-        "{} of {} requests broke a promise (no ERROR: the other cache answers); the first:\n{}\n{rounds}",
-        broken.len(),
-        records.len(),
-        broken.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+    assert_no_broken_promise(
+        &records,
+        &files,
+        "no ERROR: the other cache answers",
+        &rounds,
     );
     let text = run.metrics_text();
     assert_eq!(
