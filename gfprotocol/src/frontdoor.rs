@@ -285,7 +285,7 @@ where
         };
         match outcome {
             Step::More => {}
-            Step::Complete(request) => self.to_worker(token, request),
+            Step::Complete(request) => self.queue_for_worker(token, request),
             Step::Malformed(reason) => self.reject(token, reason),
             Step::Close => drop(self.remove(token)),
         }
@@ -300,7 +300,7 @@ where
         Some(connection)
     }
 
-    fn to_worker(&mut self, token: usize, request: F::Request) {
+    fn queue_for_worker(&mut self, token: usize, request: F::Request) {
         if let Some(connection) = self.remove(token) {
             self.waiting.push_back(Ready {
                 request,
@@ -390,7 +390,7 @@ where
                 _ => None,
             };
             if let Some(request) = complete {
-                self.to_worker(token, request);
+                self.queue_for_worker(token, request);
             }
         }
         let idle = self.connections.len();
