@@ -51,3 +51,18 @@ pub fn main_of(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> std::pro
         }
     }
 }
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: every client connection, idle ones
+/// included, is a descriptor, and the usual soft limit (1024) is far below `max_connections`.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open files limit"),
+    }
+}

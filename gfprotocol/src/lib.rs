@@ -3,8 +3,10 @@
 //! - [`codec`]: incremental, strict [`RequestDecoder`](codec::RequestDecoder) and
 //!   [`ResponseDecoder`](codec::ResponseDecoder) fed with bytes as they arrive; every rejection
 //!   is a [`Malformed`] that says why.
-//! - [`Server`]: a listener, an accept thread and a fixed pool of workers fed through a bounded
-//!   queue. A worker reads the request header under a deadline, then calls the [`Handler`] with
+//! - [`Server`]: a listener, a front door (one thread accepting connections and reading request
+//!   headers without blocking, with epoll through `mio`, under a deadline counted from accept)
+//!   and a fixed pool of workers fed with complete requests through a bounded queue. A worker
+//!   calls the [`Handler`] with
 //!   a [`ResponseWriter`] that streams the body (bytes, a file with `sendfile`, or a closure
 //!   writing to the socket). [`ShutdownHandle`] stops it (the gfcache binaries wire SIGINT/SIGTERM to it).
 //! - [`FileServer`]: the handler of `gfserver` (a root with strict [`paths`] containment, or a
@@ -52,6 +54,7 @@ use std::time::Duration;
 pub mod client;
 pub mod codec;
 pub mod fileserver;
+mod frontdoor;
 pub mod load;
 pub mod paths;
 mod server;
@@ -115,6 +118,12 @@ pub trait Handler: Send + Sync + 'static {
     fn rejected(&self, peer: SocketAddr, reason: &Malformed) {
         let _ = (peer, reason);
     }
+
+    /// Told after a new connection was closed at once because `max_connections` were open.
+    /// For counting; does nothing by default.
+    fn over_capacity(&self, peer: SocketAddr) {
+        let _ = peer;
+    }
 }
 
 /// Errors of this crate.
@@ -167,9 +176,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Worker threads.
     pub threads: usize,
-    /// Accepted connections waiting for a worker; beyond it the accept loop waits.
+    /// Complete requests waiting for a worker; beyond it they wait in the front door.
     pub queue_depth: usize,
-    /// Deadline for the whole request header (INVALID after it).
+    /// Open connections (reading a header, queued or being served); a connection accepted
+    /// past it is closed at once and told to [`Handler::over_capacity`].
+    pub max_connections: usize,
+    /// The listen backlog (the kernel caps it at `net.core.somaxconn`).
+    pub backlog: i32,
+    /// Deadline for the whole request header, counted from accept (INVALID after it).
     pub header_timeout: Duration,
     /// Send timeout per write (a stalled client is dropped after it).
     pub write_timeout: Duration,
@@ -183,6 +197,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 10823)),
             threads: 16,
             queue_depth: 1024,
+            max_connections: 10_000,
+            backlog: 1024,
             header_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             reuse_port: false,

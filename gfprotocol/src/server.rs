@@ -1,9 +1,10 @@
-//! The threaded server: an accept thread, a bounded queue and a fixed pool of workers.
+//! The threaded server: the front door (an accept and readiness loop, see `frontdoor.rs`), a
+//! bounded queue and a fixed pool of workers.
 //!
-//! The accept thread only accepts: it never reads from a client, so a slow or silent client can
-//! hold at most one worker, and only until its header deadline. Workers read the request header
-//! with read timeouts computed from the remaining deadline, call the [`Handler`] and finish the
-//! response (ERROR when the handler sent nothing, a close when it sent a short body).
+//! The front door reads request headers without blocking and hands only complete requests to
+//! the workers, so a slow or silent client holds no worker at all. Workers call the
+//! [`Handler`] and finish the response (ERROR when the handler sent nothing, a close when it
+//! sent a short body).
 //!
 //! Every socket write here uses `send(2)` with `MSG_NOSIGNAL` or `sendfile(2)`; a peer that went
 //! away is an `io::Error`, never a signal, whatever the process's SIGPIPE disposition.
@@ -12,7 +13,7 @@
 //! never delivered, and the call fails with `EPIPE` like a `send`.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -21,32 +22,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{
     self, setsockopt, sockopt, AddressFamily, Backlog, MsgFlags, SockFlag, SockType,
     SockaddrStorage,
 };
 
-use crate::codec::{Malformed, RequestDecoder};
+use crate::frontdoor::{FrontDoor, FrontDoorConfig, GetFileFramer, Ready};
 use crate::{Error, Handler, Request, ResponseHeader, ServerConfig};
 
-/// Listen backlog.
-const BACKLOG: i32 = 1024;
-/// Largest single read while waiting for a header.
-const HEADER_READ_CHUNK: usize = 8192;
-/// After an INVALID answer, unread request bytes are drained for at most this long so that the
-/// close is a FIN, not a reset that could destroy the answer before the client reads it.
-const LINGER_TIME: Duration = Duration::from_millis(500);
-/// ... and at most this many bytes.
-const LINGER_BYTES: usize = 1 << 20;
 /// Bodies up to this size are read and sent together with their header.
 const SMALL_FILE: u64 = 16 * 1024;
-/// Pause after a failing accept (EMFILE and the like) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
 
 /// The state of a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -446,12 +434,12 @@ pub struct Server {
 impl Server {
     /// Binds the listener (SO_REUSEADDR, and SO_REUSEPORT if asked).
     pub fn bind(config: ServerConfig, handler: Arc<dyn Handler>) -> Result<Server, Error> {
-        if config.threads == 0 || config.queue_depth == 0 {
+        if config.threads == 0 || config.queue_depth == 0 || config.max_connections == 0 {
             return Err(Error::Config(
-                "threads and queue_depth must be at least 1".into(),
+                "threads, queue_depth and max_connections must be at least 1".into(),
             ));
         }
-        let listener = bind_listener(config.listen, config.reuse_port)?;
+        let listener = bind_listener(config.listen, config.reuse_port, config.backlog)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (wake_read, wake_write) =
@@ -485,7 +473,7 @@ impl Server {
 
     /// Serves until shut down, then waits for the workers to finish their connections.
     pub fn run(self) -> Result<(), Error> {
-        let (sender, receiver) = sync_channel::<TcpStream>(self.config.queue_depth);
+        let (sender, receiver) = sync_channel::<Ready<String>>(self.config.queue_depth);
         let receiver = Arc::new(Mutex::new(receiver));
         let mut workers = Vec::with_capacity(self.config.threads);
         for index in 0..self.config.threads {
@@ -506,47 +494,24 @@ impl Server {
                 }
             }
         }
-        let result = self.accept_loop(|stream| sender.send(stream).is_ok());
+        let front_door = FrontDoor::new(
+            FrontDoorConfig {
+                header_timeout: self.config.header_timeout,
+                max_connections: self.config.max_connections,
+            },
+            Arc::clone(&self.handler),
+            self.listener,
+            self.wake_read,
+            GetFileFramer::new,
+        );
+        let shared = Arc::clone(&self.shared);
+        let result = front_door
+            .and_then(|door| door.run(&sender, &|| shared.stopping.load(Ordering::SeqCst)))
+            .map_err(Error::Io);
         drop(sender);
         join_all(workers);
         tracing::debug!(local_addr = %self.local_addr, "gfserver stopped");
         result
-    }
-
-    fn accept_loop(&self, mut dispatch: impl FnMut(TcpStream) -> bool) -> Result<(), Error> {
-        loop {
-            if self.shared.stopping.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            let mut fds = [
-                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.wake_read.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(Error::Io(e.into())),
-            }
-            if self.shared.stopping.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            loop {
-                match self.listener.accept() {
-                    Ok((stream, _)) => {
-                        if !dispatch(stream) {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        thread::sleep(ACCEPT_ERROR_PAUSE);
-                        break;
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -559,7 +524,7 @@ fn join_all(workers: Vec<thread::JoinHandle<()>>) {
 }
 
 /// Creates the listening socket with the options std does not offer.
-fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+fn bind_listener(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result<TcpListener> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -570,13 +535,13 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> 
         setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    socket::listen(&fd, Backlog::new(BACKLOG)?)?;
+    socket::listen(&fd, Backlog::new(backlog)?)?;
     Ok(TcpListener::from(fd))
 }
 
 /// One worker thread.
 struct Worker {
-    receiver: Arc<Mutex<Receiver<TcpStream>>>,
+    receiver: Arc<Mutex<Receiver<Ready<String>>>>,
     handler: Arc<dyn Handler>,
     config: ServerConfig,
 }
@@ -600,105 +565,31 @@ impl Worker {
                 // panic); stop rather than spin.
                 Err(_) => return,
             };
-            let Ok(stream) = next else { return };
-            if let Err(e) = self.serve(&stream) {
+            let Ok(ready) = next else { return };
+            if let Err(e) = self.serve(
+                &ready.stream,
+                Request {
+                    path: ready.request,
+                    peer: ready.peer,
+                },
+            ) {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
     }
 
-    fn serve(&self, stream: &TcpStream) -> io::Result<()> {
-        let peer = stream.peer_addr()?;
+    fn serve(&self, stream: &TcpStream, request: Request) -> io::Result<()> {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(self.config.write_timeout))?;
-        let path = match read_request(stream, self.config.header_timeout) {
-            Ok(path) => path,
-            Err(HeaderError::Malformed(reason)) => {
-                tracing::debug!(%peer, %reason, "invalid request");
-                let result = send_all(stream.as_fd(), &ResponseHeader::Invalid.encode());
-                linger_close(stream);
-                let _ = catch_unwind(AssertUnwindSafe(|| self.handler.rejected(peer, &reason)));
-                return result;
-            }
-            Err(HeaderError::Io(e)) => return Err(e),
-        };
-        let request = Request { path, peer };
         let mut writer = ResponseWriter::new(stream);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.handler.handle(&request, &mut writer)
         }));
         if outcome.is_err() {
-            tracing::error!(path = %request.path, %peer, "handler panicked");
+            tracing::error!(path = %request.path, peer = %request.peer, "handler panicked");
         }
         writer.finish();
         Ok(())
-    }
-}
-
-/// Why no request came out of a connection.
-enum HeaderError {
-    /// Malformed, incomplete or late: answered with INVALID.
-    Malformed(Malformed),
-    /// The connection failed (reset...): nothing to answer.
-    Io(io::Error),
-}
-
-/// Reads the request header within `deadline_after` from now.
-fn read_request(mut stream: &TcpStream, deadline_after: Duration) -> Result<String, HeaderError> {
-    let deadline = Instant::now() + deadline_after;
-    let mut decoder = RequestDecoder::lenient();
-    let mut buf = [0u8; HEADER_READ_CHUNK];
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(HeaderError::Malformed(Malformed::Incomplete));
-        }
-        stream
-            .set_read_timeout(Some(remaining))
-            .map_err(HeaderError::Io)?;
-        let n = match stream.read(&mut buf) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(HeaderError::Malformed(Malformed::Incomplete))
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(HeaderError::Io(e)),
-        };
-        if n == 0 {
-            return Err(HeaderError::Malformed(Malformed::Incomplete));
-        }
-        let chunk = buf.get(..n).unwrap_or_default();
-        match decoder.feed(chunk) {
-            Ok(Some((header, _))) => return Ok(header.path),
-            Ok(None) => {}
-            Err(e) => return Err(HeaderError::Malformed(e)),
-        }
-    }
-}
-
-/// Half-closes, then drains what the client still sends (bounded), so the answer is not lost
-/// to a reset caused by unread bytes.
-fn linger_close(mut stream: &TcpStream) {
-    if stream.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut drained = 0usize;
-    let mut buf = [0u8; HEADER_READ_CHUNK];
-    while drained < LINGER_BYTES {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
-            return;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => drained += n,
-        }
     }
 }

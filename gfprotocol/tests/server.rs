@@ -243,15 +243,19 @@ fn header_deadline_answers_invalid() {
 fn shutdown_finishes_queued_connections() {
     let server = Running::start(Arc::new(Scripted), config());
     let addr = server.addr;
-    // A connection accepted before shutdown is still answered.
+    // A request sent before shutdown is still answered; an idle connection is closed.
     let mut stream = TcpStream::connect(addr).unwrap();
+    let mut idle = TcpStream::connect(addr).unwrap();
     let (result, _) = fetch(addr, "/chunks");
     assert_eq!(result.unwrap().status, Status::Ok);
-    server.handle.shutdown();
     stream.write_all(b"GETFILE GET /chunks\r\n\r\n").unwrap();
+    server.handle.shutdown();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).unwrap();
     assert_eq!(answer, b"GETFILE OK 10\r\n\r\n0123456789");
+    let mut nothing = Vec::new();
+    let _ = idle.read_to_end(&mut nothing);
+    assert!(nothing.is_empty());
     server.stop();
     // Restart on the same port at once.
     let again = Server::bind(

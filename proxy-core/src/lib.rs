@@ -171,6 +171,8 @@ impl Proxy {
             listen: config.settings.listen,
             threads: config.settings.threads,
             header_timeout: config.settings.header_timeout,
+            max_connections: config.settings.max_connections,
+            backlog: config.settings.listen_backlog,
             reuse_port: config.reuse_port,
             ..ServerConfig::default()
         };

@@ -45,6 +45,10 @@ pub struct ProxySettings {
     /// How long a client has to send its request header.
     #[serde(with = "settings::duration")]
     pub header_timeout: Duration,
+    /// Open client connections at most; one more is closed at once.
+    pub max_connections: usize,
+    /// The listen backlog (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: i32,
 }
 
 impl Default for ProxySettings {
@@ -61,6 +65,8 @@ impl Default for ProxySettings {
             cache_timeout: Duration::from_secs(2),
             collapse_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            listen_backlog: 1024,
         }
     }
 }
@@ -76,6 +82,8 @@ impl ProxySettings {
         let mut problems = Problems::default();
         problems.check_range("threads", self.threads, 1, 1024);
         problems.check_range("max_redirects", self.max_redirects, 0, 20);
+        problems.check_range("max_connections", self.max_connections, 1, 1_000_000);
+        problems.check_range("listen_backlog", self.listen_backlog, 1, 65_535);
         problems.check_size(
             "max_object_size",
             self.max_object_size,

@@ -36,9 +36,15 @@ struct Args {
     /// Worker threads.
     #[arg(short, long, default_value_t = 16)]
     threads: usize,
-    /// Accepted connections waiting for a worker.
+    /// Complete requests waiting for a worker.
     #[arg(long, default_value_t = 1024)]
     queue_depth: usize,
+    /// Open connections at most; one more is closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// The listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    backlog: i32,
     /// Seconds a client has to send its request header.
     #[arg(long, default_value_t = 5.0)]
     header_timeout: f64,
@@ -59,6 +65,7 @@ enum SendMode {
 fn main() -> anyhow::Result<()> {
     gfcache::init_logging_at("info");
     let args = Args::parse();
+    gfcache::raise_open_files_limit();
     let files = match (&args.root, &args.content) {
         (Some(root), _) => FileServer::from_root(root)?,
         (None, Some(listing)) => FileServer::from_listing(listing)?,
@@ -75,6 +82,8 @@ fn main() -> anyhow::Result<()> {
         listen: args.listen,
         threads: args.threads,
         queue_depth: args.queue_depth,
+        max_connections: args.max_connections,
+        backlog: args.backlog,
         header_timeout,
         reuse_port: args.reuse_port,
         ..ServerConfig::default()

@@ -67,8 +67,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = match cli.command {
-        Command::Start => return Ok(supervise::start(&cli.config).map(|()| ExitCode::SUCCESS)?),
+        Command::Start => {
+            // Children inherit the raised limit.
+            gfcache::raise_open_files_limit();
+            return Ok(supervise::start(&cli.config).map(|()| ExitCode::SUCCESS)?);
+        }
         Command::Role { role, slot } => {
+            gfcache::raise_open_files_limit();
             let _span = tracing::info_span!("child", role = role.as_str(), slot).entered();
             let stop = gfcache::signals::stop_flag()?;
             supervisor::role::run_role(role, slot, &stop)?;

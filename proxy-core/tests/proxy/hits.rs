@@ -109,3 +109,28 @@ fn hits_from_the_pack_backend() {
         Backend::Pack(pack)
     });
 }
+
+/// Idle and half-header client connections, far more than the proxy's 8 workers, do not keep
+/// hits from being answered.
+#[test]
+fn idle_connections_do_not_block_hits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("files");
+    let body = Arc::new(common::content(7, 4096));
+    let files = HashMap::from([("/hit.bin".to_string(), Arc::clone(&body))]);
+    common::write_tree(&root, &files);
+    let rig = Rig::start(8, &[Backend::Directory(root)], common::proxy_config(None));
+    let addr = rig.addr();
+    let mut held = Vec::new();
+    for i in 0..400 {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        if i % 2 == 1 {
+            std::io::Write::write_all(&mut stream, b"GETFILE GET /hit").expect("write");
+        }
+        held.push(stream);
+    }
+    for _ in 0..50 {
+        common::fetch_ok(&addr, "/hit.bin", &body);
+    }
+    drop(held);
+}
