@@ -208,6 +208,11 @@ impl Handler for Frontend {
         tracing::debug!(%peer, %reason, "invalid request");
         self.ctx.stats.incr(metrics::Counter::RequestsInvalid);
     }
+
+    fn over_capacity(&self, peer: SocketAddr) {
+        tracing::debug!(%peer, "connection refused: max_connections reached");
+        self.ctx.stats.incr(metrics::Counter::ConnectionsRefused);
+    }
 }
 
 /// A started proxy. Dropping it stops it and waits for its connections.

@@ -44,6 +44,8 @@ pub enum Counter {
     /// Requests served by another cache than their owner, which could not answer (shared
     /// backends only).
     Failovers,
+    /// Connections closed at accept because `max_connections` were open.
+    ConnectionsRefused,
 }
 
 impl Counter {
@@ -66,6 +68,7 @@ impl Counter {
         Counter::FillsStored,
         Counter::FillsDropped,
         Counter::Failovers,
+        Counter::ConnectionsRefused,
     ];
 
     /// Its cell in the proxy's stats block (an index past the block would not compile).
@@ -88,6 +91,7 @@ impl Counter {
             Counter::FillsStored => CounterId::at::<14>(),
             Counter::FillsDropped => CounterId::at::<15>(),
             Counter::Failovers => CounterId::at::<16>(),
+            Counter::ConnectionsRefused => CounterId::at::<17>(),
         }
     }
 }
@@ -236,6 +240,15 @@ pub const SCHEMA: &[Family] = &[
         series: &[Series {
             labels: &[],
             cell: Cell::Counter(Counter::Failovers.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_connections_refused_total",
+        help: "Client connections closed at accept because proxy.max_connections were open.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::ConnectionsRefused.id()),
         }],
     },
     Family {

@@ -134,3 +134,28 @@ fn idle_connections_do_not_block_hits() {
     }
     drop(held);
 }
+
+/// Past `max_connections` a new connection is closed at once and counted; the open ones keep
+/// their place.
+#[test]
+fn connections_past_max_connections_are_refused_and_counted() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::proxy_config(None);
+    config.settings.max_connections = 2;
+    let rig = Rig::start(4, &[Backend::Directory(dir.path().to_path_buf())], config);
+    let addr = rig.addr();
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    // Accepted by the kernel, then closed by the proxy without a byte.
+    let mut extra = std::net::TcpStream::connect(&addr).expect("connect");
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{answer:?}");
+    rig.wait_counter(Counter::ConnectionsRefused, 1);
+    drop(held);
+}
