@@ -165,6 +165,13 @@ fn a_client_leaving_mid_body_frees_its_segment_at_once() {
     common::fetch_ok(&addr, "/f5", &files["/f5"]);
 }
 
+/// Sets a cache slot's state word as the supervisor would, keeping its pid.
+fn set_cache_state(rig: &Rig, slot: CacheSlot, state: MemberState) {
+    let member = Member::Cache(slot);
+    let pid = rig.region.member_pid(member);
+    rig.region.set_member_state(member, state, pid);
+}
+
 #[test]
 fn routing_follows_the_member_states() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -179,11 +186,7 @@ fn routing_follows_the_member_states() {
     let slots = || (0..2).map(CacheSlot::from_raw);
     let owner = proxy_core::routing::owner("/routed", slots()).expect("an owner");
     let other = slots().find(|s| *s != owner).expect("another slot");
-    let set = |slot, state| {
-        let member = Member::Cache(slot);
-        let pid = rig.region.member_pid(member);
-        rig.region.set_member_state(member, state, pid);
-    };
+    let set = |slot, state| set_cache_state(&rig, slot, state);
 
     common::fetch_ok(&addr, "/routed", b"either cache has me");
     assert_eq!(rig.counter(Counter::LookupHits), 1);
@@ -238,11 +241,7 @@ fn with_a_shared_backend_the_next_cache_serves_when_the_owner_cannot() {
     let slots = || (0..2).map(CacheSlot::from_raw);
     let owner = proxy_core::routing::owner("/routed", slots()).expect("an owner");
     let other = slots().find(|s| *s != owner).expect("another slot");
-    let set = |slot, state| {
-        let member = Member::Cache(slot);
-        let pid = rig.region.member_pid(member);
-        rig.region.set_member_state(member, state, pid);
-    };
+    let set = |slot, state| set_cache_state(&rig, slot, state);
 
     // Restarting, unavailable or down: the other cache answers, and no request is an ERROR
     // although there is no origin.
