@@ -30,6 +30,8 @@ use nix::sys::socket::{
     SockaddrStorage,
 };
 
+mod paced;
+
 use crate::frontdoor::{FrontDoor, FrontDoorConfig, GetFileFramer, Ready};
 use crate::{Error, Handler, Request, ResponseHeader, ServerConfig};
 

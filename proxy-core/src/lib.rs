@@ -54,6 +54,7 @@ mod error;
 pub mod fill;
 pub mod metrics;
 pub mod origin;
+mod paced;
 pub mod path;
 mod request;
 pub mod routing;

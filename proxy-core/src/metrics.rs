@@ -46,6 +46,8 @@ pub enum Counter {
     Failovers,
     /// Connections closed at accept because `max_connections` were open.
     ConnectionsRefused,
+    /// Hits whose client read slower than the cache sent: the rest went in client-paced ranges.
+    ClientPaced,
 }
 
 impl Counter {
@@ -69,6 +71,7 @@ impl Counter {
         Counter::FillsDropped,
         Counter::Failovers,
         Counter::ConnectionsRefused,
+        Counter::ClientPaced,
     ];
 
     /// Its cell in the proxy's stats block (an index past the block would not compile).
@@ -92,6 +95,7 @@ impl Counter {
             Counter::FillsDropped => CounterId::at::<15>(),
             Counter::Failovers => CounterId::at::<16>(),
             Counter::ConnectionsRefused => CounterId::at::<17>(),
+            Counter::ClientPaced => CounterId::at::<24>(),
         }
     }
 }
@@ -249,6 +253,16 @@ pub const SCHEMA: &[Family] = &[
         series: &[Series {
             labels: &[],
             cell: Cell::Counter(Counter::ConnectionsRefused.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_client_paced_hits_total",
+        help: "Hits whose client read slower than the cache sent: the segment was released and \
+               the rest sent from the proxy's buffer in ranges of proxy.client_buffer.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::ClientPaced.id()),
         }],
     },
     Family {

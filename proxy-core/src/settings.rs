@@ -39,6 +39,11 @@ pub struct ProxySettings {
     /// How long to wait for a cache's answer (and for each chunk) before falling back.
     #[serde(with = "settings::duration")]
     pub cache_timeout: Duration,
+    /// Bytes of a hit buffered in the proxy for a client that reads slower than its cache sends:
+    /// such a transfer releases its segment and cache worker and goes on in ranges of this
+    /// size, each copied into the client's buffer (see docs/proxy.md, "Slow readers").
+    #[serde(with = "settings::size")]
+    pub client_buffer: u64,
     /// How long a collapsed request waits for the leader before fetching on its own.
     #[serde(with = "settings::duration")]
     pub collapse_timeout: Duration,
@@ -63,6 +68,7 @@ impl Default for ProxySettings {
             max_redirects: 5,
             max_object_size: 1 << 30,
             cache_timeout: Duration::from_secs(2),
+            client_buffer: 256 << 10,
             collapse_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(5),
             max_connections: 10_000,
@@ -70,6 +76,11 @@ impl Default for ProxySettings {
         }
     }
 }
+
+/// The bounds of `client_buffer`: below a few pages a slow client costs a cache round trip
+/// per few kilobytes; above, memory per slow client grows for nothing.
+const CLIENT_BUFFER_MIN: u64 = 16 << 10;
+const CLIENT_BUFFER_MAX: u64 = 64 << 20;
 
 /// The largest `max_object_size`.
 const MAX_OBJECT_SIZE_LIMIT: u64 = 1 << 40;
@@ -84,6 +95,12 @@ impl ProxySettings {
         problems.check_range("max_redirects", self.max_redirects, 0, 20);
         problems.check_range("max_connections", self.max_connections, 1, 1_000_000);
         problems.check_range("listen_backlog", self.listen_backlog, 1, 65_535);
+        problems.check_size(
+            "client_buffer",
+            self.client_buffer,
+            CLIENT_BUFFER_MIN,
+            CLIENT_BUFFER_MAX,
+        );
         problems.check_size(
             "max_object_size",
             self.max_object_size,

@@ -16,7 +16,9 @@ use nix::sys::stat::FileStat;
 
 use super::format::{self, FormatError, IndexEntry};
 use crate::directory::check_range;
-use crate::{Availability, BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill};
+use crate::{
+    Availability, BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectVersion,
+};
 
 /// How often a served pack's path is stat'ed to notice a replacement, and how often a pack
 /// that cannot be served is tried again.
@@ -707,6 +709,23 @@ impl PackObject {
 impl CachedObject for PackObject {
     fn len(&self) -> u64 {
         self.entry().map_or(0, |entry| entry.len)
+    }
+
+    fn version(&self) -> ObjectVersion {
+        let stamp = &self.pack.stamp;
+        let (offset, len, crc) = self
+            .entry()
+            .map_or((0, 0, 0), |entry| (entry.offset, entry.len, entry.crc));
+        crate::object_version(&[
+            stamp.dev,
+            stamp.ino,
+            stamp.size,
+            stamp.ctime_sec as u64,
+            stamp.ctime_nsec as u64,
+            offset,
+            len,
+            u64::from(crc),
+        ])
     }
 
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {

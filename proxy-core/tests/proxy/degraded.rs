@@ -139,7 +139,7 @@ fn a_stalled_cache_is_skipped_before_the_header() {
 }
 
 #[test]
-fn a_client_leaving_mid_body_frees_its_segment_at_once() {
+fn a_client_that_stops_reading_frees_its_segment_and_leaving_is_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = file_set(32 << 20);
     common::write_tree(dir.path(), &files);
@@ -151,12 +151,12 @@ fn a_client_leaving_mid_body_frees_its_segment_at_once() {
     let addr = rig.addr();
     for round in 1..=6 {
         let partial = common::start_partial(&addr, "/big", 64 * 1024);
-        assert!(
-            rig.region.segment_counts().free < 4,
-            "the transfer holds a segment"
-        );
-        drop(partial);
+        // It stopped reading: its transfer goes on from the proxy's buffer, without a segment.
         rig.wait_pool_full();
+        common::wait_for("the client to be paced", Duration::from_secs(10), || {
+            rig.counter(Counter::ClientPaced) == round
+        });
+        drop(partial);
         common::wait_for("the abort to be counted", Duration::from_secs(10), || {
             rig.counter(Counter::RequestsAborted) == round
         });
