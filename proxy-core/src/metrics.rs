@@ -48,6 +48,8 @@ pub enum Counter {
     ConnectionsRefused,
     /// Hits whose client read slower than the cache sent: the rest went in client-paced ranges.
     ClientPaced,
+    /// Hits whose cache broke off mid-body, finished from another cache holding the same version.
+    Resumed,
 }
 
 impl Counter {
@@ -72,6 +74,7 @@ impl Counter {
         Counter::Failovers,
         Counter::ConnectionsRefused,
         Counter::ClientPaced,
+        Counter::Resumed,
     ];
 
     /// Its cell in the proxy's stats block (an index past the block would not compile).
@@ -96,6 +99,7 @@ impl Counter {
             Counter::Failovers => CounterId::at::<16>(),
             Counter::ConnectionsRefused => CounterId::at::<17>(),
             Counter::ClientPaced => CounterId::at::<24>(),
+            Counter::Resumed => CounterId::at::<25>(),
         }
     }
 }
@@ -263,6 +267,16 @@ pub const SCHEMA: &[Family] = &[
         series: &[Series {
             labels: &[],
             cell: Cell::Counter(Counter::ClientPaced.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_resumed_hits_total",
+        help: "Hits whose cache broke off mid-body (died or stalled), finished from another \
+               cache holding the same version of the object (shared backends only).",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::Resumed.id()),
         }],
     },
     Family {

@@ -99,10 +99,38 @@ pub(crate) struct Paced {
 pub(crate) fn finish(
     ctx: &Context,
     path: &CanonicalPath,
-    mut paced: Paced,
+    paced: Paced,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
     ctx.stats.incr(Counter::ClientPaced);
+    send_rest(ctx, path, paced, response)
+}
+
+/// Goes on with a hit whose cache broke off mid-body (it died or stalled), from the caches that
+/// share its data, if any holds the same version: the client never notices. Without one the
+/// connection closes, as it would have anyway.
+pub(crate) fn resume_elsewhere(
+    ctx: &Context,
+    path: &CanonicalPath,
+    mut paced: Paced,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    let range = ByteRange::new(paced.sent, ctx.config.settings.client_buffer);
+    if let Err(error) = read_range_elsewhere(ctx, path, range, &mut paced) {
+        tracing::debug!(key = %path, %error, sent = paced.sent, "no other cache can resume");
+        response.abort();
+        return Outcome::Aborted;
+    }
+    ctx.stats.incr(Counter::Resumed);
+    send_rest(ctx, path, paced, response)
+}
+
+fn send_rest(
+    ctx: &Context,
+    path: &CanonicalPath,
+    mut paced: Paced,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
     let window = ctx.config.settings.client_buffer;
     loop {
         if let Err(error) = response.send_body(&paced.buffer) {
@@ -131,10 +159,26 @@ fn read_range(
     range: ByteRange,
     paced: &mut Paced,
 ) -> Result<(), Error> {
-    let mut last_error = match read_range_from(ctx, paced.slot, path, range, paced) {
-        Ok(()) => return Ok(()),
-        Err(error @ Error::ObjectChanged { .. }) => return Err(error),
-        Err(error) => error,
+    match read_range_from(ctx, paced.slot, path, range, paced) {
+        Ok(()) => Ok(()),
+        Err(error @ Error::ObjectChanged { .. }) => Err(error),
+        Err(error) => {
+            tracing::debug!(slot = paced.slot.as_raw(), %error, "a range failed; trying others");
+            read_range_elsewhere(ctx, path, range, paced)
+        }
+    }
+}
+
+/// Reads `range` from the caches that share `paced.slot`'s data, in rendezvous order.
+fn read_range_elsewhere(
+    ctx: &Context,
+    path: &CanonicalPath,
+    range: ByteRange,
+    paced: &mut Paced,
+) -> Result<(), Error> {
+    let mut last_error = Error::Cache {
+        slot: paced.slot.as_raw(),
+        source: ipc::Error::Aborted,
     };
     for slot in ctx
         .router

@@ -188,6 +188,7 @@ fn from_cache(
     let may_release = version != ObjectVersion::NONE;
     let client_buffer = usize::try_from(ctx.config.settings.client_buffer).unwrap_or(usize::MAX);
     let mut slow_client = None;
+    let mut broken_off = false;
     let mut sent: u64 = 0;
     while sent < len || !response.header_sent() {
         let chunk = match stream.next_chunk(timeout) {
@@ -196,8 +197,14 @@ fn from_cache(
             Err(source) if !response.header_sent() => return cache_failed(ctx, slot, source),
             Err(source) => {
                 suspect_if_unresponsive(ctx, slot, &source);
-                let outcome = cache_broke_off(ctx, slot, &source, response);
-                return CacheResult::Served(outcome);
+                tracing::debug!(slot = slot.as_raw(), error = %source, "cache broke off after the header");
+                ctx.stats.incr(Counter::LookupErrors);
+                broken_off = may_release;
+                if !may_release {
+                    response.abort();
+                    return CacheResult::Served(Outcome::Aborted);
+                }
+                break;
             }
         };
         if !response.header_sent() {
@@ -239,6 +246,17 @@ fn from_cache(
         // Releases the segment and the cache worker behind it.
         drop(stream);
         return CacheResult::Served(paced::finish(ctx, path, paced, response));
+    }
+    if broken_off {
+        drop(stream);
+        let paced = Paced {
+            slot,
+            len,
+            version,
+            sent,
+            buffer: Vec::new(),
+        };
+        return CacheResult::Served(paced::resume_elsewhere(ctx, path, paced, response));
     }
     if sent < len {
         ctx.router.suspect(&ctx.region, slot);

@@ -324,3 +324,37 @@ fn a_damaged_object_is_an_error_and_its_cache_keeps_serving_the_others() {
     assert_eq!(rig.counter(Counter::LookupHits), 3);
     rig.wait_pool_full();
 }
+
+#[test]
+fn with_a_shared_backend_a_transfer_outlives_the_death_of_its_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = common::content(31, 16 << 20);
+    std::fs::write(dir.path().join("big"), &big).expect("write");
+    let root = dir.path().to_path_buf();
+    let mut config = common::proxy_config(None);
+    config.settings.cache_timeout = Duration::from_millis(500);
+    config.settings.client_buffer = 64 << 10;
+    let mut rig = Rig::start(
+        8,
+        &[Backend::Directory(root.clone()), Backend::Directory(root)],
+        config,
+    );
+    for slot in 0..2 {
+        proxy_core::routing::set_shares_data(&rig.region, CacheSlot::from_raw(slot), true);
+    }
+    let addr = rig.addr();
+    let owner = proxy_core::routing::owner("/big", (0..2).map(CacheSlot::from_raw)).expect("owner");
+
+    // A client in the middle of /big; the cache serving it dies.
+    let partial = common::start_partial(&addr, "/big", 1 << 20);
+    rig.caches[owner.as_raw() as usize].kill();
+    let received = partial.read_to_close();
+    assert_eq!(
+        received.len(),
+        big.len(),
+        "the other cache should finish the transfer"
+    );
+    assert!(received == big, "a wrong byte");
+    rig.wait_counter(Counter::RequestsOk, 1);
+    assert_eq!(rig.counter(Counter::RequestsAborted), 0);
+}
