@@ -530,6 +530,7 @@ impl DirectoryInner {
             file,
             len,
             version,
+            modified: metadata.modified().ok(),
             path: file_path,
         })))
     }
@@ -590,6 +591,7 @@ struct FileObject {
     file: File,
     len: u64,
     version: ObjectVersion,
+    modified: Option<std::time::SystemTime>,
     path: PathBuf,
 }
 
@@ -600,6 +602,10 @@ impl CachedObject for FileObject {
 
     fn version(&self) -> ObjectVersion {
         self.version
+    }
+
+    fn modified(&self) -> Option<std::time::SystemTime> {
+        self.modified
     }
 
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {

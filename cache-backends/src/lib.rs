@@ -210,6 +210,9 @@ pub trait CachedObject: Send + Sync {
     /// so the proxy may serve one object in several ranges, each from a separate request. Never
     /// [`ObjectVersion::NONE`] for a backend's own objects. [`object_version`] makes one.
     fn version(&self) -> ObjectVersion;
+    /// When these bytes were last modified (a file's mtime, a fill's time), if known: the HTTP
+    /// front end's Last-Modified.
+    fn modified(&self) -> Option<std::time::SystemTime>;
     /// Copies bytes `offset .. offset + len` into `dest` with one copy. On an error, whatever
     /// this call put into `dest` must be discarded (a pack object checks after the copy that
     /// its file did not change meanwhile).

@@ -21,11 +21,11 @@ use crate::directory::check_range;
 use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectVersion};
 
 /// Bytes charged per object on top of its key and payload: an upper estimate of the node,
-/// its share of the hash map, the `Arc` counts, the object's 8-byte version and the allocator's
-/// header and rounding.
+/// its share of the hash map, the `Arc` counts, the object's 16-byte trailer (version and fill
+/// time) and the allocator's header and rounding.
 /// `cargo bench -p cache-backends` measures the real figure with a counting allocator
 /// (docs/backends.md records it); it must stay at or below this constant.
-pub const ENTRY_OVERHEAD: u64 = 96;
+pub const ENTRY_OVERHEAD: u64 = 104;
 
 /// The most shards a memory backend uses.
 pub const MAX_SHARDS: usize = 16;
@@ -51,8 +51,9 @@ struct MemoryInner {
     next_version: AtomicU64,
 }
 
-/// Each stored buffer is the key, the payload, then the object's version (little-endian).
-const VERSION_BYTES: usize = 8;
+/// Each stored buffer is the key, the payload, then the object's version and its fill time in
+/// seconds since the Unix epoch (both little-endian u64).
+const VERSION_BYTES: usize = 16;
 
 impl MemoryBackend {
     /// A backend bounded to `capacity` bytes that does not store objects over
@@ -179,8 +180,14 @@ impl CacheBackend for MemoryBackend {
             if let Some(key_area) = buffer.get_mut(..path.len()) {
                 key_area.copy_from_slice(path.as_bytes());
             }
-            if let Some(version_area) = buffer.get_mut(total - VERSION_BYTES..) {
+            let filled = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            if let Some(version_area) = buffer.get_mut(total - VERSION_BYTES..total - 8) {
                 version_area.copy_from_slice(&version.to_le_bytes());
+            }
+            if let Some(time_area) = buffer.get_mut(total - 8..) {
+                time_area.copy_from_slice(&filled.to_le_bytes());
             }
         }
         Ok(Some(Box::new(MemoryFill {
@@ -216,6 +223,18 @@ fn payload_len(data: &[u8], key_len: usize) -> usize {
     data.len().saturating_sub(key_len + VERSION_BYTES)
 }
 
+impl MemoryObject {
+    /// Word `index` of the trailer after the payload (0: version, 1: fill time).
+    fn trailer_word(&self, index: usize) -> u64 {
+        let start = self.data.len().saturating_sub(VERSION_BYTES) + 8 * index;
+        let mut bytes = [0u8; 8];
+        if let Some(stored) = self.data.get(start..start + 8) {
+            bytes.copy_from_slice(stored);
+        }
+        u64::from_le_bytes(bytes)
+    }
+}
+
 /// A stored object: a shared reference to the key and payload bytes.
 struct MemoryObject {
     data: Arc<[u8]>,
@@ -228,14 +247,12 @@ impl CachedObject for MemoryObject {
     }
 
     fn version(&self) -> ObjectVersion {
-        let mut bytes = [0u8; VERSION_BYTES];
-        if let Some(stored) = self
-            .data
-            .get(self.data.len().saturating_sub(VERSION_BYTES)..)
-        {
-            bytes.copy_from_slice(stored);
-        }
-        ObjectVersion::from_raw(u64::from_le_bytes(bytes))
+        ObjectVersion::from_raw(self.trailer_word(0))
+    }
+
+    fn modified(&self) -> Option<std::time::SystemTime> {
+        let secs = self.trailer_word(1);
+        (secs != 0).then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
     }
 
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {
@@ -497,7 +514,7 @@ impl Shard {
             None => {}
         }
         if let Some(data) = data {
-            // The version bytes are part of ENTRY_OVERHEAD (see `charge`).
+            // The trailer bytes are part of ENTRY_OVERHEAD (see `charge`).
             let charge =
                 (data.len().saturating_sub(VERSION_BYTES) as u64).saturating_add(ENTRY_OVERHEAD);
             self.bytes = self.bytes.saturating_sub(charge);

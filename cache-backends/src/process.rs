@@ -333,7 +333,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
     // answer also sees the count.
     stats.add(Counter::Hits.id(), 1);
     let mut writer = request
-        .found_version(object.len(), object.version())
+        .found_object(object.len(), object.version(), object.modified())
         .map_err(|error| fail(error.into()))?;
     // The requested range: the whole object, or the part a client-paced transfer asks next.
     let end = writer.next_offset() + writer.len();

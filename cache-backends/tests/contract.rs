@@ -333,6 +333,12 @@ fn versions_name_the_bytes(subject: &Subject) {
             seen.insert(first),
             "{path}: shares a version with another object"
         );
+        let modified = backend.get(path).unwrap().unwrap().modified();
+        let age = modified.and_then(|time| std::time::SystemTime::now().duration_since(time).ok());
+        assert!(
+            age.is_some_and(|age| age < std::time::Duration::from_secs(3600)),
+            "{path}: modified {modified:?}"
+        );
     }
     if subject.writable {
         let old = backend.get("/a.txt").unwrap().unwrap();

@@ -226,6 +226,8 @@ pub(crate) struct RequestFields {
 pub(crate) struct AnswerFields {
     /// The object's version (see `ipc::ObjectVersion`).
     pub object_version: AtomicU64,
+    /// When the object was last modified, in seconds since the Unix epoch; 0 if unknown.
+    pub modified_secs: AtomicU64,
 }
 
 /// A segment header's atomics (the path follows at [`PATH_OFFSET`]).
@@ -670,6 +672,7 @@ mod tests {
         assert_eq!(offset_of!(RequestFields, range_offset), 48);
         assert_eq!(offset_of!(RequestFields, range_len), 56);
         assert_eq!(offset_of!(SegmentHeader, answer), 320);
+        assert_eq!(offset_of!(AnswerFields, modified_secs), 8);
     }
 
     #[test]

@@ -75,6 +75,8 @@ struct Snapshot {
     stamp: Stamp,
     /// Links to the file when it was opened: fewer later means it was replaced or removed.
     links: u64,
+    /// The pack file's modification time: the Last-Modified of every object in it.
+    modified: Option<SystemTime>,
     entries: Vec<PackEntry>,
     index_offset: u64,
     payload_bytes: u64,
@@ -333,6 +335,9 @@ impl Snapshot {
             map,
             stamp,
             links: link_count(&stat),
+            modified: u64::try_from(stat.st_mtime)
+                .ok()
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
             entries: layout
                 .entries
                 .into_iter()
@@ -709,6 +714,10 @@ impl PackObject {
 impl CachedObject for PackObject {
     fn len(&self) -> u64 {
         self.entry().map_or(0, |entry| entry.len)
+    }
+
+    fn modified(&self) -> Option<SystemTime> {
+        self.pack.modified
     }
 
     fn version(&self) -> ObjectVersion {

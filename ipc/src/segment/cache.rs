@@ -250,9 +250,26 @@ impl<'r> CacheRequest<'r> {
     /// Answers a GET: found version `version` of an object of `len` bytes. The bytes of the
     /// requested range follow through the returned writer: [`GetWriter::len`] of them, from
     /// object offset [`GetWriter::next_offset`] on.
-    pub fn found_version(mut self, len: u64, version: ObjectVersion) -> Result<GetWriter<'r>> {
+    pub fn found_version(self, len: u64, version: ObjectVersion) -> Result<GetWriter<'r>> {
+        self.found_object(len, version, None)
+    }
+
+    /// [`CacheRequest::found_version`], also saying when the object was last modified.
+    pub fn found_object(
+        mut self,
+        len: u64,
+        version: ObjectVersion,
+        modified: Option<std::time::SystemTime>,
+    ) -> Result<GetWriter<'r>> {
         let range = self.range;
         let seg = self.take("GET")?;
+        let modified_secs = modified
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |since| since.as_secs().max(1));
+        seg.header
+            .answer
+            .modified_secs
+            .store(modified_secs, Ordering::Relaxed);
         seg.header.request.total_len.store(len, Ordering::Relaxed);
         seg.header
             .answer

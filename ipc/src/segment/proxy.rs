@@ -115,6 +115,7 @@ impl<'r> Lease<'r> {
         request.range_offset.store(range_offset, Ordering::Relaxed);
         request.range_len.store(range_len, Ordering::Relaxed);
         header.answer.object_version.store(0, Ordering::Relaxed);
+        header.answer.modified_secs.store(0, Ordering::Relaxed);
         request.op.store(op, Ordering::Relaxed);
         request.slot.store(slot.as_raw(), Ordering::Relaxed);
         request.path_len.store(path.len() as u32, Ordering::Relaxed);
@@ -202,15 +203,18 @@ impl<'r> Lease<'r> {
                 return Err(err);
             }
         };
-        let (total, version) = match lookup {
+        let (total, version, modified) = match lookup {
             Lookup::Found { len } => (
                 range.len_within(len),
                 seg.header.answer.object_version.load(Ordering::Acquire),
+                seg.header.answer.modified_secs.load(Ordering::Acquire),
             ),
-            Lookup::NotFound | Lookup::Error => (0, 0),
+            Lookup::NotFound | Lookup::Error => (0, 0, 0),
         };
         Ok(GetStream {
             version: ObjectVersion::from_raw(version),
+            modified: (modified != 0)
+                .then(|| std::time::UNIX_EPOCH + Duration::from_secs(modified)),
             consumer: Consumer {
                 seg,
                 total,
@@ -274,6 +278,7 @@ pub enum Lookup {
 pub struct GetStream<'r> {
     consumer: Consumer<'r>,
     version: ObjectVersion,
+    modified: Option<std::time::SystemTime>,
     lookup: Lookup,
     state: StreamState,
 }
@@ -298,6 +303,11 @@ impl<'r> GetStream<'r> {
     /// answers with the same version fit together.
     pub fn version(&self) -> ObjectVersion {
         self.version
+    }
+
+    /// When the found object was last modified, as its cache says (whole seconds), if known.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        self.modified
     }
 
     /// The next chunk, waiting up to `timeout`; `Ok(None)` after the last byte.

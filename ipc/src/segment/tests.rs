@@ -463,8 +463,13 @@ fn serve_range(
             continue;
         };
         let range = request.range();
+        let modified = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut writer = request
-            .found_version(object.len() as u64, crate::ObjectVersion::from_raw(version))
+            .found_object(
+                object.len() as u64,
+                crate::ObjectVersion::from_raw(version),
+                Some(modified),
+            )
             .unwrap();
         let end = writer.next_offset() + writer.len();
         while writer.next_offset() < end {
@@ -506,6 +511,10 @@ fn a_ranged_get_carries_only_its_range_and_the_version() {
             .unwrap();
         assert_eq!(stream.lookup(), Lookup::Found { len }, "{range:?}");
         assert_eq!(stream.version(), crate::ObjectVersion::from_raw(42));
+        assert_eq!(
+            stream.modified(),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
         assert_eq!(stream.body_len(), expected.len() as u64, "{range:?}");
         let mut body = Vec::new();
         while let Some(chunk) = stream.next_chunk(T).unwrap() {
