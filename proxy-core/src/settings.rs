@@ -17,8 +17,11 @@ use crate::origin;
 pub struct ProxySettings {
     /// GetFile listen address.
     pub listen: SocketAddr,
-    /// Worker threads.
+    /// Worker threads that always run.
     pub threads: usize,
+    /// Worker threads at most: the pool grows past `threads` while every worker is busy (slow
+    /// readers hold theirs), and the extra workers exit when idle.
+    pub max_threads: usize,
     /// Origin base URL (`http://` or `https://`, no query, fragment or credentials); None: a
     /// miss is FILE_NOT_FOUND.
     pub origin: Option<String>,
@@ -50,6 +53,10 @@ pub struct ProxySettings {
     /// How long a client has to send its request header.
     #[serde(with = "settings::duration")]
     pub header_timeout: Duration,
+    /// A response write that makes no progress for this long ends the connection (a client
+    /// that stopped reading).
+    #[serde(with = "settings::duration")]
+    pub send_timeout: Duration,
     /// Open client connections at most; one more is closed at once.
     pub max_connections: usize,
     /// The listen backlog (the kernel caps it at `net.core.somaxconn`).
@@ -57,10 +64,13 @@ pub struct ProxySettings {
 }
 
 impl Default for ProxySettings {
+    /// The front-end keys take the defaults of the server framework (`gfprotocol`).
     fn default() -> ProxySettings {
+        let server = gfprotocol::ServerConfig::default();
         ProxySettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 10823)),
-            threads: 16,
+            listen: server.listen,
+            threads: server.threads,
+            max_threads: server.max_threads,
             origin: None,
             origin_ca_file: None,
             origin_connect_timeout: Duration::from_secs(2),
@@ -70,9 +80,10 @@ impl Default for ProxySettings {
             cache_timeout: Duration::from_secs(2),
             client_buffer: 256 << 10,
             collapse_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(5),
-            max_connections: 10_000,
-            listen_backlog: 1024,
+            header_timeout: server.header_timeout,
+            send_timeout: server.send_timeout,
+            max_connections: server.max_connections,
+            listen_backlog: server.backlog,
         }
     }
 }
@@ -84,6 +95,8 @@ const CLIENT_BUFFER_MAX: u64 = 64 << 20;
 
 /// The largest `max_object_size`.
 const MAX_OBJECT_SIZE_LIMIT: u64 = 1 << 40;
+/// The largest `max_threads`.
+const MAX_THREADS_LIMIT: usize = 16_384;
 
 impl ProxySettings {
     /// Everything a proxy needs of its settings to start, checked without binding: ranges, an
@@ -92,6 +105,17 @@ impl ProxySettings {
     pub fn validate(&self) -> Problems {
         let mut problems = Problems::default();
         problems.check_range("threads", self.threads, 1, 1024);
+        if self.max_threads < self.threads {
+            problems.add(
+                "max_threads",
+                format!(
+                    "must be at least threads ({}) (got {})",
+                    self.threads, self.max_threads
+                ),
+            );
+        } else {
+            problems.check_range("max_threads", self.max_threads, 1, MAX_THREADS_LIMIT);
+        }
         problems.check_range("max_redirects", self.max_redirects, 0, 20);
         problems.check_range("max_connections", self.max_connections, 1, 1_000_000);
         problems.check_range("listen_backlog", self.listen_backlog, 1, 65_535);
@@ -113,6 +137,7 @@ impl ProxySettings {
             ("cache_timeout", self.cache_timeout),
             ("collapse_timeout", self.collapse_timeout),
             ("header_timeout", self.header_timeout),
+            ("send_timeout", self.send_timeout),
         ] {
             problems.check_nonzero(key, value);
         }
@@ -221,5 +246,33 @@ mod tests {
         };
         let keys: Vec<String> = settings.validate().into_iter().map(|p| p.key).collect();
         assert_eq!(keys, ["threads", "max_redirects", "cache_timeout"]);
+    }
+
+    #[test]
+    fn max_threads_is_at_least_threads_and_send_timeout_is_not_zero() {
+        let settings = ProxySettings {
+            threads: 32,
+            max_threads: 8,
+            send_timeout: Duration::ZERO,
+            ..ProxySettings::default()
+        };
+        let problems: Vec<String> = settings
+            .validate()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "max_threads: must be at least threads (32) (got 8)",
+                "send_timeout: must be greater than 0",
+            ]
+        );
+        let equal = ProxySettings {
+            threads: 32,
+            max_threads: 32,
+            ..ProxySettings::default()
+        };
+        assert!(equal.validate().is_empty());
     }
 }

@@ -81,8 +81,9 @@ fn a_hundred_slow_readers_hold_no_segment_and_others_are_served() {
     let files = file_set();
     common::write_tree(dir.path(), &files);
     let mut config = common::proxy_config(None);
-    // One worker per slow reader plus room for the others; the growing pool may start lower.
-    config.settings.threads = 128;
+    // Each slow reader holds a worker in its blocking write: the pool grows for them.
+    config.settings.threads = 4;
+    config.settings.max_threads = 256;
     config.settings.client_buffer = 64 << 10;
     let rig = Rig::start(8, &[Backend::Directory(dir.path().to_path_buf())], config);
     let addr = rig.addr();
