@@ -12,6 +12,8 @@
 //! - [`FileServer`]: the handler of `gfserver` (a root with strict [`paths`] containment, or a
 //!   listing).
 //! - [`Client`]: fetches one path into any `Write`.
+//! - [`http`]: the HTTP/1.1 codec of the HTTP front end: a strict request-head parser, Range
+//!   and conditional-request evaluation, and response heads (pure functions, no sockets).
 //! - [`load`]: the load generator behind `gfclient load`.
 //!
 //! A round trip on `127.0.0.1:0`:
@@ -56,6 +58,7 @@ pub mod codec;
 mod connections;
 pub mod fileserver;
 mod frontdoor;
+pub mod http;
 pub mod load;
 pub mod paths;
 mod pool;
