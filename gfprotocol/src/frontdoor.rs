@@ -70,29 +70,96 @@ const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
 const FIRST_CONNECTION: usize = 2;
 
-/// Finds a complete request header in the bytes of one connection, fed as they arrive.
-/// GetFile is the one implementation; another protocol's front end adds its own.
+/// Finds a complete request header in the bytes of one connection, fed as they arrive, and
+/// says how a protocol refuses one. GetFile (`GetFileFramer`) and HTTP/1.1 (`HttpFramer`, in
+/// `http_front.rs`) implement it.
 pub(crate) trait HeaderFramer {
     /// What a complete header yields.
-    type Request;
-    /// Feeds more bytes: `Ok(Some)` once the header is complete (later bytes are ignored),
-    /// `Ok(None)` for more, `Err` when the bytes can never be a valid header.
-    fn feed(&mut self, bytes: &[u8]) -> Result<Option<Self::Request>, Malformed>;
+    type Request: Send + 'static;
+    /// Why bytes can never be a valid header.
+    type Error: std::fmt::Display;
+    /// A framer for a new connection, or for the next request of a kept-alive one.
+    fn new() -> Self;
+    /// Feeds more bytes: `Ok(Some)` once the header is complete, `Ok(None)` for more, `Err`
+    /// when the bytes can never be a valid header.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Option<Self::Request>, Self::Error>;
+    /// What an end of stream before a complete header is: `None` to close quietly.
+    fn at_eof(&self) -> Option<Self::Error>;
+    /// The answer to a refused header.
+    fn refusal(error: &Self::Error) -> Vec<u8>;
+    /// The answer to a header not complete by the deadline.
+    fn timeout_refusal() -> Vec<u8>;
+    /// Tells the handler of a refused header.
+    fn report(handler: &dyn Handler, peer: SocketAddr, error: &Self::Error);
 }
 
 /// The GetFile request header; yields the path.
-pub(crate) struct GetFileFramer(RequestDecoder);
-
-impl GetFileFramer {
-    pub(crate) fn new() -> Self {
-        GetFileFramer(RequestDecoder::lenient())
-    }
+pub(crate) struct GetFileFramer {
+    decoder: RequestDecoder,
 }
 
 impl HeaderFramer for GetFileFramer {
     type Request = String;
+    type Error = Malformed;
+    fn new() -> Self {
+        GetFileFramer {
+            decoder: RequestDecoder::lenient(),
+        }
+    }
     fn feed(&mut self, bytes: &[u8]) -> Result<Option<String>, Malformed> {
-        Ok(self.0.feed(bytes)?.map(|(header, _)| header.path))
+        Ok(self.decoder.feed(bytes)?.map(|(header, _)| header.path))
+    }
+    fn at_eof(&self) -> Option<Malformed> {
+        // GetFile has no keep-alive: any connection that ends without a request was one.
+        Some(Malformed::Incomplete)
+    }
+    fn refusal(_: &Malformed) -> Vec<u8> {
+        ResponseHeader::Invalid.encode()
+    }
+    fn timeout_refusal() -> Vec<u8> {
+        ResponseHeader::Invalid.encode()
+    }
+    fn report(handler: &dyn Handler, peer: SocketAddr, error: &Malformed) {
+        handler.rejected(peer, error);
+    }
+}
+
+/// A worker pool's job that carries a request of type `R` (the pool serves several protocols).
+pub(crate) trait JobOf<R>: From<Ready<R>> + Into<Ready<R>> + Send + 'static {}
+impl<R, J: From<Ready<R>> + Into<Ready<R>> + Send + 'static> JobOf<R> for J {}
+
+/// A connection handed back by a worker after a response that keeps it open: it waits in the
+/// loop (no worker) for its next request, up to the idle timeout.
+pub(crate) struct KeptAlive {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) connection: Tracked,
+    /// Bytes read past the last request (the start of the next, pipelined).
+    pub(crate) leftover: Vec<u8>,
+    /// Requests answered on the connection so far.
+    pub(crate) served: u32,
+}
+
+/// Where workers hand kept-alive connections back to their front door.
+#[derive(Clone)]
+pub(crate) struct ReturnPath {
+    sender: std::sync::mpsc::Sender<KeptAlive>,
+    wake: Arc<OwnedFd>,
+}
+
+impl ReturnPath {
+    /// A return path and the loop's end of it; `wake` is the write end of the loop's pipe.
+    pub(crate) fn new(wake: Arc<OwnedFd>) -> (ReturnPath, std::sync::mpsc::Receiver<KeptAlive>) {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        (ReturnPath { sender, wake }, receiver)
+    }
+
+    /// Hands `connection` back to the loop (closed if the loop is gone).
+    pub(crate) fn hand_back(&self, connection: KeptAlive) {
+        if self.sender.send(connection).is_ok() {
+            // A full pipe already holds a wake-up.
+            let _ = nix::unistd::write(&*self.wake, &[0]);
+        }
     }
 }
 
@@ -102,6 +169,8 @@ pub(crate) struct Ready<R> {
     pub(crate) request: R,
     pub(crate) stream: TcpStream,
     pub(crate) peer: SocketAddr,
+    /// Requests answered on this connection before this one.
+    pub(crate) served: u32,
     /// Its place in the connection counts (and against `max_connections`) until the worker
     /// is done.
     pub(crate) connection: Tracked,
@@ -111,11 +180,17 @@ pub(crate) struct Ready<R> {
 pub(crate) struct FrontDoorConfig {
     pub(crate) header_timeout: Duration,
     pub(crate) max_connections: usize,
+    /// How long a kept-alive connection may wait for its next request.
+    pub(crate) idle_timeout: Duration,
 }
 
 enum State<F> {
+    /// Kept alive, no byte of the next request yet.
+    Idle(F),
     Reading(F),
-    Lingering { drained: usize },
+    Lingering {
+        drained: usize,
+    },
 }
 
 struct Connection<F> {
@@ -123,17 +198,21 @@ struct Connection<F> {
     peer: SocketAddr,
     state: State<F>,
     tracked: Tracked,
+    served: u32,
 }
 
-/// Why a header is answered INVALID.
-enum Refusal {
-    Malformed(Malformed),
+/// Why a header is refused.
+enum Refusal<E> {
+    Malformed(E),
     TimedOut,
 }
 
 /// The loop itself; `run` returns at shutdown.
 pub(crate) struct FrontDoor<F: HeaderFramer> {
     config: FrontDoorConfig,
+    /// Connections handed back by workers (a protocol with keep-alive).
+    returns: Option<std::sync::mpsc::Receiver<KeptAlive>>,
+    idle_deadlines: VecDeque<(Instant, usize)>,
     handler: Arc<dyn Handler>,
     tracker: Arc<Tracker>,
     poll: Poll,
@@ -144,7 +223,6 @@ pub(crate) struct FrontDoor<F: HeaderFramer> {
     linger_deadlines: VecDeque<(Instant, usize)>,
     next_token: usize,
     waiting: VecDeque<Ready<F::Request>>,
-    new_framer: fn() -> F,
     /// Released to accept (and close) one connection when out of descriptors.
     reserve: Option<File>,
     /// The listener is deregistered until then.
@@ -177,17 +255,14 @@ impl ShedLog {
     }
 }
 
-impl<F: HeaderFramer> FrontDoor<F>
-where
-    F::Request: Send + 'static,
-{
+impl<F: HeaderFramer> FrontDoor<F> {
     pub(crate) fn new(
         config: FrontDoorConfig,
         handler: Arc<dyn Handler>,
         tracker: Arc<Tracker>,
         listener: TcpListener,
         wake: OwnedFd,
-        new_framer: fn() -> F,
+        returns: Option<std::sync::mpsc::Receiver<KeptAlive>>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         poll.registry().register(
@@ -199,6 +274,8 @@ where
             .register(&mut SourceFd(&wake.as_raw_fd()), WAKE, Interest::READABLE)?;
         Ok(FrontDoor {
             config,
+            returns,
+            idle_deadlines: VecDeque::new(),
             handler,
             tracker,
             poll,
@@ -209,7 +286,6 @@ where
             linger_deadlines: VecDeque::new(),
             next_token: FIRST_CONNECTION,
             waiting: VecDeque::new(),
-            new_framer,
             reserve: open_reserve(),
             accept_paused_until: None,
             shed: ShedLog::default(),
@@ -218,9 +294,9 @@ where
 
     /// Runs until `stopping()` is true after a wake-up, then hands the complete requests
     /// still waiting to the workers (blocking) and closes the rest.
-    pub(crate) fn run(
+    pub(crate) fn run<J: JobOf<F::Request>>(
         mut self,
-        workers: &Pool<Ready<F::Request>>,
+        workers: &Pool<J>,
         stopping: &dyn Fn() -> bool,
     ) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
@@ -237,7 +313,7 @@ where
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKE => {}
+                    WAKE => self.take_returns(),
                     Token(token) => self.on_readable(token),
                 }
             }
@@ -255,12 +331,16 @@ where
             return Some(QUEUE_RETRY);
         }
         let now = Instant::now();
-        let next = [self.header_deadlines.front(), self.linger_deadlines.front()]
-            .into_iter()
-            .flatten()
-            .map(|(deadline, _)| *deadline)
-            .chain(self.accept_paused_until)
-            .min()?;
+        let next = [
+            self.header_deadlines.front(),
+            self.linger_deadlines.front(),
+            self.idle_deadlines.front(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|(deadline, _)| *deadline)
+        .chain(self.accept_paused_until)
+        .min()?;
         // Rounded up so the deadline has passed when poll returns.
         Some(next.saturating_duration_since(now) + Duration::from_millis(1))
     }
@@ -333,7 +413,7 @@ where
 
     /// Polls the listener again once the pause is over, and accepts what waits.
     fn resume_accepting(&mut self, now: Instant) {
-        if !self.accept_paused_until.is_some_and(|until| until <= now) {
+        if self.accept_paused_until.is_none_or(|until| until > now) {
             return;
         }
         self.accept_paused_until = None;
@@ -379,12 +459,75 @@ where
             Connection {
                 stream,
                 peer,
-                state: State::Reading((self.new_framer)()),
+                state: State::Reading(F::new()),
                 tracked,
+                served: 0,
             },
         );
         // Bytes that arrived with the connection are read at once: with edge-triggered epoll
         // the registration may not report them.
+        self.on_readable(token);
+    }
+
+    /// Takes back the connections workers kept alive.
+    fn take_returns(&mut self) {
+        // The wake pipe is drained so that the next write wakes the loop again.
+        let mut sink = [0u8; 64];
+        while matches!(nix::unistd::read(&self.wake, &mut sink), Ok(n) if n > 0) {}
+        let returned: Vec<KeptAlive> = match &self.returns {
+            Some(returns) => returns.try_iter().collect(),
+            None => return,
+        };
+        for kept in returned {
+            self.readmit(kept);
+        }
+    }
+
+    /// A kept-alive connection waits, idle, for its next request (which may be here already).
+    fn readmit(&mut self, kept: KeptAlive) {
+        let KeptAlive {
+            stream,
+            peer,
+            connection: mut tracked,
+            leftover,
+            served,
+        } = kept;
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&stream.as_raw_fd()),
+            Token(token),
+            Interest::READABLE,
+        ) {
+            tracing::debug!(error = %e, "cannot register a kept-alive connection");
+            return;
+        }
+        tracked.set(ConnectionState::Idle);
+        self.idle_deadlines
+            .push_back((Instant::now() + self.config.idle_timeout, token));
+        self.connections.insert(
+            token,
+            Connection {
+                stream,
+                peer,
+                state: State::Idle(F::new()),
+                tracked,
+                served,
+            },
+        );
+        if !leftover.is_empty() {
+            let step = match self.connections.get_mut(&token) {
+                Some(connection) => feed(connection, &leftover),
+                None => return,
+            };
+            match self.after_step(token, step) {
+                true => {}
+                false => return,
+            }
+        }
         self.on_readable(token);
     }
 
@@ -396,12 +539,23 @@ where
             };
             read_available(connection, &mut buf)
         };
-        match outcome {
-            Step::More => {}
+        self.after_step(token, outcome);
+    }
+
+    /// Acts on what reading found; true while the connection stays in the loop reading.
+    fn after_step(&mut self, token: usize, step: Step<F::Request, F::Error>) -> bool {
+        match step {
+            Step::More => return true,
+            Step::Started => {
+                self.header_deadlines
+                    .push_back((Instant::now() + self.config.header_timeout, token));
+                return true;
+            }
             Step::Complete(request) => self.queue_for_worker(token, request),
             Step::Malformed(reason) => self.reject(token, Refusal::Malformed(reason)),
             Step::Close => drop(self.remove(token)),
         }
+        false
     }
 
     fn remove(&mut self, token: usize) -> Option<Connection<F>> {
@@ -420,25 +574,31 @@ where
                 request,
                 stream: connection.stream,
                 peer: connection.peer,
+                served: connection.served,
                 connection: connection.tracked,
             });
         }
     }
 
-    /// INVALID, a half-close, then the linger state.
-    fn reject(&mut self, token: usize, refusal: Refusal) {
+    /// The protocol's refusal (INVALID, a 4xx), a half-close, then the linger state.
+    fn reject(&mut self, token: usize, refusal: Refusal<F::Error>) {
         let Some(connection) = self.connections.get_mut(&token) else {
             return;
         };
         let peer = connection.peer;
-        let answered =
-            crate::server::send_all(connection.stream.as_fd(), &ResponseHeader::Invalid.encode())
-                .and_then(|()| connection.stream.shutdown(Shutdown::Write));
+        let answer = match &refusal {
+            Refusal::Malformed(reason) => F::refusal(reason),
+            Refusal::TimedOut => F::timeout_refusal(),
+        };
+        let answered = crate::server::send_all(connection.stream.as_fd(), &answer)
+            .and_then(|()| connection.stream.shutdown(Shutdown::Write));
         let handler = &self.handler;
         match &refusal {
             Refusal::Malformed(reason) => {
                 tracing::debug!(%peer, %reason, "invalid request");
-                let _ = catch_unwind(AssertUnwindSafe(|| handler.rejected(peer, reason)));
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    F::report(handler.as_ref(), peer, reason)
+                }));
             }
             Refusal::TimedOut => {
                 tracing::debug!(%peer, "request header not complete in time");
@@ -482,18 +642,31 @@ where
             self.linger_deadlines.pop_front();
             drop(self.remove(token));
         }
+        while let Some(&(deadline, token)) = self.idle_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.idle_deadlines.pop_front();
+            let idle = self
+                .connections
+                .get(&token)
+                .is_some_and(|c| matches!(c.state, State::Idle(_)));
+            if idle {
+                drop(self.remove(token));
+            }
+        }
     }
 
-    fn dispatch(&mut self, workers: &Pool<Ready<F::Request>>) {
+    fn dispatch<J: JobOf<F::Request>>(&mut self, workers: &Pool<J>) {
         while let Some(ready) = self.waiting.pop_front() {
-            if let Err(ready) = workers.try_submit(ready) {
-                self.waiting.push_front(ready);
+            if let Err(job) = workers.try_submit(J::from(ready)) {
+                self.waiting.push_front(job.into());
                 return;
             }
         }
     }
 
-    fn close(mut self, workers: &Pool<Ready<F::Request>>) {
+    fn close<J: JobOf<F::Request>>(mut self, workers: &Pool<J>) {
         // Closing the listener first: a connection attempted from now on is refused.
         self.listener = None;
         // A request that is already in the socket buffer is served; the rest are idle.
@@ -501,7 +674,9 @@ where
         let tokens: Vec<usize> = self.connections.keys().copied().collect();
         for token in tokens {
             let complete = match self.connections.get_mut(&token) {
-                Some(connection) if matches!(connection.state, State::Reading(_)) => {
+                Some(connection)
+                    if matches!(connection.state, State::Reading(_) | State::Idle(_)) =>
+                {
                     match read_available(connection, &mut buf) {
                         Step::Complete(request) => Some(request),
                         _ => None,
@@ -517,7 +692,7 @@ where
         self.connections.clear();
         tracing::debug!(idle, "front door closed its idle connections");
         for ready in self.waiting.drain(..) {
-            workers.submit_waiting(ready);
+            workers.submit_waiting(J::from(ready));
         }
         drop(self.wake);
     }
@@ -541,22 +716,57 @@ fn is_out_of_descriptors(error: &io::Error) -> bool {
     )
 }
 
-enum Step<R> {
+enum Step<R, E> {
     More,
+    /// The first bytes of a request on an idle connection: its header deadline starts.
+    Started,
     Complete(R),
-    Malformed(Malformed),
+    Malformed(E),
     Close,
+}
+
+/// Feeds bytes to a connection's framer (an idle one starts reading).
+fn feed<F: HeaderFramer>(
+    connection: &mut Connection<F>,
+    bytes: &[u8],
+) -> Step<F::Request, F::Error> {
+    let mut started = false;
+    if let State::Idle(_) = connection.state {
+        if bytes.is_empty() {
+            return Step::More;
+        }
+        let State::Idle(framer) =
+            std::mem::replace(&mut connection.state, State::Lingering { drained: 0 })
+        else {
+            return Step::Close;
+        };
+        connection.state = State::Reading(framer);
+        connection.tracked.set(ConnectionState::ReadingHeader);
+        started = true;
+    }
+    match &mut connection.state {
+        State::Reading(framer) => match framer.feed(bytes) {
+            Ok(Some(request)) => Step::Complete(request),
+            Ok(None) if started => Step::Started,
+            Ok(None) => Step::More,
+            Err(reason) => Step::Malformed(reason),
+        },
+        _ => Step::More,
+    }
 }
 
 /// Reads until the socket would block (the registration is edge-triggered).
 fn read_available<F: HeaderFramer>(
     connection: &mut Connection<F>,
     buf: &mut [u8],
-) -> Step<F::Request> {
+) -> Step<F::Request, F::Error> {
+    let mut started = false;
     loop {
         let n = match (&connection.stream).read(buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::More,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return if started { Step::Started } else { Step::More };
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "connection failed before its header");
@@ -564,12 +774,21 @@ fn read_available<F: HeaderFramer>(
             }
         };
         match &mut connection.state {
-            State::Reading(_) if n == 0 => return Step::Malformed(Malformed::Incomplete),
-            State::Reading(framer) => match framer.feed(buf.get(..n).unwrap_or_default()) {
-                Ok(Some(request)) => return Step::Complete(request),
-                Ok(None) => {}
-                Err(reason) => return Step::Malformed(reason),
-            },
+            State::Idle(_) if n == 0 => return Step::Close,
+            State::Reading(framer) if n == 0 => {
+                return match framer.at_eof() {
+                    Some(reason) => Step::Malformed(reason),
+                    None => Step::Close,
+                }
+            }
+            State::Idle(_) | State::Reading(_) => {
+                match feed(connection, buf.get(..n).unwrap_or_default()) {
+                    Step::More => {}
+                    Step::Started => started = true,
+                    done => return done,
+                }
+                continue;
+            }
             State::Lingering { .. } if n == 0 => return Step::Close,
             State::Lingering { drained } => {
                 *drained += n;

@@ -59,6 +59,7 @@ mod connections;
 pub mod fileserver;
 mod frontdoor;
 pub mod http;
+mod http_front;
 pub mod load;
 pub mod paths;
 mod pool;
@@ -68,6 +69,7 @@ pub use client::{Client, FetchOutcome};
 pub use codec::Malformed;
 pub use connections::{ConnectionCounts, ConnectionState};
 pub use fileserver::{BodyMode, FileServer};
+pub use http_front::{Delivery, Failure, ObjectHead};
 pub use server::{ResponseWriter, Server, ShutdownHandle};
 
 /// Longest request path accepted (bytes).
@@ -136,6 +138,18 @@ pub trait Handler: Send + Sync + 'static {
     /// because the process was out of file descriptors. For counting; does nothing by default.
     fn over_capacity(&self, peer: SocketAddr) {
         let _ = peer;
+    }
+
+    /// Told after the server refused an HTTP request head itself with `status` (400, 405, 414,
+    /// 431); the handler never sees such a request. For counting; does nothing by default.
+    fn http_refused(&self, peer: SocketAddr, status: u16) {
+        let _ = (peer, status);
+    }
+
+    /// Told after the handler's answer to an HTTP request went out with `status`. For
+    /// counting; does nothing by default.
+    fn http_answered(&self, status: u16) {
+        let _ = status;
     }
 
     /// Told after any of the [`ConnectionCounts`] changed, on the thread that changed it (the
@@ -217,6 +231,14 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// Set SO_REUSEPORT so several processes can share the port.
     pub reuse_port: bool,
+    /// Also serve HTTP/1.1 on this address, through the same handler and worker pool.
+    pub http_listen: Option<SocketAddr>,
+    /// How long a kept-alive HTTP connection may wait for its next request (held by the front
+    /// door, not a worker).
+    pub http_keepalive_timeout: Duration,
+    /// Requests answered on one HTTP connection at most; the last answer says
+    /// `Connection: close`. At least 1.
+    pub http_max_requests_per_connection: u32,
 }
 
 impl Default for ServerConfig {
@@ -231,6 +253,9 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(30),
             reuse_port: false,
+            http_listen: None,
+            http_keepalive_timeout: Duration::from_secs(15),
+            http_max_requests_per_connection: 1000,
         }
     }
 }

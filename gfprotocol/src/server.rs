@@ -22,6 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -31,10 +32,12 @@ use nix::sys::socket::{
     SockaddrStorage,
 };
 
+mod http_writer;
 mod paced;
 
 use crate::connections::{ConnectionCounts, ConnectionState, Tracker};
-use crate::frontdoor::{FrontDoor, FrontDoorConfig, GetFileFramer, Ready};
+use crate::frontdoor::{FrontDoor, FrontDoorConfig, GetFileFramer, KeptAlive, Ready, ReturnPath};
+use crate::http_front::{HttpExchange, HttpFramer, HttpJob};
 use crate::pool::{Pool, PoolConfig};
 use crate::{Error, Handler, Request, ResponseHeader, ServerConfig};
 
@@ -60,6 +63,9 @@ enum ResponseState {
     Complete,
     /// The connection was closed by `abort` or after a failed write, after `sent` body bytes.
     Closed { sent: u64 },
+    /// A head without a body went out (HTTP HEAD): the `announced` body bytes the handler
+    /// still sends are counted and dropped.
+    Discarding { announced: u64, sent: u64 },
 }
 
 /// The response side of one connection.
@@ -74,6 +80,8 @@ pub struct ResponseWriter<'c> {
     header: Vec<u8>,
     announced: u64,
     send_timed_out: bool,
+    /// The HTTP request being answered; `None` for GetFile.
+    http: Option<HttpExchange>,
 }
 
 fn closed_error() -> io::Error {
@@ -92,6 +100,14 @@ impl<'c> ResponseWriter<'c> {
             header: Vec::new(),
             announced: 0,
             send_timed_out: false,
+            http: None,
+        }
+    }
+
+    fn for_http(stream: &'c TcpStream, exchange: HttpExchange) -> Self {
+        ResponseWriter {
+            http: Some(exchange),
+            ..ResponseWriter::new(stream)
         }
     }
 
@@ -104,6 +120,9 @@ impl<'c> ResponseWriter<'c> {
             ResponseState::NoHeader => {}
             ResponseState::Closed { .. } => return Err(closed_error()),
             _ => return Err(misuse("response header sent twice")),
+        }
+        if self.http.is_some() {
+            return self.send_http_header(header);
         }
         self.header = header.encode();
         if let ResponseHeader::Ok { length } = header {
@@ -128,6 +147,9 @@ impl<'c> ResponseWriter<'c> {
 
     /// Sends body bytes.
     pub fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Some(dropped) = self.discard(data.len() as u64) {
+            return dropped;
+        }
         let (announced, sent, header_pending) = self.body_state(data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
@@ -151,6 +173,9 @@ impl<'c> ResponseWriter<'c> {
         len: usize,
         write: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> io::Result<()> {
+        if let Some(dropped) = self.discard(len as u64) {
+            return dropped;
+        }
         let (announced, sent, _) = self.body_state(len as u64)?;
         if len == 0 {
             return Ok(());
@@ -162,6 +187,9 @@ impl<'c> ResponseWriter<'c> {
 
     /// Sends `len` body bytes of `file` from `offset` (sendfile(2)).
     pub fn send_file(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        if let Some(dropped) = self.discard(len) {
+            return dropped;
+        }
         let (announced, sent, _) = self.body_state(len)?;
         if len == 0 {
             return Ok(());
@@ -194,7 +222,9 @@ impl<'c> ResponseWriter<'c> {
     /// Body bytes sent so far.
     pub fn body_sent(&self) -> u64 {
         match self.state {
-            ResponseState::Body { sent, .. } | ResponseState::Closed { sent } => sent,
+            ResponseState::Body { sent, .. }
+            | ResponseState::Closed { sent }
+            | ResponseState::Discarding { sent, .. } => sent,
             ResponseState::Complete => self.announced,
             ResponseState::NoHeader => 0,
         }
@@ -254,7 +284,9 @@ impl<'c> ResponseWriter<'c> {
             }
             ResponseState::NoHeader => Err(misuse("body sent before the header")),
             ResponseState::Complete if more == 0 => Ok((0, 0, false)),
-            ResponseState::Complete => Err(misuse("body longer than the announced length")),
+            ResponseState::Complete | ResponseState::Discarding { .. } => {
+                Err(misuse("body longer than the announced length"))
+            }
             ResponseState::Closed { .. } => Err(closed_error()),
         }
     }
@@ -320,7 +352,9 @@ impl<'c> ResponseWriter<'c> {
                 tracing::debug!(sent, announced, "handler returned a short body; closing");
                 self.abort();
             }
-            ResponseState::Complete | ResponseState::Closed { .. } => {}
+            ResponseState::Discarding { .. }
+            | ResponseState::Complete
+            | ResponseState::Closed { .. } => {}
         }
     }
 }
@@ -427,6 +461,8 @@ struct Shared {
     stopping: AtomicBool,
     /// Written once to wake the accept loop's poll.
     wake_write: OwnedFd,
+    /// The HTTP front door's wake-up (also how workers hand kept-alive connections back).
+    http_wake_write: Option<Arc<OwnedFd>>,
 }
 
 /// Stops a running [`Server`] from any thread.
@@ -442,6 +478,9 @@ impl ShutdownHandle {
             // A full pipe already holds a wake-up; any other failure leaves the flag, which
             // the accept loop also checks after every poll.
             let _ = nix::unistd::write(&self.shared.wake_write, &[1]);
+            if let Some(http_wake) = &self.shared.http_wake_write {
+                let _ = nix::unistd::write(&**http_wake, &[1]);
+            }
         }
     }
 
@@ -461,6 +500,19 @@ pub struct Server {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     wake_read: OwnedFd,
+    http: Option<HttpListener>,
+}
+
+/// The HTTP listener and its front door's wake-up.
+struct HttpListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    wake_read: OwnedFd,
+}
+
+fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(io::Error::from)
 }
 
 impl Server {
@@ -470,9 +522,22 @@ impl Server {
         let listener = bind_listener(config.listen, config.reuse_port, config.backlog)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let (wake_read, wake_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(io::Error::from)?;
+        let (wake_read, wake_write) = wake_pipe()?;
+        let mut http_wake_write = None;
+        let http = match config.http_listen {
+            Some(addr) => {
+                let listener = bind_listener(addr, config.reuse_port, config.backlog)?;
+                listener.set_nonblocking(true)?;
+                let (wake_read, wake_write) = wake_pipe()?;
+                http_wake_write = Some(Arc::new(wake_write));
+                Some(HttpListener {
+                    local_addr: listener.local_addr()?,
+                    listener,
+                    wake_read,
+                })
+            }
+            None => None,
+        };
         tracing::debug!(%local_addr, threads = config.threads, max_threads = config.max_threads, "gfserver bound");
         Ok(Server {
             config,
@@ -483,14 +548,21 @@ impl Server {
             shared: Arc::new(Shared {
                 stopping: AtomicBool::new(false),
                 wake_write,
+                http_wake_write,
             }),
             wake_read,
+            http,
         })
     }
 
     /// The bound address (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound HTTP address, if it serves HTTP.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|http| http.local_addr)
     }
 
     /// A handle to stop it.
@@ -507,9 +579,18 @@ impl Server {
 
     /// Serves until shut down, then waits for the workers to finish their connections.
     pub fn run(self) -> Result<(), Error> {
+        let (return_path, returns) = match &self.shared.http_wake_write {
+            Some(wake) => {
+                let (path, receiver) = ReturnPath::new(Arc::clone(wake));
+                (Some(path), Some(receiver))
+            }
+            None => (None, None),
+        };
         let serving = Serving {
             handler: Arc::clone(&self.handler),
             send_timeout: self.config.send_timeout,
+            max_requests: self.config.http_max_requests_per_connection,
+            return_path,
         };
         let pool = Pool::start(
             PoolConfig {
@@ -520,23 +601,52 @@ impl Server {
                 name: "gf-worker",
                 on_start: block_sigpipe,
             },
-            move |ready: Ready<String>| serving.serve(ready),
+            move |job: Job| serving.serve(job),
         )?;
-        let front_door = FrontDoor::new(
-            FrontDoorConfig {
-                header_timeout: self.config.header_timeout,
-                max_connections: self.config.max_connections,
-            },
-            Arc::clone(&self.handler),
-            Arc::clone(&self.tracker),
-            self.listener,
-            self.wake_read,
-            GetFileFramer::new,
-        );
+        let door_config = || FrontDoorConfig {
+            header_timeout: self.config.header_timeout,
+            max_connections: self.config.max_connections,
+            idle_timeout: self.config.http_keepalive_timeout,
+        };
         let shared = Arc::clone(&self.shared);
-        let result = front_door
-            .and_then(|door| door.run(&pool, &|| shared.stopping.load(Ordering::SeqCst)))
-            .map_err(Error::Io);
+        let stopping = move || shared.stopping.load(Ordering::SeqCst);
+        let result = thread::scope(|scope| {
+            let http_door = match self.http {
+                Some(http) => {
+                    let door = FrontDoor::<HttpFramer>::new(
+                        door_config(),
+                        Arc::clone(&self.handler),
+                        Arc::clone(&self.tracker),
+                        http.listener,
+                        http.wake_read,
+                        returns,
+                    )?;
+                    let pool = &pool;
+                    let stopping = &stopping;
+                    Some(
+                        thread::Builder::new()
+                            .name("gf-http-door".into())
+                            .spawn_scoped(scope, move || door.run(pool, stopping))?,
+                    )
+                }
+                None => None,
+            };
+            let door = FrontDoor::<GetFileFramer>::new(
+                door_config(),
+                Arc::clone(&self.handler),
+                Arc::clone(&self.tracker),
+                self.listener,
+                self.wake_read,
+                None,
+            )?;
+            let result = door.run(&pool, &stopping);
+            let http_result = http_door.map_or(Ok(()), |door| {
+                door.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the HTTP front door panicked")))
+            });
+            result.and(http_result)
+        })
+        .map_err(Error::Io);
         pool.close_and_wait();
         tracing::debug!(local_addr = %self.local_addr, "gfserver stopped");
         result
@@ -579,10 +689,51 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result
     Ok(TcpListener::from(fd))
 }
 
+/// A complete request for a worker, by protocol.
+enum Job {
+    GetFile(Ready<String>),
+    Http(Ready<HttpJob>),
+}
+
+impl From<Ready<HttpJob>> for Job {
+    fn from(ready: Ready<HttpJob>) -> Job {
+        Job::Http(ready)
+    }
+}
+
+impl From<Job> for Ready<HttpJob> {
+    fn from(job: Job) -> Ready<HttpJob> {
+        match job {
+            Job::Http(ready) => ready,
+            // A front door only gets back the jobs it submitted.
+            Job::GetFile(_) => unreachable!("an HTTP front door got a GetFile job back"),
+        }
+    }
+}
+
+impl From<Ready<String>> for Job {
+    fn from(ready: Ready<String>) -> Job {
+        Job::GetFile(ready)
+    }
+}
+
+impl From<Job> for Ready<String> {
+    fn from(job: Job) -> Ready<String> {
+        match job {
+            Job::GetFile(ready) => ready,
+            Job::Http(_) => unreachable!("a GetFile front door got an HTTP job back"),
+        }
+    }
+}
+
 /// What every worker runs a request with.
 struct Serving {
     handler: Arc<dyn Handler>,
     send_timeout: Duration,
+    /// Requests on one HTTP connection at most.
+    max_requests: u32,
+    /// Where kept-alive HTTP connections go back to their front door.
+    return_path: Option<ReturnPath>,
 }
 
 /// Blocks SIGPIPE in the calling thread (see the module docs: for `sendfile(2)`).
@@ -595,7 +746,63 @@ fn block_sigpipe() {
 }
 
 impl Serving {
-    fn serve(&self, mut ready: Ready<String>) {
+    fn serve(&self, job: Job) {
+        match job {
+            Job::GetFile(ready) => self.serve_getfile(ready),
+            Job::Http(ready) => self.serve_http(ready),
+        }
+    }
+
+    /// Answers one HTTP request, then hands the connection back to the front door if it stays
+    /// open (the next request may already be in `leftover`).
+    fn serve_http(&self, mut ready: Ready<HttpJob>) {
+        ready.connection.set(ConnectionState::Sending);
+        let served = ready.served + 1;
+        let keep_alive =
+            !ready.request.body_unread && served < self.max_requests && self.return_path.is_some();
+        let request = Request {
+            path: ready.request.request.path.clone(),
+            peer: ready.peer,
+        };
+        let exchange = HttpExchange::new(ready.request.request, keep_alive);
+        let stream = &ready.stream;
+        let kept = (|| -> io::Result<bool> {
+            stream.set_nonblocking(false)?;
+            stream.set_nodelay(true)?;
+            stream.set_write_timeout(Some(self.send_timeout))?;
+            let mut writer = ResponseWriter::for_http(stream, exchange);
+            self.run_handler(&request, &mut writer);
+            if let Some(status) = writer.http_status() {
+                let _ = catch_unwind(AssertUnwindSafe(|| self.handler.http_answered(status)));
+            }
+            Ok(writer.keeps_connection())
+        })();
+        match (kept, &self.return_path) {
+            (Ok(true), Some(return_path)) => return_path.hand_back(KeptAlive {
+                stream: ready.stream,
+                peer: ready.peer,
+                connection: ready.connection,
+                leftover: ready.request.leftover,
+                served,
+            }),
+            (Ok(_), _) => {
+                // Closing with an unread request body would reset the connection, and a reset
+                // can destroy the answer still in flight: the write side closes first.
+                let _ = ready.stream.shutdown(Shutdown::Write);
+            }
+            (Err(e), _) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+        }
+    }
+
+    fn run_handler(&self, request: &Request, writer: &mut ResponseWriter<'_>) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(request, writer)));
+        if outcome.is_err() {
+            tracing::error!(path = %request.path, peer = %request.peer, "handler panicked");
+        }
+        writer.finish();
+    }
+
+    fn serve_getfile(&self, mut ready: Ready<String>) {
         ready.connection.set(ConnectionState::Sending);
         let request = Request {
             path: ready.request,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::region::{Member, Region};
 
 /// Counters per block: indices `0..COUNTER_SLOTS`.
-pub const COUNTER_SLOTS: usize = 32;
+pub const COUNTER_SLOTS: usize = 64;
 /// Gauges per block: indices `0..GAUGE_SLOTS`.
 pub const GAUGE_SLOTS: usize = 16;
 /// Histograms per block: indices `0..HISTOGRAM_SLOTS`.

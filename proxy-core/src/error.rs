@@ -100,6 +100,19 @@ impl Error {
         }
     }
 
+    /// Whether the origin did not answer in time (HTTP's 504 rather than 502).
+    pub fn is_origin_timeout(&self) -> bool {
+        let Error::OriginTransport { source, .. } = self else {
+            return false;
+        };
+        source
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || source
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+    }
+
     /// Whether another source (the origin instead of a cache) or a later attempt may succeed:
     /// true for cache failures and transient origin failures, false for bad input, a client that
     /// left, a bad config or a definite origin answer.

@@ -142,6 +142,7 @@ impl Proxy {
         }
         let (ctx, server) = started?;
         let addr = server.local_addr();
+        let http_addr = server.http_addr();
         let shutdown = server.shutdown_handle();
         let (done_tx, done_rx) = mpsc::channel();
         let thread = thread::Builder::new()
@@ -154,9 +155,10 @@ impl Proxy {
             })
             .map_err(|e| Error::Server(gfprotocol::Error::Io(e)))?;
         region.set_member_state(member, MemberState::Ready, pid);
-        tracing::info!(%addr, slot = ctx.config.slot.as_raw(), "proxy ready");
+        tracing::info!(%addr, http = ?http_addr, slot = ctx.config.slot.as_raw(), "proxy ready");
         Ok(RunningProxy {
             addr,
+            http_addr,
             shutdown,
             thread: Some(thread),
             done: done_rx,
@@ -178,6 +180,9 @@ impl Proxy {
             max_connections: config.settings.max_connections,
             backlog: config.settings.listen_backlog,
             reuse_port: config.reuse_port,
+            http_listen: config.settings.http_listen,
+            http_keepalive_timeout: config.settings.http_keepalive_timeout,
+            http_max_requests_per_connection: config.settings.http_max_requests_per_connection,
             ..ServerConfig::default()
         };
         let ctx = Arc::new(Context {
@@ -204,6 +209,15 @@ impl Proxy {
 /// The GetFile handler: every request goes through [`request::handle`].
 struct Frontend {
     ctx: Arc<Context>,
+}
+
+impl Frontend {
+    fn count_http(&self, status: u16) {
+        match metrics::Counter::http_status(status) {
+            Some(counter) => self.ctx.stats.incr(counter),
+            None => tracing::debug!(status, "an HTTP status without a counter"),
+        }
+    }
 }
 
 impl Handler for Frontend {
@@ -234,11 +248,22 @@ impl Handler for Frontend {
         tracing::debug!(%peer, "connection refused: max_connections reached or out of descriptors");
         self.ctx.stats.incr(metrics::Counter::ConnectionsRefused);
     }
+
+    fn http_refused(&self, peer: SocketAddr, status: u16) {
+        tracing::debug!(%peer, status, "HTTP request refused");
+        self.ctx.stats.incr(metrics::Counter::RequestsInvalid);
+        self.count_http(status);
+    }
+
+    fn http_answered(&self, status: u16) {
+        self.count_http(status);
+    }
 }
 
 /// A started proxy. Dropping it stops it and waits for its connections.
 pub struct RunningProxy {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shutdown: ShutdownHandle,
     thread: Option<thread::JoinHandle<Result<(), gfprotocol::Error>>>,
     done: mpsc::Receiver<()>,
@@ -249,6 +274,11 @@ impl RunningProxy {
     /// The bound address (the real port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound HTTP address, if `http_listen` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Origin fetches in progress that other requests may join (collapsing).

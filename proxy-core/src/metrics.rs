@@ -58,9 +58,23 @@ pub enum Counter {
     /// Connections whose request header was not complete `header_timeout` after accept
     /// (answered INVALID, but not counted in `RequestsInvalid`).
     HeaderTimeouts,
+    /// HTTP answers with this status (one of [`HTTP_STATUSES`]).
+    Http(u16),
 }
 
+/// The HTTP statuses counted, each in its own cell.
+pub const HTTP_STATUSES: [u16; 14] = [
+    200, 206, 304, 400, 404, 405, 408, 414, 416, 431, 500, 502, 503, 504,
+];
+
 impl Counter {
+    /// The counter of an HTTP status, if it is one counted.
+    pub fn http_status(status: u16) -> Option<Counter> {
+        HTTP_STATUSES
+            .contains(&status)
+            .then_some(Counter::Http(status))
+    }
+
     /// Every counter.
     pub const ALL: &'static [Counter] = &[
         Counter::RequestsOk,
@@ -85,6 +99,20 @@ impl Counter {
         Counter::Resumed,
         Counter::SendTimeouts,
         Counter::HeaderTimeouts,
+        Counter::Http(200),
+        Counter::Http(206),
+        Counter::Http(304),
+        Counter::Http(400),
+        Counter::Http(404),
+        Counter::Http(405),
+        Counter::Http(408),
+        Counter::Http(414),
+        Counter::Http(416),
+        Counter::Http(431),
+        Counter::Http(500),
+        Counter::Http(502),
+        Counter::Http(503),
+        Counter::Http(504),
     ];
 
     /// Its cell in the proxy's stats block (an index past the block would not compile).
@@ -112,7 +140,29 @@ impl Counter {
             Counter::Resumed => CounterId::at::<25>(),
             Counter::SendTimeouts => CounterId::at::<18>(),
             Counter::HeaderTimeouts => CounterId::at::<19>(),
+            Counter::Http(status) => http_cell(status),
         }
+    }
+}
+
+/// The cell of an HTTP status's counter (cells 32 to 45, in the order of [`HTTP_STATUSES`]; a
+/// status not in it shares 500's, which [`Counter::http_status`] never hands out).
+const fn http_cell(status: u16) -> CounterId {
+    match status {
+        200 => CounterId::at::<32>(),
+        206 => CounterId::at::<33>(),
+        304 => CounterId::at::<34>(),
+        400 => CounterId::at::<35>(),
+        404 => CounterId::at::<36>(),
+        405 => CounterId::at::<37>(),
+        408 => CounterId::at::<38>(),
+        414 => CounterId::at::<39>(),
+        416 => CounterId::at::<40>(),
+        431 => CounterId::at::<41>(),
+        502 => CounterId::at::<43>(),
+        503 => CounterId::at::<44>(),
+        504 => CounterId::at::<45>(),
+        _ => CounterId::at::<42>(),
     }
 }
 
@@ -350,6 +400,69 @@ pub const SCHEMA: &[Family] = &[
             Series {
                 labels: &[Label::fixed("state", ConnectionState::Closing.name())],
                 cell: Cell::Gauge(Gauge::Connections(ConnectionState::Closing).id()),
+            },
+        ],
+    },
+    Family {
+        name: "gfcache_http_responses_total",
+        help: "HTTP answers by status, the front door's own refusals (400, 405, 408, 414, 431) included.",
+        kind: MetricKind::Counter,
+        series: &[
+            Series {
+                labels: &[Label::fixed("status", "200")],
+                cell: Cell::Counter(http_cell(200)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "206")],
+                cell: Cell::Counter(http_cell(206)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "304")],
+                cell: Cell::Counter(http_cell(304)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "400")],
+                cell: Cell::Counter(http_cell(400)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "404")],
+                cell: Cell::Counter(http_cell(404)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "405")],
+                cell: Cell::Counter(http_cell(405)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "408")],
+                cell: Cell::Counter(http_cell(408)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "414")],
+                cell: Cell::Counter(http_cell(414)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "416")],
+                cell: Cell::Counter(http_cell(416)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "431")],
+                cell: Cell::Counter(http_cell(431)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "500")],
+                cell: Cell::Counter(http_cell(500)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "502")],
+                cell: Cell::Counter(http_cell(502)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "503")],
+                cell: Cell::Counter(http_cell(503)),
+            },
+            Series {
+                labels: &[Label::fixed("status", "504")],
+                cell: Cell::Counter(http_cell(504)),
             },
         ],
     },

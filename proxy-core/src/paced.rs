@@ -88,10 +88,36 @@ pub(crate) struct Paced {
     /// The object's length and version, as first answered.
     pub(crate) len: u64,
     pub(crate) version: ObjectVersion,
-    /// Body bytes sent to the client so far.
-    pub(crate) sent: u64,
+    /// The object offset of the first byte not yet in `buffer` or sent.
+    pub(crate) next: u64,
+    /// The object offset where the body ends.
+    pub(crate) end: u64,
     /// Bytes read from the cache and not yet sent.
     pub(crate) buffer: Vec<u8>,
+}
+
+impl Paced {
+    /// Bytes `next..end` of the object still to send, none buffered yet.
+    pub(crate) fn new(
+        slot: CacheSlot,
+        len: u64,
+        version: ObjectVersion,
+        next: u64,
+        end: u64,
+    ) -> Self {
+        Paced {
+            slot,
+            len,
+            version,
+            next,
+            end,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn next_range(&self, window: u64) -> ByteRange {
+        ByteRange::new(self.next, window.min(self.end - self.next))
+    }
 }
 
 /// Sends the rest of a hit at the client's pace: the buffer, then range after range. Each
@@ -115,9 +141,9 @@ pub(crate) fn resume_elsewhere(
     mut paced: Paced,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
-    let range = ByteRange::new(paced.sent, ctx.config.settings.client_buffer);
+    let range = paced.next_range(ctx.config.settings.client_buffer);
     if let Err(error) = read_range_elsewhere(ctx, path, range, &mut paced) {
-        tracing::debug!(key = %path, %error, sent = paced.sent, "no other cache can resume");
+        tracing::debug!(key = %path, %error, at = paced.next, "no other cache can resume");
         response.abort();
         return Outcome::Aborted;
     }
@@ -125,7 +151,8 @@ pub(crate) fn resume_elsewhere(
     send_rest(ctx, path, paced, response)
 }
 
-fn send_rest(
+/// Sends the buffer, then the rest of the body range by range.
+pub(crate) fn send_rest(
     ctx: &Context,
     path: &CanonicalPath,
     mut paced: Paced,
@@ -136,14 +163,13 @@ fn send_rest(
         if let Err(error) = response.send_body(&paced.buffer) {
             return client_gone(&error, response);
         }
-        paced.sent += paced.buffer.len() as u64;
         paced.buffer.clear();
-        if paced.sent >= paced.len {
+        if paced.next >= paced.end {
             return Outcome::Hit;
         }
-        let range = ByteRange::new(paced.sent, window);
+        let range = paced.next_range(window);
         if let Err(error) = read_range(ctx, path, range, &mut paced) {
-            tracing::debug!(key = %path, %error, sent = paced.sent, "a client-paced hit broke off");
+            tracing::debug!(key = %path, %error, at = paced.next, "a client-paced hit broke off");
             ctx.stats.incr(Counter::LookupErrors);
             response.abort();
             return Outcome::Aborted;
@@ -226,6 +252,7 @@ fn read_range_from(
             what: format!("a range of {expected} bytes carried {read}"),
         }));
     }
+    paced.next += read;
     Ok(())
 }
 

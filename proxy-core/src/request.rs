@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use gfprotocol::{Request, ResponseHeader, ResponseWriter};
-use ipc::{CacheSlot, Lookup, ObjectVersion, Region};
+use gfprotocol::http::CacheStatus;
+use gfprotocol::{Delivery, Failure, ObjectHead, Request, ResponseHeader, ResponseWriter};
+use ipc::{ByteRange, CacheSlot, Lookup, ObjectVersion, Region};
 
 use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
 use crate::error::{Error, Side};
@@ -153,7 +154,8 @@ enum CacheResult {
 
 /// Acquires a segment, GETs `path` from cache `slot` and streams a hit to the client straight
 /// from the segment. The segment is released when the stream drops, at the end or at once when
-/// the client goes away.
+/// the client goes away. The GET asks for the bytes the client wants (an HTTP range), and the
+/// response head (200, 206, 304, 416, or a HEAD's) is chosen once the cache answered.
 fn from_cache(
     ctx: &Context,
     slot: CacheSlot,
@@ -165,11 +167,15 @@ fn from_cache(
         Ok(lease) => lease,
         Err(error) => return CacheResult::Failed(Error::NoSegment(error)),
     };
-    let mut stream = match lease.get(slot, path.as_str(), timeout) {
+    let wanted = match response.wanted_bytes() {
+        (offset, Some(len)) => ByteRange::new(offset, len),
+        (offset, None) => ByteRange::from(offset),
+    };
+    let mut stream = match lease.get_range(slot, path.as_str(), wanted, timeout) {
         Ok(stream) => stream,
         Err(source) => return cache_failed(ctx, slot, source),
     };
-    let len = match stream.lookup() {
+    let object_len = match stream.lookup() {
         Lookup::Found { len } => len,
         Lookup::NotFound => {
             ctx.stats.incr(Counter::LookupMisses);
@@ -182,15 +188,23 @@ fn from_cache(
             });
         }
     };
-
     // An object with a version can be sent in ranges: a slow client then releases the segment.
     let version = stream.version();
     let may_release = version != ObjectVersion::NONE;
     let client_buffer = usize::try_from(ctx.config.settings.client_buffer).unwrap_or(usize::MAX);
+    let head = ObjectHead {
+        len: object_len,
+        version: may_release.then_some(version.as_raw()),
+        modified: stream.modified(),
+        cache: Some(CacheStatus::Hit),
+    };
+    // Where the stream's bytes start in the object, and how many it carries.
+    let first = wanted.offset;
+    let mut body_len = stream.body_len();
     let mut slow_client = None;
     let mut broken_off = false;
     let mut sent: u64 = 0;
-    while sent < len || !response.header_sent() {
+    while sent < body_len || !response.header_sent() {
         let chunk = match stream.next_chunk(timeout) {
             Ok(chunk) => chunk,
             // Until the header is out, a stalled or dead cache can still be skipped.
@@ -208,17 +222,28 @@ fn from_cache(
             }
         };
         if !response.header_sent() {
-            if chunk.is_none() && len > 0 {
+            if chunk.is_none() && body_len > 0 {
                 return CacheResult::Failed(short_object(slot));
             }
             ctx.stats.incr(Counter::LookupHits);
-            if let Err(error) = response.send_header(ResponseHeader::Ok { length: len }) {
-                return CacheResult::Served(client_gone(&error, response));
+            match response.send_object(&head) {
+                Err(error) => return CacheResult::Served(client_gone(&error, response)),
+                // HEAD, 304, 416: nothing more to send.
+                Ok(Delivery::NoBody) => return CacheResult::Served(Outcome::Hit),
+                Ok(Delivery::Body { offset, len }) if offset == first && len == body_len => {}
+                // Another part than the one asked for (a suffix range): fetched on its own.
+                Ok(Delivery::Body { offset, len }) if may_release => {
+                    drop(chunk);
+                    drop(stream);
+                    let paced = Paced::new(slot, object_len, version, offset, len);
+                    return CacheResult::Served(paced::send_rest(ctx, path, paced, response));
+                }
+                Ok(Delivery::Body { len, .. }) => body_len = len,
             }
         }
         let Some(chunk) = chunk else { break };
         let chunk_len = chunk.len() as u64;
-        if sent + chunk_len > len {
+        if sent + chunk_len > body_len {
             ctx.router.suspect(&ctx.region, slot);
             let outcome = cache_broke_off(ctx, slot, &overlong_object(slot), response);
             return CacheResult::Served(outcome);
@@ -229,14 +254,11 @@ fn from_cache(
         match paced::send_chunk(response, &chunk, may_release, client_buffer) {
             ChunkSent::Whole => sent += chunk_len,
             ChunkSent::ClientSlow(buffer) => {
-                let unsent = buffer.len() as u64;
-                slow_client = Some(Paced {
-                    slot,
-                    len,
-                    version,
-                    sent: sent + chunk_len - unsent,
-                    buffer,
-                });
+                // The buffer holds the rest of this chunk: the next range starts after it.
+                let next = first + sent + chunk_len;
+                let mut paced = Paced::new(slot, object_len, version, next, first + body_len);
+                paced.buffer = buffer;
+                slow_client = Some(paced);
                 break;
             }
             ChunkSent::Failed(error) => return CacheResult::Served(client_gone(&error, response)),
@@ -249,16 +271,10 @@ fn from_cache(
     }
     if broken_off {
         drop(stream);
-        let paced = Paced {
-            slot,
-            len,
-            version,
-            sent,
-            buffer: Vec::new(),
-        };
+        let paced = Paced::new(slot, object_len, version, first + sent, first + body_len);
         return CacheResult::Served(paced::resume_elsewhere(ctx, path, paced, response));
     }
-    if sent < len {
+    if sent < body_len {
         ctx.router.suspect(&ctx.region, slot);
         let outcome = cache_broke_off(ctx, slot, &short_object(slot), response);
         return CacheResult::Served(outcome);
@@ -329,7 +345,7 @@ fn fallback(
 ) -> Outcome {
     ctx.stats.incr(Counter::Fallbacks);
     if ctx.origin.is_none() {
-        return reply(response, ResponseHeader::Error);
+        return fail(response, Failure::Unavailable);
     }
     from_origin(ctx, path, None, epoch, response)
 }
@@ -387,7 +403,7 @@ fn follow(
     let len = match follower.wait_answer(ctx.config.settings.collapse_timeout) {
         Answer::Body { len } => len,
         Answer::NotFound => return reply(response, ResponseHeader::FileNotFound),
-        Answer::Error => return reply(response, ResponseHeader::Error),
+        Answer::Error => return fail(response, Failure::Origin),
         Answer::OnYourOwn => {
             drop(follower);
             // The leader may have found the object in the cache, or filled it, meanwhile.
@@ -406,7 +422,7 @@ fn follow(
             return fetch(ctx, origin, path, fill_slot, None, response);
         }
     };
-    if let Err(error) = response.send_header(ResponseHeader::Ok { length: len }) {
+    if let Err(error) = response.send_object(&miss_head(len)) {
         return client_gone(&error, response);
     }
     let mut sent: u64 = 0;
@@ -456,7 +472,7 @@ fn fetch(
             if let Some(leader) = leader {
                 leader.error();
             }
-            return reply(response, ResponseHeader::Error);
+            return fail(response, origin_failure(&error));
         }
     };
     match body.content_length() {
@@ -469,7 +485,7 @@ fn fetch(
                 if let Some(leader) = leader {
                     leader.error();
                 }
-                reply(response, ResponseHeader::Error)
+                fail(response, origin_failure(&error))
             }
         },
     }
@@ -583,8 +599,8 @@ fn pump(
     leader: Option<&Leader<'_>>,
     response: &mut ResponseWriter<'_>,
 ) -> (u64, ClientState) {
-    let mut client = match response.send_header(ResponseHeader::Ok { length: len }) {
-        Ok(()) => ClientState::Open,
+    let mut client = match response.send_object(&miss_head(len)) {
+        Ok(_) => ClientState::Open,
         Err(error) => ClientState::Gone(error),
     };
     let mut buf = vec![0u8; ORIGIN_READ_SIZE];
@@ -691,8 +707,8 @@ fn send_buffered(
     });
     let sent = with_fill(ctx, path, len, fill_slot, feed.as_ref(), || {
         response
-            .send_header(ResponseHeader::Ok { length: len })
-            .and_then(|()| response.send_body(&bytes))
+            .send_object(&miss_head(len))
+            .and_then(|_| response.send_body(&bytes))
     });
     if let Some(leader) = leader {
         leader.complete();
@@ -716,6 +732,31 @@ pub(crate) fn client_gone(error: &std::io::Error, response: &mut ResponseWriter<
     tracing::debug!(%error, "client gone");
     response.abort();
     Outcome::Aborted
+}
+
+/// The head of an origin answer: no validators yet (the freshness work adds the origin's).
+fn miss_head(len: u64) -> ObjectHead {
+    ObjectHead {
+        len,
+        version: None,
+        modified: None,
+        cache: Some(CacheStatus::Miss),
+    }
+}
+
+fn origin_failure(error: &Error) -> Failure {
+    match error.is_origin_timeout() {
+        true => Failure::OriginTimeout,
+        false => Failure::Origin,
+    }
+}
+
+/// Answers that the request failed (GetFile: ERROR).
+fn fail(response: &mut ResponseWriter<'_>, failure: Failure) -> Outcome {
+    if let Err(error) = response.send_failure(failure) {
+        return client_gone(&error, response);
+    }
+    Outcome::Error
 }
 
 /// Sends a header-only answer.

@@ -61,6 +61,15 @@ pub struct ProxySettings {
     pub max_connections: usize,
     /// The listen backlog (the kernel caps it at `net.core.somaxconn`).
     pub listen_backlog: i32,
+    /// Also serve HTTP/1.1 here (GET and HEAD, keep-alive, ranges, conditionals), through the
+    /// same request path; None: GetFile only.
+    pub http_listen: Option<SocketAddr>,
+    /// How long a kept-alive HTTP connection may wait for its next request (held by the
+    /// event loop, not a worker).
+    #[serde(with = "settings::duration")]
+    pub http_keepalive_timeout: Duration,
+    /// Requests on one HTTP connection at most; the last answer says `Connection: close`.
+    pub http_max_requests_per_connection: u32,
 }
 
 impl Default for ProxySettings {
@@ -84,6 +93,9 @@ impl Default for ProxySettings {
             send_timeout: server.send_timeout,
             max_connections: server.max_connections,
             listen_backlog: server.backlog,
+            http_listen: None,
+            http_keepalive_timeout: server.http_keepalive_timeout,
+            http_max_requests_per_connection: server.http_max_requests_per_connection,
         }
     }
 }
@@ -119,6 +131,18 @@ impl ProxySettings {
         problems.check_range("max_redirects", self.max_redirects, 0, 20);
         problems.check_range("max_connections", self.max_connections, 1, 1_000_000);
         problems.check_range("listen_backlog", self.listen_backlog, 1, 65_535);
+        problems.check_range(
+            "http_max_requests_per_connection",
+            self.http_max_requests_per_connection,
+            1,
+            1_000_000,
+        );
+        if self
+            .http_listen
+            .is_some_and(|http| http == self.listen && http.port() != 0)
+        {
+            problems.add("http_listen", "must differ from listen");
+        }
         problems.check_size(
             "client_buffer",
             self.client_buffer,
@@ -137,6 +161,7 @@ impl ProxySettings {
             ("cache_timeout", self.cache_timeout),
             ("collapse_timeout", self.collapse_timeout),
             ("header_timeout", self.header_timeout),
+            ("http_keepalive_timeout", self.http_keepalive_timeout),
             ("send_timeout", self.send_timeout),
         ] {
             problems.check_nonzero(key, value);

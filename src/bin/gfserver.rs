@@ -59,6 +59,12 @@ struct Args {
     /// Set SO_REUSEPORT (several servers on one port).
     #[arg(long)]
     reuse_port: bool,
+    /// Also serve the files over HTTP/1.1 on this address.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Seconds a kept-alive HTTP connection may wait for its next request.
+    #[arg(long, default_value_t = ServerConfig::default().http_keepalive_timeout.as_secs_f64())]
+    http_keepalive_timeout: f64,
     /// How file bodies are sent: sendfile(2), or read(2) + send(2).
     #[arg(long, value_enum, default_value_t = SendMode::Sendfile)]
     send_mode: SendMode,
@@ -104,6 +110,9 @@ fn main() -> anyhow::Result<()> {
         header_timeout,
         send_timeout,
         reuse_port: args.reuse_port,
+        http_listen: args.http_listen,
+        http_keepalive_timeout: seconds(args.http_keepalive_timeout, "--http-keepalive-timeout")?,
+        ..ServerConfig::default()
     };
     let server = Server::bind(config, handler)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -112,6 +121,9 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %server.local_addr(), threads = args.threads, "gfserver ready");
     // Scripts and tests started with port 0 read the real address from this line.
     println!("listening on {}", server.local_addr());
+    if let Some(http) = server.http_addr() {
+        println!("http listening on {http}");
+    }
     std::io::stdout().flush().context("writing to stdout")?;
     server.run()?;
     Ok(())

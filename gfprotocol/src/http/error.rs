@@ -121,6 +121,9 @@ pub enum HttpError {
     /// The decoded path, the query or a field this crate reads is not UTF-8.
     #[error("not UTF-8")]
     NotUtf8,
+    /// The connection ended in the middle of a request head.
+    #[error("request head cut short")]
+    Truncated,
 }
 
 impl HttpError {

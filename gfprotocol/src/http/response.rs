@@ -27,6 +27,8 @@ pub enum StatusCode {
     NotFound,
     /// 405: a method other than GET and HEAD (sent with `Allow: GET, HEAD`).
     MethodNotAllowed,
+    /// 408: the request head did not arrive within the header timeout.
+    RequestTimeout,
     /// 414: a request target over the limit.
     UriTooLong,
     /// 416: a range past the end of the object.
@@ -67,6 +69,7 @@ impl StatusCode {
             StatusCode::BadRequest => (400, "Bad Request", "400 Bad Request\n"),
             StatusCode::NotFound => (404, "Not Found", "404 Not Found\n"),
             StatusCode::MethodNotAllowed => (405, "Method Not Allowed", "405 Method Not Allowed\n"),
+            StatusCode::RequestTimeout => (408, "Request Timeout", "408 Request Timeout\n"),
             StatusCode::UriTooLong => (414, "URI Too Long", "414 URI Too Long\n"),
             StatusCode::RangeNotSatisfiable => {
                 (416, "Range Not Satisfiable", "416 Range Not Satisfiable\n")
