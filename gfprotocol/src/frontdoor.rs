@@ -365,7 +365,7 @@ where
 
     /// Polls the listener again once the pause is over, and accepts what waits.
     fn resume_accepting(&mut self, now: Instant) {
-        if !self.accept_paused_until.is_some_and(|until| until <= now) {
+        if self.accept_paused_until.is_none_or(|until| until > now) {
             return;
         }
         self.accept_paused_until = None;

@@ -140,6 +140,10 @@ fn idle_and_half_header_connections_do_not_delay_other_clients() {
         Arc::clone(&handler),
         ServerConfig {
             header_timeout,
+            // Room in the accept queue for the whole burst: a full queue drops the handshake's
+            // last ACK, and the connection would be accepted (and its deadline start) seconds
+            // after the client saw it open.
+            backlog: 4096,
             ..config()
         },
     );

@@ -55,6 +55,8 @@ fn idle_and_half_header_connections_do_not_block_hits() {
     let header_timeout = Duration::from_secs(2);
     let mut config = common::proxy_config(None);
     config.settings.header_timeout = header_timeout;
+    // Room in the accept queue for the whole burst (the deadline counts from accept).
+    config.settings.listen_backlog = 4096;
     let rig = Rig::start(8, &[Backend::Directory(root)], config);
     let addr = rig.addr();
 
