@@ -20,11 +20,15 @@ fn metrics_pass_promtool_and_counters_move_with_requests() {
         served += body.len() as u64;
     }
     assert_eq!(run.get("/missing"), Ok(Reply::FileNotFound));
+    // A connection that sends nothing is counted as reading its header while it is open.
+    let idle = std::net::TcpStream::connect(run.proxy).unwrap();
     let after = wait_for("the counters to move", DEADLINE, || {
         let text = run.metrics_text();
         let ok = metric_value(&text, "gfcache_requests_total{status=\"ok\"}")?;
-        (ok >= ok_before + files.len() as f64).then_some(text)
+        let reading = metric_value(&text, "gfcache_connections{state=\"reading_header\"}")?;
+        (ok >= ok_before + files.len() as f64 && reading >= 1.0).then_some(text)
     });
+    drop(idle);
     assert!(
         metric_value(&after, "gfcache_response_bytes_total").unwrap()
             >= bytes_before + served as f64,
@@ -56,6 +60,14 @@ fn metrics_pass_promtool_and_counters_move_with_requests() {
         "gfcache_backend_bytes{slot=\"0\"}",
         "gfcache_backend_evictions_total{slot=\"0\"}",
         "gfcache_segments{state=\"free\"}",
+        "gfcache_connections{state=\"reading_header\"}",
+        "gfcache_connections{state=\"waiting_for_worker\"}",
+        "gfcache_connections{state=\"sending\"}",
+        "gfcache_connections{state=\"idle\"}",
+        "gfcache_connections{state=\"closing\"}",
+        "gfcache_connections_refused_total",
+        "gfcache_header_timeouts_total",
+        "gfcache_send_timeouts_total",
         "gfcache_ready",
         "process_resident_memory_bytes",
     ] {

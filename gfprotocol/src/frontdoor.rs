@@ -201,6 +201,16 @@ struct Connection<F> {
     served: u32,
 }
 
+/// What accepting with the reserve descriptor came to.
+enum Shed {
+    /// A connection was accepted and closed; more may wait.
+    One,
+    /// None was waiting: the next one wakes the loop.
+    BacklogEmpty,
+    /// The reserve could not be used or reopened: stop polling the listener for a while.
+    Failed,
+}
+
 /// Why a header is refused.
 enum Refusal<E> {
     Malformed(E),
@@ -359,12 +369,16 @@ impl<F: HeaderFramer> FrontDoor<F> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) if is_out_of_descriptors(&e) => {
-                    if !self.shed_one(&e) {
+                // accept(2) takes a descriptor before it looks at the backlog: EMFILE comes
+                // whether or not a connection waits.
+                Err(e) if is_out_of_descriptors(&e) => match self.shed_one(&e) {
+                    Shed::One => {}
+                    Shed::BacklogEmpty => return,
+                    Shed::Failed => {
                         self.pause_accepting();
                         return;
                     }
-                }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     self.pause_accepting();
@@ -375,29 +389,47 @@ impl<F: HeaderFramer> FrontDoor<F> {
     }
 
     /// Out of descriptors: accepts one pending connection with the reserve descriptor and
-    /// closes it at once. Returns whether accepting can go on.
-    fn shed_one(&mut self, error: &io::Error) -> bool {
+    /// closes it at once.
+    fn shed_one(&mut self, error: &io::Error) -> Shed {
         let Some(listener) = &self.listener else {
-            return false;
+            return Shed::BacklogEmpty;
         };
         let Some(reserve) = self.reserve.take() else {
-            // The reserve was not reopened last time; try again, and pause if it still fails.
+            // The reserve could not be reopened last time (another thread took the
+            // descriptor); try again.
             self.reserve = open_reserve();
-            return self.reserve.is_some();
+            return if self.reserve.is_some() {
+                Shed::One
+            } else {
+                Shed::Failed
+            };
         };
         drop(reserve);
-        let accepted = listener.accept();
-        self.reserve = open_reserve();
-        match accepted {
+        // The connection is closed before the reserve is reopened: it holds the descriptor.
+        let accepted = match listener.accept() {
             Ok((stream, peer)) => {
                 drop(stream);
+                Ok(peer)
+            }
+            Err(e) => Err(e),
+        };
+        self.reserve = open_reserve();
+        match accepted {
+            Ok(peer) => {
                 self.shed.note(error);
                 let _ = catch_unwind(AssertUnwindSafe(|| self.handler.over_capacity(peer)));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) => tracing::debug!(error = %e, "accept with the reserve descriptor failed"),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Shed::BacklogEmpty,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept with the reserve descriptor failed");
+                return Shed::Failed;
+            }
         }
-        self.reserve.is_some()
+        if self.reserve.is_some() {
+            Shed::One
+        } else {
+            Shed::Failed
+        }
     }
 
     /// Stops polling the listener until `ACCEPT_PAUSE` from now.

@@ -5,10 +5,15 @@
 //!   is a [`Malformed`] that says why.
 //! - [`Server`]: a listener, a front door (one thread accepting connections and reading request
 //!   headers without blocking, with epoll through `mio`, under a deadline counted from accept)
-//!   and a fixed pool of workers fed with complete requests through a bounded queue. A worker
-//!   calls the [`Handler`] with
-//!   a [`ResponseWriter`] that streams the body (bytes, a file with `sendfile`, or a closure
-//!   writing to the socket). [`ShutdownHandle`] stops it (the gfcache binaries wire SIGINT/SIGTERM to it).
+//!   and a pool of workers fed with complete requests through a bounded queue. A worker
+//!   calls the [`Handler`] with a [`ResponseWriter`] that streams the body (bytes, a file with
+//!   `sendfile`, or a closure writing to the socket); a write that makes no progress for
+//!   `send_timeout` ends the connection. `threads` workers always run, and more start, up to
+//!   `max_threads`, while a request waits and none is idle: a client that reads slowly holds
+//!   its worker in a blocking write, and a growing pool (as Varnish's `thread_pool_max`) keeps
+//!   such clients from taking every worker, while its bound keeps memory bounded.
+//!   [`ConnectionCounts`] counts the open connections by [`ConnectionState`]. [`ShutdownHandle`]
+//!   stops it (the gfcache binaries wire SIGINT/SIGTERM to it).
 //! - [`FileServer`]: the handler of `gfserver` (a root with strict [`paths`] containment, or a
 //!   listing).
 //! - [`Client`]: fetches one path into any `Write`.

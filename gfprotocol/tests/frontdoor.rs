@@ -1,5 +1,5 @@
-//! The front door under idle and half-header connections, the connection limit and shutdown,
-//! over real TCP on 127.0.0.1:0.
+//! The front door under idle and half-header connections, the connection limit, slow readers
+//! and shutdown, over real TCP on 127.0.0.1:0.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -8,16 +8,32 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gfprotocol::{Client, Handler, Request, ResponseHeader, ResponseWriter, Server, ServerConfig};
+use gfprotocol::{
+    Client, ConnectionCounts, ConnectionState, Handler, Malformed, Request, ResponseHeader,
+    ResponseWriter, Server, ServerConfig,
+};
 
-/// Answers every path with a 5-byte body and counts refusals.
+/// The size of `/big`, far more than the socket buffers hold.
+const BIG: u64 = 64 << 20;
+
+/// Answers `/big` with 64 MiB and every other path with a 5-byte body; counts what the front
+/// door tells it.
 #[derive(Default)]
 struct Hello {
     over_capacity: AtomicUsize,
+    header_timeouts: AtomicUsize,
+    rejected: AtomicUsize,
 }
 
 impl Handler for Hello {
-    fn handle(&self, _request: &Request, response: &mut ResponseWriter<'_>) {
+    fn handle(&self, request: &Request, response: &mut ResponseWriter<'_>) {
+        if request.path == "/big" {
+            let chunk = vec![b'x'; 1 << 20];
+            let _ = response
+                .send_header(ResponseHeader::Ok { length: BIG })
+                .and_then(|()| (0..BIG >> 20).try_for_each(|_| response.send_body(&chunk)));
+            return;
+        }
         let _ = response
             .send_header(ResponseHeader::Ok { length: 5 })
             .and_then(|()| response.send_body(b"hello"));
@@ -25,6 +41,14 @@ impl Handler for Hello {
 
     fn over_capacity(&self, _peer: SocketAddr) {
         self.over_capacity.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn header_timed_out(&self, _peer: SocketAddr) {
+        self.header_timeouts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn rejected(&self, _peer: SocketAddr, _reason: &Malformed) {
+        self.rejected.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -51,14 +75,38 @@ fn start(
     gfprotocol::ShutdownHandle,
     mpsc::Receiver<Result<(), gfprotocol::Error>>,
 ) {
+    let (addr, stop, done, _) = start_counted(handler, config);
+    (addr, stop, done)
+}
+
+/// [`start`], and the server's connection counts.
+fn start_counted(
+    handler: Arc<Hello>,
+    config: ServerConfig,
+) -> (
+    SocketAddr,
+    gfprotocol::ShutdownHandle,
+    mpsc::Receiver<Result<(), gfprotocol::Error>>,
+    Arc<ConnectionCounts>,
+) {
     let server = Server::bind(config, handler).unwrap();
     let addr = server.local_addr();
     let stop = server.shutdown_handle();
+    let counts = server.connection_counts();
     let (done_tx, done_rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = done_tx.send(server.run());
     });
-    (addr, stop, done_rx)
+    (addr, stop, done_rx, counts)
+}
+
+/// Polls `condition` until it holds; panics with `what` after 30 s.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Reads until EOF or `deadline`; returns the bytes and whether EOF came first.
@@ -88,10 +136,14 @@ fn idle_and_half_header_connections_do_not_delay_other_clients() {
     raise_nofile();
     let header_timeout = Duration::from_secs(2);
     let handler = Arc::new(Hello::default());
-    let (addr, stop, done) = start(
+    let (addr, stop, done, counts) = start_counted(
         Arc::clone(&handler),
         ServerConfig {
             header_timeout,
+            // Room in the accept queue for the whole burst: a full queue drops the handshake's
+            // last ACK, and the connection would be accepted (and its deadline start) seconds
+            // after the client saw it open.
+            backlog: 4096,
             ..config()
         },
     );
@@ -133,6 +185,111 @@ fn idle_and_half_header_connections_do_not_delay_other_clients() {
     let (ok, failed) = client.join().unwrap();
     assert_eq!(failed, 0);
     assert!(ok > 0);
+    // Each of them was told as a header timeout, none as a malformed header.
+    wait_until("every connection to leave the counts", || {
+        counts.open() == 0
+    });
+    assert_eq!(handler.header_timeouts.load(Ordering::SeqCst), 4000);
+    assert_eq!(handler.rejected.load(Ordering::SeqCst), 0);
+    for state in ConnectionState::ALL {
+        assert_eq!(counts.get(state), 0, "{state:?}");
+    }
+    stop.shutdown();
+    done.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+}
+
+#[test]
+fn connections_are_counted_by_state() {
+    let handler = Arc::new(Hello::default());
+    let (addr, stop, done, counts) = start_counted(
+        Arc::clone(&handler),
+        ServerConfig {
+            threads: 1,
+            max_threads: 1,
+            header_timeout: Duration::from_secs(60),
+            ..config()
+        },
+    );
+    let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    wait_until("three connections reading a header", || {
+        counts.get(ConnectionState::ReadingHeader) == 3
+    });
+    // One slow reader holds the only worker; two more complete requests wait for it.
+    let mut requests: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.write_all(b"GETFILE GET /big\r\n\r\n").unwrap();
+            stream
+        })
+        .collect();
+    wait_until("one sending and two waiting", || {
+        counts.get(ConnectionState::Sending) == 1
+            && counts.get(ConnectionState::WaitingForWorker) == 2
+    });
+    assert_eq!(counts.get(ConnectionState::ReadingHeader), 3);
+    assert_eq!(counts.get(ConnectionState::Idle), 0);
+    assert_eq!(counts.open(), 6);
+    // A malformed header is answered and lingers (closing) until the client closes.
+    let mut bad = TcpStream::connect(addr).unwrap();
+    bad.write_all(b"HTTP/1.1\r\n").unwrap();
+    let mut answer = [0u8; 64];
+    let n = bad.read(&mut answer).unwrap();
+    assert_eq!(&answer[..n], b"GETFILE INVALID\r\n\r\n");
+    wait_until("one closing", || counts.get(ConnectionState::Closing) == 1);
+    drop(bad);
+    drop(silent);
+    // Hanging up on the responses frees the worker for the waiting ones.
+    requests.clear();
+    wait_until("every connection to close", || counts.open() == 0);
+    for state in ConnectionState::ALL {
+        assert_eq!(counts.get(state), 0, "{state:?}");
+    }
+    // The malformed header, and the three silent connections whose end came before a header.
+    assert_eq!(handler.rejected.load(Ordering::SeqCst), 4);
+    assert_eq!(handler.header_timeouts.load(Ordering::SeqCst), 0);
+    stop.shutdown();
+    done.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+}
+
+/// 20 clients that do not read a 64 MiB response hold 20 workers in blocking writes; with
+/// threads = 2 the pool grows, and a 21st client is served.
+#[test]
+fn slow_readers_do_not_take_every_worker() {
+    let handler = Arc::new(Hello::default());
+    let (addr, stop, done, counts) = start_counted(
+        Arc::clone(&handler),
+        ServerConfig {
+            threads: 2,
+            max_threads: 64,
+            send_timeout: Duration::from_secs(60),
+            ..config()
+        },
+    );
+    let holders: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.write_all(b"GETFILE GET /big\r\n\r\n").unwrap();
+            stream
+        })
+        .collect();
+    wait_until("20 responses in workers", || {
+        counts.get(ConnectionState::Sending) == 20
+    });
+    let mut body = Vec::new();
+    let outcome = Client::default()
+        .fetch(&addr.to_string(), "/x", &mut body)
+        .unwrap();
+    assert_eq!(
+        (outcome.status, body.as_slice()),
+        (gfprotocol::Status::Ok, &b"hello"[..])
+    );
+    assert_eq!(
+        counts.get(ConnectionState::Sending),
+        20,
+        "the holders still hold"
+    );
+    drop(holders);
+    wait_until("the holders' workers to be released", || counts.open() == 0);
     stop.shutdown();
     done.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
 }

@@ -884,6 +884,34 @@ backoff_initial = "soon"
     }
 
     #[test]
+    fn front_end_keys_are_read_and_checked_with_their_line() {
+        let text = "[proxy]\nthreads = 8\nmax_threads = 4\nsend_timeout = \"0s\"\n\
+                    [cache]\nbackend = \"memory\"\nmemory = { capacity = \"1MiB\" }\n";
+        let issues = parse(text).unwrap_err();
+        let found: Vec<(&str, Option<usize>)> =
+            issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("proxy.max_threads", Some(3)),
+                ("proxy.send_timeout", Some(4))
+            ],
+            "{issues:#?}"
+        );
+        let config = parse(
+            "[proxy]\nmax_threads = 64\nsend_timeout = \"1m\"\n[cache]\nbackend = \"memory\"\nmemory = { capacity = \"1MiB\" }\n",
+        )
+        .unwrap();
+        assert_eq!(config.proxy.settings.max_threads, 64);
+        assert_eq!(config.proxy.settings.send_timeout, Duration::from_secs(60));
+        let defaults = parse(MINIMAL).unwrap().proxy.settings;
+        assert_eq!(
+            (defaults.max_threads, defaults.send_timeout),
+            (1024, Duration::from_secs(30))
+        );
+    }
+
+    #[test]
     fn backend_needs_its_table_and_a_known_name() {
         let issues = parse(&MINIMAL.replace("\"memory\"", "\"pack\"")).unwrap_err();
         assert_eq!(issues[0].key, "cache.pack");

@@ -79,6 +79,7 @@ proptest! {
     fn every_accepted_proxy_section_starts(
         origin in proptest::option::of(origin()),
         threads in prop_oneof![8 => 1usize..40, 1 => Just(0usize)],
+        max_threads in 1usize..64,
         redirects in prop_oneof![8 => 0usize..21, 1 => 21usize..30],
         cache_timeout in duration(),
         origin_timeout in duration(),
@@ -86,7 +87,8 @@ proptest! {
     ) {
         let origin = origin.map(|o| format!("origin = {o:?}\n")).unwrap_or_default();
         let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nthreads = {threads}\nmax_redirects = {redirects}\n\
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nthreads = {threads}\nmax_threads = {max_threads}\n\
+             max_redirects = {redirects}\n\
              {origin}cache_timeout = {cache_timeout:?}\norigin_timeout = {origin_timeout:?}\n\
              max_object_size = {max_object_size}\n\
              [cache]\nbackend = \"memory\"\nmemory = {{ capacity = \"1MiB\" }}\n"

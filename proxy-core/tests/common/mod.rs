@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cache_backends::{BackendConfig, CacheProcessConfig};
 use ipc::{CacheSlot, Member, MemberState, ProxySlot, Region, RegionConfig};
-use proxy_core::metrics::Counter;
+use proxy_core::metrics::{Counter, Gauge};
 use proxy_core::{Proxy, ProxyConfig, RunningProxy};
 
 /// Name of the `#[test]` that runs the cache role when the environment asks for it.
@@ -311,6 +311,13 @@ impl Rig {
             .counter(counter.id())
     }
 
+    /// A proxy gauge.
+    pub fn gauge(&self, gauge: Gauge) -> u64 {
+        self.region
+            .stats_snapshot(Member::Proxy(ProxySlot::from_raw(0)))
+            .gauge(gauge.id())
+    }
+
     /// Waits until a counter reaches `value` (counters are written after the response went out).
     pub fn wait_counter(&self, counter: Counter, value: u64) {
         wait_for(
@@ -344,6 +351,14 @@ impl Drop for Rig {
         }
         self.caches.clear();
     }
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to the hard limit, for tests that hold thousands
+/// of sockets (both ends of each are in this process).
+pub fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
 }
 
 /// Logs to the test output when `RUST_LOG` is set.
