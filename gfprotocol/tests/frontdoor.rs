@@ -283,11 +283,10 @@ fn slow_readers_do_not_take_every_worker() {
         (outcome.status, body.as_slice()),
         (gfprotocol::Status::Ok, &b"hello"[..])
     );
-    assert_eq!(
-        counts.get(ConnectionState::Sending),
-        20,
-        "the holders still hold"
-    );
+    // The 21st connection leaves the counts just after its client has the body.
+    wait_until("the holders alone to be sending", || {
+        counts.get(ConnectionState::Sending) == 20
+    });
     drop(holders);
     wait_until("the holders' workers to be released", || counts.open() == 0);
     stop.shutdown();
