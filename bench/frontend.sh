@@ -536,8 +536,8 @@ line("d. p99 with slow readers (ms)", p99, p99 <= 100, "goal <= 100")
 failed = m["d_proxy_32_slow"]["failed"]
 line("d. failures with slow readers", failed, failed == 0, "goal 0")
 s = m["d_slow_readers"]
-rows.append(f"     slow readers: {s['got_bytes']}/{s['readers']} got bytes, mean {s['mean_rate_bytes_per_s'] / 1000:.1f} kB/s each, "
-            f"{s['closed_by_server']} closed by the server")
+rows.append(f"     slow readers: {s['got_bytes']}/{s['readers']} got bytes, those at {s['mean_rate_of_those_bytes_per_s'] / 1000:.1f} kB/s "
+            f"on average; {s['closed_by_server']} closed by the server")
 print("\n".join(rows))
 PY
 echo "results: $out" >&2

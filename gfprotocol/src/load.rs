@@ -45,7 +45,7 @@ pub enum Limit {
 /// Settings of a load run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
-    /// `host:port` of the server.
+    /// `host:port` of the server, resolved once at the start (the first address is used).
     pub server: String,
     /// Paths to request, in turn.
     pub paths: Vec<String>,
