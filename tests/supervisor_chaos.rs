@@ -733,7 +733,8 @@ fn repeated_sigkills_never_serve_a_wrong_byte_and_serving_goes_on() {
 }
 
 /// With a read-only directory every cache serves the same files, so a killed cache's paths are
-/// served by the next cache in rendezvous order: no origin is needed for them.
+/// served by the next cache in rendezvous order, and a transfer in flight on the killed cache is
+/// finished by another: no origin is needed, and no client notices.
 #[test]
 fn with_a_shared_directory_and_no_origin_cache_kills_cost_no_error() {
     let content = tempfile::tempdir().expect("content dir");
@@ -770,6 +771,13 @@ fn with_a_shared_directory_and_no_origin_cache_kills_cost_no_error() {
         &files,
         "no ERROR: the other cache answers",
         &rounds,
+    );
+    // A transfer whose cache died under it is finished by the other cache (same version of
+    // the same file): not even a short body.
+    assert_eq!(
+        complete,
+        records.len(),
+        "every request should complete, transfers cut by a kill included\n{rounds}"
     );
     let text = run.metrics_text();
     assert_eq!(

@@ -24,7 +24,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
 
 use crate::paths::relative_object_path;
-use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill};
+use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectVersion};
 
 /// Prefix of the temporary files of fills in progress, at the top of a writable root. Paths
 /// whose first component starts with it are never served, and leftovers are removed at open.
@@ -506,13 +506,20 @@ impl DirectoryInner {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
-        let len = file
-            .metadata()
-            .map_err(|source| Error::Io {
-                path: file_path.clone(),
-                source,
-            })?
-            .len();
+        let metadata = file.metadata().map_err(|source| Error::Io {
+            path: file_path.clone(),
+            source,
+        })?;
+        let len = metadata.len();
+        // The change time moves on every write and cannot be set back; device and inode tell a
+        // file renamed over the path.
+        let version = crate::object_version(&[
+            metadata.dev(),
+            metadata.ino(),
+            len,
+            metadata.ctime() as u64,
+            metadata.ctime_nsec() as u64,
+        ]);
         if self.store.is_some() {
             if let Some(relative) = relative_object_path(path) {
                 self.lock_store()?.touch(relative, len);
@@ -522,6 +529,8 @@ impl DirectoryInner {
         Ok(Some(Box::new(FileObject {
             file,
             len,
+            version,
+            modified: metadata.modified().ok(),
             path: file_path,
         })))
     }
@@ -581,12 +590,22 @@ impl DirectoryInner {
 struct FileObject {
     file: File,
     len: u64,
+    version: ObjectVersion,
+    modified: Option<std::time::SystemTime>,
     path: PathBuf,
 }
 
 impl CachedObject for FileObject {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn version(&self) -> ObjectVersion {
+        self.version
+    }
+
+    fn modified(&self) -> Option<std::time::SystemTime> {
+        self.modified
     }
 
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {

@@ -70,7 +70,19 @@ pub use settings::{BackendKind, CacheSettings, DirectorySettings, MemorySettings
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use ipc::ChunkDest;
+pub use ipc::{ChunkDest, ObjectVersion};
+
+/// A version from the facts that identify an object's bytes (a file's device, inode, size and
+/// change time; a pack entry's offset and checksum...): a 64-bit mix of them, never 0.
+pub fn object_version(facts: &[u64]) -> ObjectVersion {
+    let mixed = facts.iter().fold(0x9e37_79b9_7f4a_7c15u64, |state, &fact| {
+        let mut z = (state ^ fact).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    });
+    ObjectVersion::from_raw(mixed.max(1))
+}
 
 /// Errors of the backends and the cache process.
 #[non_exhaustive]
@@ -193,6 +205,14 @@ pub trait CachedObject: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The version of these bytes: another `get` of the same path (in this process or in another
+    /// cache process over the same files) gives the same version only if it has the same bytes,
+    /// so the proxy may serve one object in several ranges, each from a separate request. Never
+    /// [`ObjectVersion::NONE`] for a backend's own objects. [`object_version`] makes one.
+    fn version(&self) -> ObjectVersion;
+    /// When these bytes were last modified (a file's mtime, a fill's time), if known: the HTTP
+    /// front end's Last-Modified.
+    fn modified(&self) -> Option<std::time::SystemTime>;
     /// Copies bytes `offset .. offset + len` into `dest` with one copy. On an error, whatever
     /// this call put into `dest` must be discarded (a pack object checks after the copy that
     /// its file did not change meanwhile).

@@ -14,16 +14,18 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::directory::check_range;
-use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill};
+use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectVersion};
 
 /// Bytes charged per object on top of its key and payload: an upper estimate of the node,
-/// its share of the hash map, the `Arc` counts and the allocator's header and rounding.
+/// its share of the hash map, the `Arc` counts, the object's 16-byte trailer (version and fill
+/// time) and the allocator's header and rounding.
 /// `cargo bench -p cache-backends` measures the real figure with a counting allocator
 /// (docs/backends.md records it); it must stay at or below this constant.
-pub const ENTRY_OVERHEAD: u64 = 96;
+pub const ENTRY_OVERHEAD: u64 = 104;
 
 /// The most shards a memory backend uses.
 pub const MAX_SHARDS: usize = 16;
@@ -44,7 +46,14 @@ struct MemoryInner {
     hasher: RandomState,
     capacity: u64,
     max_object_size: u64,
+    /// The version the next fill gets. It starts at a random value so that a restarted cache
+    /// process never gives a new object the version an object of its predecessor had.
+    next_version: AtomicU64,
 }
+
+/// Each stored buffer is the key, the payload, then the object's version and its fill time in
+/// seconds since the Unix epoch (both little-endian u64).
+const VERSION_BYTES: usize = 16;
 
 impl MemoryBackend {
     /// A backend bounded to `capacity` bytes that does not store objects over
@@ -86,6 +95,7 @@ impl MemoryBackend {
                 hasher: RandomState::new(),
                 capacity,
                 max_object_size,
+                next_version: AtomicU64::new(RandomState::new().hash_one(std::process::id())),
             }),
         })
     }
@@ -162,12 +172,22 @@ impl CacheBackend for MemoryBackend {
         drop(shard);
         let total = usize::try_from(len)
             .ok()
-            .and_then(|len| len.checked_add(path.len()))
+            .and_then(|len| len.checked_add(path.len() + VERSION_BYTES))
             .ok_or_else(|| Error::Config(format!("{len} bytes do not fit in memory")))?;
         let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, total).collect();
+        let version = self.inner.next_version.fetch_add(1, Ordering::Relaxed);
         if let Some(buffer) = Arc::get_mut(&mut data) {
             if let Some(key_area) = buffer.get_mut(..path.len()) {
                 key_area.copy_from_slice(path.as_bytes());
+            }
+            let filled = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            if let Some(version_area) = buffer.get_mut(total - VERSION_BYTES..total - 8) {
+                version_area.copy_from_slice(&version.to_le_bytes());
+            }
+            if let Some(time_area) = buffer.get_mut(total - 8..) {
+                time_area.copy_from_slice(&filled.to_le_bytes());
             }
         }
         Ok(Some(Box::new(MemoryFill {
@@ -198,6 +218,23 @@ impl CacheBackend for MemoryBackend {
     }
 }
 
+/// Payload bytes of a stored buffer (key, payload, version).
+fn payload_len(data: &[u8], key_len: usize) -> usize {
+    data.len().saturating_sub(key_len + VERSION_BYTES)
+}
+
+impl MemoryObject {
+    /// Word `index` of the trailer after the payload (0: version, 1: fill time).
+    fn trailer_word(&self, index: usize) -> u64 {
+        let start = self.data.len().saturating_sub(VERSION_BYTES) + 8 * index;
+        let mut bytes = [0u8; 8];
+        if let Some(stored) = self.data.get(start..start + 8) {
+            bytes.copy_from_slice(stored);
+        }
+        u64::from_le_bytes(bytes)
+    }
+}
+
 /// A stored object: a shared reference to the key and payload bytes.
 struct MemoryObject {
     data: Arc<[u8]>,
@@ -206,7 +243,16 @@ struct MemoryObject {
 
 impl CachedObject for MemoryObject {
     fn len(&self) -> u64 {
-        self.data.len().saturating_sub(self.key_len) as u64
+        payload_len(&self.data, self.key_len) as u64
+    }
+
+    fn version(&self) -> ObjectVersion {
+        ObjectVersion::from_raw(self.trailer_word(0))
+    }
+
+    fn modified(&self) -> Option<std::time::SystemTime> {
+        let secs = self.trailer_word(1);
+        (secs != 0).then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
     }
 
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {
@@ -242,7 +288,7 @@ impl MemoryFill {
     fn length_error(&self, written: u64) -> Error {
         Error::FillLength {
             path: self.key(),
-            announced: self.data.len().saturating_sub(self.key_len) as u64,
+            announced: payload_len(&self.data, self.key_len) as u64,
             written,
         }
     }
@@ -253,6 +299,9 @@ impl Fill for MemoryFill {
         let start = self.key_len + self.written;
         let end = start.saturating_add(src.len());
         let too_long = self.length_error((end - self.key_len) as u64);
+        if self.written + src.len() > payload_len(&self.data, self.key_len) {
+            return Err(too_long);
+        }
         let area = Arc::get_mut(&mut self.data)
             .and_then(|buffer| buffer.get_mut(start..end))
             .ok_or(too_long)?;
@@ -262,7 +311,7 @@ impl Fill for MemoryFill {
     }
 
     fn commit(self: Box<Self>) -> Result<(), Error> {
-        let payload = self.data.len().saturating_sub(self.key_len);
+        let payload = payload_len(&self.data, self.key_len);
         if self.written != payload {
             return Err(self.length_error(self.written as u64));
         }
@@ -465,7 +514,9 @@ impl Shard {
             None => {}
         }
         if let Some(data) = data {
-            let charge = (data.len() as u64).saturating_add(ENTRY_OVERHEAD);
+            // The trailer bytes are part of ENTRY_OVERHEAD (see `charge`).
+            let charge =
+                (data.len().saturating_sub(VERSION_BYTES) as u64).saturating_add(ENTRY_OVERHEAD);
             self.bytes = self.bytes.saturating_sub(charge);
             self.objects = self.objects.saturating_sub(1);
         }
@@ -549,7 +600,8 @@ mod tests {
         let bucket = std::mem::size_of::<(u32, u32)>() as u64 + 1;
         let map_worst = bucket * 16 / 7 + 1;
         let arc_counts = 2 * std::mem::size_of::<usize>() as u64;
-        assert!(node + map_worst + arc_counts + 16 <= ENTRY_OVERHEAD);
+        let version = VERSION_BYTES as u64;
+        assert!(node + map_worst + arc_counts + version + 16 <= ENTRY_OVERHEAD);
     }
 
     #[test]

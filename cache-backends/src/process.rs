@@ -329,13 +329,16 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
             return Err(fail(error));
         }
     };
-    let total = object.len();
     // Counted before the proxy can see the answer, so a reader of the stats who has the
     // answer also sees the count.
     stats.add(Counter::Hits.id(), 1);
-    let mut writer = request.found(total).map_err(|error| fail(error.into()))?;
-    let mut offset = 0u64;
-    while offset < total {
+    let mut writer = request
+        .found_object(object.len(), object.version(), object.modified())
+        .map_err(|error| fail(error.into()))?;
+    // The requested range: the whole object, or the part a client-paced transfer asks next.
+    let end = writer.next_offset() + writer.len();
+    let mut offset = writer.next_offset();
+    while offset < end {
         if shared.abort.load(Ordering::Acquire) {
             return Err(fail(Error::Ipc(ipc::Error::Aborted)));
         }
@@ -343,7 +346,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
             .next_buf(shared.wait_budget())
             .map_err(|error| fail(error.into()))?;
         let capacity = buf_capacity(&buf);
-        let step = usize::try_from(total - offset)
+        let step = usize::try_from(end - offset)
             .unwrap_or(usize::MAX)
             .min(capacity);
         if step == 0 {

@@ -315,6 +315,39 @@ fn stats_add_up(subject: &Subject) {
     }
 }
 
+/// A version names the bytes: stable across gets, distinct between objects, new on a
+/// replacement (while a holder of the old object keeps the old version).
+fn versions_name_the_bytes(subject: &Subject) {
+    let backend = subject.backend.as_ref();
+    let version = |path: &str| backend.get(path).unwrap().unwrap().version();
+    let mut seen = std::collections::HashSet::new();
+    for (path, _) in fixture() {
+        let first = version(path);
+        assert_ne!(first, cache_backends::ObjectVersion::NONE, "{path}");
+        assert_eq!(
+            version(path),
+            first,
+            "{path}: another version for the same bytes"
+        );
+        assert!(
+            seen.insert(first),
+            "{path}: shares a version with another object"
+        );
+        let modified = backend.get(path).unwrap().unwrap().modified();
+        let age = modified.and_then(|time| std::time::SystemTime::now().duration_since(time).ok());
+        assert!(
+            age.is_some_and(|age| age < std::time::Duration::from_secs(3600)),
+            "{path}: modified {modified:?}"
+        );
+    }
+    if subject.writable {
+        let old = backend.get("/a.txt").unwrap().unwrap();
+        put_one(backend, "/a.txt", b"replaced").unwrap();
+        assert_ne!(version("/a.txt"), old.version());
+        assert_eq!(old.version(), old.version());
+    }
+}
+
 fn kind_is_named(subject: &Subject, kind: &str) {
     assert_eq!(subject.backend.kind(), kind);
 }
@@ -359,6 +392,10 @@ macro_rules! contract_suite {
             #[test]
             fn stats() {
                 stats_add_up(&$make());
+            }
+            #[test]
+            fn versions() {
+                versions_name_the_bytes(&$make());
             }
         }
     };

@@ -5,16 +5,27 @@
 //!
 //! 1. **accepted**: taken off the listener; past `max_connections` open connections it is
 //!    closed at once and counted ([`Handler::over_capacity`](crate::Handler::over_capacity)).
-//! 2. **reading header**: registered with the readiness loop (epoll through `mio`); every
-//!    readable event feeds the bytes to a [`HeaderFramer`]. Its deadline is `header_timeout`
-//!    counted from accept. A malformed header, or none complete by the deadline (or an EOF
-//!    first), is answered with INVALID from this thread, which then **lingers**: it half-closes
-//!    and discards what the client still sends (bounded in time and bytes), so the close is a
-//!    FIN and not a reset that could destroy the answer.
-//! 3. **queued for a worker**: a complete header; the parsed request and the socket leave the
-//!    loop for the bounded worker queue (held in the loop while the queue is full).
-//! 4. **served**: a worker calls the handler (see `server.rs`).
-//! 5. **closed**.
+//! 2. **reading header** (`ConnectionState::ReadingHeader`): registered with the readiness loop
+//!    (epoll through `mio`); every readable event feeds the bytes to a [`HeaderFramer`]. Its
+//!    deadline is `header_timeout` counted from accept. A malformed header, or an EOF before it
+//!    is complete, is answered with INVALID from this thread
+//!    ([`Handler::rejected`](crate::Handler::rejected)); so is a header not complete by the
+//!    deadline ([`Handler::header_timed_out`](crate::Handler::header_timed_out)).
+//! 3. **closing** (`Closing`): after an INVALID the loop lingers: it half-closes and discards
+//!    what the client still sends (bounded in time and bytes), so the close is a FIN and not a
+//!    reset that could destroy the answer.
+//! 4. **waiting for a worker** (`WaitingForWorker`): a complete header; the parsed request and
+//!    the socket leave the loop for the worker pool's bounded queue (held in the loop while the
+//!    queue is full).
+//! 5. **sending** (`Sending`): a worker calls the handler (see `server.rs`).
+//! 6. **closed**.
+//!
+//! Out of file descriptors (EMFILE, ENFILE), `accept` fails and the connection stays in the
+//! backlog, where it would wake the loop again and again. The loop keeps one descriptor in
+//! reserve (`/dev/null`): it closes it, accepts the pending connection, closes that at once
+//! (counted as over capacity, logged at most once a second) and reopens the reserve. When even
+//! that fails, it stops polling the listener for `ACCEPT_PAUSE` (a deadline of the loop, never
+//! a sleep, so the other connections go on).
 //!
 //! Deadlines are kept in two queues ordered by deadline: every connection gets the same
 //! header timeout (and every lingering one the same linger time), so accept order is deadline
@@ -26,20 +37,20 @@
 //! connections (idle, partial header, lingering) are closed.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::codec::{Malformed, RequestDecoder};
+use crate::connections::{ConnectionState, Tracked, Tracker};
+use crate::pool::Pool;
 use crate::{Handler, ResponseHeader};
 
 /// Largest single read while waiting for a header.
@@ -48,8 +59,11 @@ const HEADER_READ_CHUNK: usize = 8192;
 pub(crate) const LINGER_TIME: Duration = Duration::from_millis(500);
 /// ... and at most this many bytes.
 const LINGER_BYTES: usize = 1 << 20;
-/// Pause after a failing accept (EMFILE and the like) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+/// The listener is not polled for this long after an accept that failed even with the
+/// reserve descriptor released (or for another reason than EMFILE).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// At most one warning about connections shed for want of descriptors per this interval.
+const SHED_WARN_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a full worker queue is retried.
 const QUEUE_RETRY: Duration = Duration::from_millis(5);
 const LISTENER: Token = Token(0);
@@ -88,17 +102,9 @@ pub(crate) struct Ready<R> {
     pub(crate) request: R,
     pub(crate) stream: TcpStream,
     pub(crate) peer: SocketAddr,
-    /// Released when the worker is done, for `max_connections`.
-    pub(crate) _slot: OpenSlot,
-}
-
-/// One open connection counted against `max_connections`; released on drop.
-pub(crate) struct OpenSlot(Arc<AtomicUsize>);
-
-impl Drop for OpenSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+    /// Its place in the connection counts (and against `max_connections`) until the worker
+    /// is done.
+    pub(crate) connection: Tracked,
 }
 
 /// Settings of the loop.
@@ -116,13 +122,20 @@ struct Connection<F> {
     stream: TcpStream,
     peer: SocketAddr,
     state: State<F>,
-    _slot: OpenSlot,
+    tracked: Tracked,
+}
+
+/// Why a header is answered INVALID.
+enum Refusal {
+    Malformed(Malformed),
+    TimedOut,
 }
 
 /// The loop itself; `run` returns at shutdown.
 pub(crate) struct FrontDoor<F: HeaderFramer> {
     config: FrontDoorConfig,
     handler: Arc<dyn Handler>,
+    tracker: Arc<Tracker>,
     poll: Poll,
     listener: Option<TcpListener>,
     wake: OwnedFd,
@@ -130,18 +143,48 @@ pub(crate) struct FrontDoor<F: HeaderFramer> {
     header_deadlines: VecDeque<(Instant, usize)>,
     linger_deadlines: VecDeque<(Instant, usize)>,
     next_token: usize,
-    open: Arc<AtomicUsize>,
     waiting: VecDeque<Ready<F::Request>>,
     new_framer: fn() -> F,
+    /// Released to accept (and close) one connection when out of descriptors.
+    reserve: Option<File>,
+    /// The listener is deregistered until then.
+    accept_paused_until: Option<Instant>,
+    shed: ShedLog,
+}
+
+/// Connections closed for want of descriptors, logged at most once per `SHED_WARN_INTERVAL`.
+#[derive(Default)]
+struct ShedLog {
+    unreported: u64,
+    warned_at: Option<Instant>,
+}
+
+impl ShedLog {
+    fn note(&mut self, error: &io::Error) {
+        self.unreported += 1;
+        if self
+            .warned_at
+            .is_none_or(|at| at.elapsed() >= SHED_WARN_INTERVAL)
+        {
+            tracing::warn!(
+                %error,
+                connections = self.unreported,
+                "out of file descriptors: new connections are closed at once"
+            );
+            self.unreported = 0;
+            self.warned_at = Some(Instant::now());
+        }
+    }
 }
 
 impl<F: HeaderFramer> FrontDoor<F>
 where
-    F::Request: Send,
+    F::Request: Send + 'static,
 {
     pub(crate) fn new(
         config: FrontDoorConfig,
         handler: Arc<dyn Handler>,
+        tracker: Arc<Tracker>,
         listener: TcpListener,
         wake: OwnedFd,
         new_framer: fn() -> F,
@@ -157,6 +200,7 @@ where
         Ok(FrontDoor {
             config,
             handler,
+            tracker,
             poll,
             listener: Some(listener),
             wake,
@@ -164,9 +208,11 @@ where
             header_deadlines: VecDeque::new(),
             linger_deadlines: VecDeque::new(),
             next_token: FIRST_CONNECTION,
-            open: Arc::new(AtomicUsize::new(0)),
             waiting: VecDeque::new(),
             new_framer,
+            reserve: open_reserve(),
+            accept_paused_until: None,
+            shed: ShedLog::default(),
         })
     }
 
@@ -174,7 +220,7 @@ where
     /// still waiting to the workers (blocking) and closes the rest.
     pub(crate) fn run(
         mut self,
-        workers: &SyncSender<Ready<F::Request>>,
+        workers: &Pool<Ready<F::Request>>,
         stopping: &dyn Fn() -> bool,
     ) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
@@ -195,7 +241,9 @@ where
                     Token(token) => self.on_readable(token),
                 }
             }
-            self.expire(Instant::now());
+            let now = Instant::now();
+            self.expire(now);
+            self.resume_accepting(now);
             self.dispatch(workers);
         }
         self.close(workers);
@@ -211,13 +259,18 @@ where
             .into_iter()
             .flatten()
             .map(|(deadline, _)| *deadline)
+            .chain(self.accept_paused_until)
             .min()?;
         // Rounded up so the deadline has passed when poll returns.
         Some(next.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
+    /// Accepts until the backlog is empty (the registration is edge-triggered).
     fn accept_all(&mut self) {
         loop {
+            if self.accept_paused_until.is_some() {
+                return;
+            }
             let Some(listener) = &self.listener else {
                 return;
             };
@@ -226,25 +279,85 @@ where
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) if is_out_of_descriptors(&e) => {
+                    if !self.shed_one(&e) {
+                        self.pause_accepting();
+                        return;
+                    }
+                }
                 Err(e) => {
-                    // EMFILE and the like: the pending connection stays in the backlog; the
-                    // listener is level-ready again on the next poll.
                     tracing::warn!(error = %e, "accept failed");
-                    thread::sleep(ACCEPT_ERROR_PAUSE);
+                    self.pause_accepting();
                     return;
                 }
             }
         }
     }
 
+    /// Out of descriptors: accepts one pending connection with the reserve descriptor and
+    /// closes it at once. Returns whether accepting can go on.
+    fn shed_one(&mut self, error: &io::Error) -> bool {
+        let Some(listener) = &self.listener else {
+            return false;
+        };
+        let Some(reserve) = self.reserve.take() else {
+            // The reserve was not reopened last time; try again, and pause if it still fails.
+            self.reserve = open_reserve();
+            return self.reserve.is_some();
+        };
+        drop(reserve);
+        let accepted = listener.accept();
+        self.reserve = open_reserve();
+        match accepted {
+            Ok((stream, peer)) => {
+                drop(stream);
+                self.shed.note(error);
+                let _ = catch_unwind(AssertUnwindSafe(|| self.handler.over_capacity(peer)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => tracing::debug!(error = %e, "accept with the reserve descriptor failed"),
+        }
+        self.reserve.is_some()
+    }
+
+    /// Stops polling the listener until `ACCEPT_PAUSE` from now.
+    fn pause_accepting(&mut self) {
+        if let Some(listener) = &self.listener {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&listener.as_raw_fd()));
+            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        }
+    }
+
+    /// Polls the listener again once the pause is over, and accepts what waits.
+    fn resume_accepting(&mut self, now: Instant) {
+        if !self.accept_paused_until.is_some_and(|until| until <= now) {
+            return;
+        }
+        self.accept_paused_until = None;
+        if let Some(listener) = &self.listener {
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            ) {
+                tracing::warn!(error = %e, "cannot poll the listener again");
+                self.pause_accepting();
+                return;
+            }
+        }
+        self.accept_all();
+    }
+
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
-        if self.open.load(Ordering::SeqCst) >= self.config.max_connections {
+        if self.tracker.counts().open() >= self.config.max_connections {
             drop(stream);
             let _ = catch_unwind(AssertUnwindSafe(|| self.handler.over_capacity(peer)));
             return;
         }
-        self.open.fetch_add(1, Ordering::SeqCst);
-        let slot = OpenSlot(Arc::clone(&self.open));
+        let tracked = self.tracker.open(ConnectionState::ReadingHeader);
         if let Err(e) = stream.set_nonblocking(true) {
             tracing::debug!(error = %e, "cannot make a connection non-blocking");
             return;
@@ -267,7 +380,7 @@ where
                 stream,
                 peer,
                 state: State::Reading((self.new_framer)()),
-                _slot: slot,
+                tracked,
             },
         );
         // Bytes that arrived with the connection are read at once: with edge-triggered epoll
@@ -286,7 +399,7 @@ where
         match outcome {
             Step::More => {}
             Step::Complete(request) => self.queue_for_worker(token, request),
-            Step::Malformed(reason) => self.reject(token, reason),
+            Step::Malformed(reason) => self.reject(token, Refusal::Malformed(reason)),
             Step::Close => drop(self.remove(token)),
         }
     }
@@ -301,30 +414,41 @@ where
     }
 
     fn queue_for_worker(&mut self, token: usize, request: F::Request) {
-        if let Some(connection) = self.remove(token) {
+        if let Some(mut connection) = self.remove(token) {
+            connection.tracked.set(ConnectionState::WaitingForWorker);
             self.waiting.push_back(Ready {
                 request,
                 stream: connection.stream,
                 peer: connection.peer,
-                _slot: connection._slot,
+                connection: connection.tracked,
             });
         }
     }
 
     /// INVALID, a half-close, then the linger state.
-    fn reject(&mut self, token: usize, reason: Malformed) {
+    fn reject(&mut self, token: usize, refusal: Refusal) {
         let Some(connection) = self.connections.get_mut(&token) else {
             return;
         };
-        tracing::debug!(peer = %connection.peer, %reason, "invalid request");
         let peer = connection.peer;
         let answered =
             crate::server::send_all(connection.stream.as_fd(), &ResponseHeader::Invalid.encode())
                 .and_then(|()| connection.stream.shutdown(Shutdown::Write));
-        let _ = catch_unwind(AssertUnwindSafe(|| self.handler.rejected(peer, &reason)));
+        let handler = &self.handler;
+        match &refusal {
+            Refusal::Malformed(reason) => {
+                tracing::debug!(%peer, %reason, "invalid request");
+                let _ = catch_unwind(AssertUnwindSafe(|| handler.rejected(peer, reason)));
+            }
+            Refusal::TimedOut => {
+                tracing::debug!(%peer, "request header not complete in time");
+                let _ = catch_unwind(AssertUnwindSafe(|| handler.header_timed_out(peer)));
+            }
+        }
         match answered {
             Ok(()) => {
                 connection.state = State::Lingering { drained: 0 };
+                connection.tracked.set(ConnectionState::Closing);
                 self.linger_deadlines
                     .push_back((Instant::now() + LINGER_TIME, token));
                 // Whatever is already buffered is drained now (edge-triggered epoll).
@@ -348,7 +472,7 @@ where
                 .get(&token)
                 .is_some_and(|c| matches!(c.state, State::Reading(_)));
             if reading {
-                self.reject(token, Malformed::Incomplete);
+                self.reject(token, Refusal::TimedOut);
             }
         }
         while let Some(&(deadline, token)) = self.linger_deadlines.front() {
@@ -360,20 +484,16 @@ where
         }
     }
 
-    fn dispatch(&mut self, workers: &SyncSender<Ready<F::Request>>) {
+    fn dispatch(&mut self, workers: &Pool<Ready<F::Request>>) {
         while let Some(ready) = self.waiting.pop_front() {
-            match workers.try_send(ready) {
-                Ok(()) => {}
-                Err(TrySendError::Full(ready)) => {
-                    self.waiting.push_front(ready);
-                    return;
-                }
-                Err(TrySendError::Disconnected(_)) => return,
+            if let Err(ready) = workers.try_submit(ready) {
+                self.waiting.push_front(ready);
+                return;
             }
         }
     }
 
-    fn close(mut self, workers: &SyncSender<Ready<F::Request>>) {
+    fn close(mut self, workers: &Pool<Ready<F::Request>>) {
         // Closing the listener first: a connection attempted from now on is refused.
         self.listener = None;
         // A request that is already in the socket buffer is served; the rest are idle.
@@ -397,12 +517,28 @@ where
         self.connections.clear();
         tracing::debug!(idle, "front door closed its idle connections");
         for ready in self.waiting.drain(..) {
-            if workers.send(ready).is_err() {
-                break;
-            }
+            workers.submit_waiting(ready);
         }
         drop(self.wake);
     }
+}
+
+/// The descriptor kept for accepting (and closing) a connection when out of descriptors.
+fn open_reserve() -> Option<File> {
+    match File::open("/dev/null") {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::debug!(error = %e, "no reserve descriptor");
+            None
+        }
+    }
+}
+
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE)
+    )
 }
 
 enum Step<R> {

@@ -53,14 +53,17 @@ use std::time::Duration;
 
 pub mod client;
 pub mod codec;
+mod connections;
 pub mod fileserver;
 mod frontdoor;
 pub mod load;
 pub mod paths;
+mod pool;
 mod server;
 
 pub use client::{Client, FetchOutcome};
 pub use codec::Malformed;
+pub use connections::{ConnectionCounts, ConnectionState};
 pub use fileserver::{BodyMode, FileServer};
 pub use server::{ResponseWriter, Server, ShutdownHandle};
 
@@ -112,17 +115,33 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, request: &Request, response: &mut ResponseWriter<'_>);
 
-    /// Told after the server answered a malformed, oversized or late request header with
-    /// `INVALID` itself (the handler never sees such a request). For counting; does nothing by
-    /// default.
+    /// Told after the server answered a malformed or oversized request header, or one cut
+    /// short by an end of stream, with `INVALID` itself (the handler never sees such a request).
+    /// For counting; does nothing by default.
     fn rejected(&self, peer: SocketAddr, reason: &Malformed) {
         let _ = (peer, reason);
     }
 
-    /// Told after a new connection was closed at once because `max_connections` were open.
-    /// For counting; does nothing by default.
+    /// Told after a connection's request header was not complete `header_timeout` after
+    /// accept; the server answered `INVALID` and closes it. Not told to
+    /// [`rejected`](Handler::rejected). For counting; does nothing by default.
+    fn header_timed_out(&self, peer: SocketAddr) {
+        let _ = peer;
+    }
+
+    /// Told after a new connection was closed at once because `max_connections` were open, or
+    /// because the process was out of file descriptors. For counting; does nothing by default.
     fn over_capacity(&self, peer: SocketAddr) {
         let _ = peer;
+    }
+
+    /// Told after any of the [`ConnectionCounts`] changed, on the thread that changed it (the
+    /// front door or a worker), so that a handler can publish them as gauges. Calls from
+    /// different threads may overlap and arrive in any order: read the counts in the call
+    /// (they are current), and serialise the publication if it must end on the latest value.
+    /// Keep it short: it runs on every connection's every move. Does nothing by default.
+    fn connections_changed(&self, counts: &ConnectionCounts) {
+        let _ = counts;
     }
 }
 
@@ -174,8 +193,12 @@ pub enum Error {
 pub struct ServerConfig {
     /// Address to listen on (port 0 for any).
     pub listen: SocketAddr,
-    /// Worker threads.
+    /// Worker threads that always run.
     pub threads: usize,
+    /// Worker threads at most: when a complete request waits and no worker is idle, another
+    /// worker starts, up to this bound; one beyond `threads` exits after about 10 s without
+    /// work. At least `threads`.
+    pub max_threads: usize,
     /// Complete requests waiting for a worker; beyond it they wait in the front door.
     pub queue_depth: usize,
     /// Open connections (reading a header, queued or being served); a connection accepted
@@ -185,8 +208,10 @@ pub struct ServerConfig {
     pub backlog: i32,
     /// Deadline for the whole request header, counted from accept (INVALID after it).
     pub header_timeout: Duration,
-    /// Send timeout per write (a stalled client is dropped after it).
-    pub write_timeout: Duration,
+    /// A response write that makes no progress for this long ends the connection
+    /// (`SO_SNDTIMEO`, which bounds each write call; see
+    /// [`ResponseWriter::send_timed_out`]). Not zero.
+    pub send_timeout: Duration,
     /// Set SO_REUSEPORT so several processes can share the port.
     pub reuse_port: bool,
 }
@@ -196,11 +221,12 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 10823)),
             threads: 16,
+            max_threads: 1024,
             queue_depth: 1024,
             max_connections: 10_000,
             backlog: 1024,
             header_timeout: Duration::from_secs(5),
-            write_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             reuse_port: false,
         }
     }

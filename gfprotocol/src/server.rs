@@ -1,10 +1,12 @@
 //! The threaded server: the front door (an accept and readiness loop, see `frontdoor.rs`), a
-//! bounded queue and a fixed pool of workers.
+//! bounded queue and a pool of workers that grows on demand (see `pool.rs`).
 //!
 //! The front door reads request headers without blocking and hands only complete requests to
 //! the workers, so a slow or silent client holds no worker at all. Workers call the
 //! [`Handler`] and finish the response (ERROR when the handler sent nothing, a close when it
-//! sent a short body).
+//! sent a short body). A client that reads its response slowly does hold a worker, in a
+//! blocking write bounded by `send_timeout`; the pool grows (to `max_threads`) so that such
+//! clients cannot take every worker.
 //!
 //! Every socket write here uses `send(2)` with `MSG_NOSIGNAL` or `sendfile(2)`; a peer that went
 //! away is an `io::Error`, never a signal, whatever the process's SIGPIPE disposition.
@@ -19,9 +21,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Arc;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
@@ -30,8 +31,15 @@ use nix::sys::socket::{
     SockaddrStorage,
 };
 
+mod paced;
+
+use crate::connections::{ConnectionCounts, ConnectionState, Tracker};
 use crate::frontdoor::{FrontDoor, FrontDoorConfig, GetFileFramer, Ready};
+use crate::pool::{Pool, PoolConfig};
 use crate::{Error, Handler, Request, ResponseHeader, ServerConfig};
+
+/// A worker beyond `threads` exits after this long without a request.
+const IDLE_WORKER_EXIT: Duration = Duration::from_secs(10);
 
 /// Bodies up to this size are read and sent together with their header.
 const SMALL_FILE: u64 = 16 * 1024;
@@ -58,12 +66,14 @@ enum ResponseState {
 ///
 /// The header goes out once; for `Ok { length }` exactly `length` body bytes must follow, in any
 /// number of `send_*` calls. Sending more than announced is an error and nothing is written.
-/// A failed write closes the connection: later calls fail too.
+/// A failed write closes the connection: later calls fail too. A write that makes no progress
+/// for the server's `send_timeout` fails with `TimedOut` and closes the connection as well.
 pub struct ResponseWriter<'c> {
     stream: &'c TcpStream,
     state: ResponseState,
     header: Vec<u8>,
     announced: u64,
+    send_timed_out: bool,
 }
 
 fn closed_error() -> io::Error {
@@ -81,6 +91,7 @@ impl<'c> ResponseWriter<'c> {
             state: ResponseState::NoHeader,
             header: Vec::new(),
             announced: 0,
+            send_timed_out: false,
         }
     }
 
@@ -189,14 +200,32 @@ impl<'c> ResponseWriter<'c> {
         }
     }
 
+    /// Whether the writer closed the connection because a write made no progress for the
+    /// server's `send_timeout` (a client that stopped reading). For counting.
+    pub fn send_timed_out(&self) -> bool {
+        self.send_timed_out
+    }
+
     /// Closes the connection now (after an OK header: the client sees a short body).
     pub fn abort(&mut self) {
         // An OK header still held back goes out first, so the client sees the short body
         // rather than a missing header.
         if let Err(e) = self.send_pending_header(Coalesce::Alone) {
             tracing::debug!(error = %e, "sending the header before closing failed");
+            self.note_failure(&e);
         }
         self.close_now();
+    }
+
+    /// Remembers a send timeout among write failures. `send_body_with`'s closure reports one
+    /// as `WouldBlock` (EAGAIN on a blocking socket with `SO_SNDTIMEO`) unless it maps it.
+    fn note_failure(&mut self, error: &io::Error) {
+        if matches!(
+            error.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        ) {
+            self.send_timed_out = true;
+        }
     }
 
     /// Closes the connection without sending anything more.
@@ -232,7 +261,8 @@ impl<'c> ResponseWriter<'c> {
 
     fn flush_header_before_body(&mut self) -> io::Result<()> {
         let result = self.send_pending_header(Coalesce::WithBody);
-        if result.is_err() {
+        if let Err(e) = &result {
+            self.note_failure(e);
             self.close_now();
         }
         result
@@ -268,6 +298,7 @@ impl<'c> ResponseWriter<'c> {
                 Ok(())
             }
             Err(e) => {
+                self.note_failure(&e);
                 self.close_now();
                 Err(e)
             }
@@ -420,11 +451,12 @@ impl ShutdownHandle {
     }
 }
 
-/// A bound GetFile server: an accept thread feeding a fixed pool of workers through a bounded
-/// queue.
+/// A bound GetFile server: an accept thread feeding a growing pool of workers through a
+/// bounded queue.
 pub struct Server {
     config: ServerConfig,
     handler: Arc<dyn Handler>,
+    tracker: Arc<Tracker>,
     listener: TcpListener,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
@@ -434,20 +466,17 @@ pub struct Server {
 impl Server {
     /// Binds the listener (SO_REUSEADDR, and SO_REUSEPORT if asked).
     pub fn bind(config: ServerConfig, handler: Arc<dyn Handler>) -> Result<Server, Error> {
-        if config.threads == 0 || config.queue_depth == 0 || config.max_connections == 0 {
-            return Err(Error::Config(
-                "threads, queue_depth and max_connections must be at least 1".into(),
-            ));
-        }
+        check_config(&config)?;
         let listener = bind_listener(config.listen, config.reuse_port, config.backlog)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (wake_read, wake_write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(io::Error::from)?;
-        tracing::debug!(%local_addr, threads = config.threads, "gfserver bound");
+        tracing::debug!(%local_addr, threads = config.threads, max_threads = config.max_threads, "gfserver bound");
         Ok(Server {
             config,
+            tracker: Tracker::new(Arc::clone(&handler)),
             handler,
             listener,
             local_addr,
@@ -471,56 +500,67 @@ impl Server {
         }
     }
 
+    /// The server's open connections by state, kept up to date while it runs (and after).
+    pub fn connection_counts(&self) -> Arc<ConnectionCounts> {
+        Arc::clone(self.tracker.counts())
+    }
+
     /// Serves until shut down, then waits for the workers to finish their connections.
     pub fn run(self) -> Result<(), Error> {
-        let (sender, receiver) = sync_channel::<Ready<String>>(self.config.queue_depth);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let mut workers = Vec::with_capacity(self.config.threads);
-        for index in 0..self.config.threads {
-            let worker = Worker {
-                receiver: Arc::clone(&receiver),
-                handler: Arc::clone(&self.handler),
-                config: self.config.clone(),
-            };
-            let spawned = thread::Builder::new()
-                .name(format!("gf-worker-{index}"))
-                .spawn(move || worker.run());
-            match spawned {
-                Ok(handle) => workers.push(handle),
-                Err(e) => {
-                    drop(sender);
-                    join_all(workers);
-                    return Err(Error::Io(e));
-                }
-            }
-        }
+        let serving = Serving {
+            handler: Arc::clone(&self.handler),
+            send_timeout: self.config.send_timeout,
+        };
+        let pool = Pool::start(
+            PoolConfig {
+                min: self.config.threads,
+                max: self.config.max_threads,
+                depth: self.config.queue_depth,
+                idle_exit: IDLE_WORKER_EXIT,
+                name: "gf-worker",
+                on_start: block_sigpipe,
+            },
+            move |ready: Ready<String>| serving.serve(ready),
+        )?;
         let front_door = FrontDoor::new(
             FrontDoorConfig {
                 header_timeout: self.config.header_timeout,
                 max_connections: self.config.max_connections,
             },
             Arc::clone(&self.handler),
+            Arc::clone(&self.tracker),
             self.listener,
             self.wake_read,
             GetFileFramer::new,
         );
         let shared = Arc::clone(&self.shared);
         let result = front_door
-            .and_then(|door| door.run(&sender, &|| shared.stopping.load(Ordering::SeqCst)))
+            .and_then(|door| door.run(&pool, &|| shared.stopping.load(Ordering::SeqCst)))
             .map_err(Error::Io);
-        drop(sender);
-        join_all(workers);
+        pool.close_and_wait();
         tracing::debug!(local_addr = %self.local_addr, "gfserver stopped");
         result
     }
 }
 
-fn join_all(workers: Vec<thread::JoinHandle<()>>) {
-    for worker in workers {
-        if worker.join().is_err() {
-            tracing::error!("a worker thread panicked");
-        }
+fn check_config(config: &ServerConfig) -> Result<(), Error> {
+    if config.threads == 0 || config.queue_depth == 0 || config.max_connections == 0 {
+        return Err(Error::Config(
+            "threads, queue_depth and max_connections must be at least 1".into(),
+        ));
     }
+    if config.max_threads < config.threads {
+        return Err(Error::Config(format!(
+            "max_threads ({}) must be at least threads ({})",
+            config.max_threads, config.threads
+        )));
+    }
+    if config.send_timeout.is_zero() || config.header_timeout.is_zero() {
+        return Err(Error::Config(
+            "send_timeout and header_timeout must not be zero".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Creates the listening socket with the options std does not offer.
@@ -539,11 +579,10 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result
     Ok(TcpListener::from(fd))
 }
 
-/// One worker thread.
-struct Worker {
-    receiver: Arc<Mutex<Receiver<Ready<String>>>>,
+/// What every worker runs a request with.
+struct Serving {
     handler: Arc<dyn Handler>,
-    config: ServerConfig,
+    send_timeout: Duration,
 }
 
 /// Blocks SIGPIPE in the calling thread (see the module docs: for `sendfile(2)`).
@@ -555,36 +594,25 @@ fn block_sigpipe() {
     }
 }
 
-impl Worker {
-    fn run(self) {
-        block_sigpipe();
-        loop {
-            let next = match self.receiver.lock() {
-                Ok(receiver) => receiver.recv(),
-                // Another worker panicked while holding the lock (it cannot: recv does not
-                // panic); stop rather than spin.
-                Err(_) => return,
-            };
-            let Ok(ready) = next else { return };
-            if let Err(e) = self.serve(
-                &ready.stream,
-                Request {
-                    path: ready.request,
-                    peer: ready.peer,
-                },
-            ) {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+impl Serving {
+    fn serve(&self, mut ready: Ready<String>) {
+        ready.connection.set(ConnectionState::Sending);
+        let request = Request {
+            path: ready.request,
+            peer: ready.peer,
+        };
+        if let Err(e) = self.answer(&ready.stream, &request) {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 
-    fn serve(&self, stream: &TcpStream, request: Request) -> io::Result<()> {
+    fn answer(&self, stream: &TcpStream, request: &Request) -> io::Result<()> {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(self.config.write_timeout))?;
+        stream.set_write_timeout(Some(self.send_timeout))?;
         let mut writer = ResponseWriter::new(stream);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            self.handler.handle(&request, &mut writer)
+            self.handler.handle(request, &mut writer)
         }));
         if outcome.is_err() {
             tracing::error!(path = %request.path, peer = %request.peer, "handler panicked");

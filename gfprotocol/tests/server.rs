@@ -280,9 +280,10 @@ fn bad_config_is_an_error() {
     assert!(matches!(result, Err(Error::Config(_))));
 }
 
-/// Streams 64 MiB in 1 MiB chunks and reports how the transfer ended.
+/// Streams 64 MiB in 1 MiB chunks and reports how the transfer ended, and whether the writer
+/// says a send timed out.
 struct Streamer {
-    report: std::sync::Mutex<std::sync::mpsc::Sender<std::io::Result<u64>>>,
+    report: std::sync::Mutex<std::sync::mpsc::Sender<(std::io::Result<u64>, bool)>>,
 }
 
 impl Handler for Streamer {
@@ -297,35 +298,44 @@ impl Handler for Streamer {
                 Ok(response.body_sent())
             });
         if let Ok(report) = self.report.lock() {
-            let _ = report.send(result);
+            let _ = report.send((result, response.send_timed_out()));
         }
     }
 }
 
 #[test]
-fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
     let (report, results) = std::sync::mpsc::channel();
     let server = Running::start(
         Arc::new(Streamer {
             report: std::sync::Mutex::new(report),
         }),
         ServerConfig {
-            write_timeout: Duration::from_millis(200),
+            send_timeout: Duration::from_millis(200),
             ..config()
         },
     );
     let mut stalled = TcpStream::connect(server.addr).unwrap();
     stalled.write_all(b"GETFILE GET /big\r\n\r\n").unwrap();
     // The stalled client never reads: the handler's send fails with a timeout.
-    let outcome = results.recv().unwrap();
+    let (outcome, timed_out) = results.recv().unwrap();
     let error = outcome.expect_err("64 MiB cannot fit in socket buffers");
     assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    assert!(timed_out, "the writer reports the send timeout");
+    // The server closed its side: reading now ends before the announced length.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut received = Vec::new();
+    let _ = stalled.read_to_end(&mut received);
+    assert!(received.len() < 64 << 20, "{} bytes", received.len());
     // A reading client still gets everything.
     let (result, body) = fetch(server.addr, "/big");
     assert_eq!(result.unwrap().received, 64 << 20);
     assert!(body.iter().all(|&b| b == 7));
-    assert_eq!(results.recv().unwrap().unwrap(), 64 << 20);
-    drop(stalled);
+    let (outcome, timed_out) = results.recv().unwrap();
+    assert_eq!(outcome.unwrap(), 64 << 20);
+    assert!(!timed_out);
     server.stop();
 }
 

@@ -86,6 +86,73 @@ impl RequestId {
     }
 }
 
+/// One version of an object's bytes, as the cache that holds it names it: two answers for the
+/// same path with the same version carry the same bytes, so a reader may stitch ranges of them
+/// together. The value is the backend's (a file's identity and modification time, a pack
+/// entry, a fill's sequence number); ipc only carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectVersion(u64);
+impl ObjectVersion {
+    /// No particular version: an answer with it is never stitched to another.
+    pub const NONE: ObjectVersion = ObjectVersion(0);
+    /// Wraps a raw version.
+    pub fn from_raw(raw: u64) -> Self {
+        ObjectVersion(raw)
+    }
+    /// The raw version.
+    pub fn as_raw(self) -> u64 {
+        self.0
+    }
+}
+
+/// The bytes of an object a GET asks for: from `offset`, at most `len` bytes (`None`: to the
+/// end). A range past the end is empty, not an error: the answer still says the object's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    /// The first byte.
+    pub offset: u64,
+    /// How many bytes at most; `None` to the end.
+    pub len: Option<u64>,
+}
+
+impl ByteRange {
+    /// The whole object.
+    pub const WHOLE: ByteRange = ByteRange {
+        offset: 0,
+        len: None,
+    };
+
+    /// `len` bytes from `offset`.
+    pub fn new(offset: u64, len: u64) -> Self {
+        ByteRange {
+            offset,
+            len: Some(len),
+        }
+    }
+
+    /// From `offset` to the end.
+    pub fn from(offset: u64) -> Self {
+        ByteRange { offset, len: None }
+    }
+
+    /// How many bytes of an object of `object_len` bytes the range covers.
+    pub fn len_within(self, object_len: u64) -> u64 {
+        let available = object_len.saturating_sub(self.offset);
+        self.len.map_or(available, |len| len.min(available))
+    }
+
+    pub(crate) fn to_words(self) -> (u64, u64) {
+        (self.offset, self.len.unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn from_words(offset: u64, len: u64) -> Self {
+        ByteRange {
+            offset,
+            len: (len != u64::MAX).then_some(len),
+        }
+    }
+}
+
 /// What a child needs to attach the region: the shm id plus a random nonce stored in the header,
 /// so that a reused shm id is never mistaken for ours. Text form `"<shmid>.<nonce-hex>"`
 /// (`Display` / `FromStr`), for command lines and environment variables.

@@ -87,7 +87,10 @@ pub mod testkit;
 
 // The public interface is:
 pub use error::{Error, Result};
-pub use ids::{CacheSlot, Generation, ProxySlot, RegionId, RequestId, SegmentIndex, ShmId};
+pub use ids::{
+    ByteRange, CacheSlot, Generation, ObjectVersion, ProxySlot, RegionId, RequestId, SegmentIndex,
+    ShmId,
+};
 pub use ledger::{
     lock_holder, object_info, sweep, IpcKind, IpcObject, Ledger, LedgerEntry, ObjectInfo,
     SweepReport,

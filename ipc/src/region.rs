@@ -18,7 +18,7 @@ use crate::{sys, Error, Result};
 /// "GFCACHE1" as a little-endian u64: the first word of every region.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"GFCACHE1");
 /// Layout version; bumped on any change of the byte layout.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// Bytes of the control header (one page).
 pub(crate) const CONTROL_BYTES: usize = 4096;
 /// Bytes of one request channel / member entry (one cache line each, no false sharing).
@@ -207,7 +207,7 @@ pub(crate) struct RequestFields {
     pub request_id: AtomicU64,
     /// PUT: the announced length.
     pub announced_len: AtomicU64,
-    /// GET: the length the cache found.
+    /// GET: the length of the object the cache found (the whole object, whatever the range).
     pub total_len: AtomicU64,
     pub op: AtomicU32,
     pub slot: AtomicU32,
@@ -215,6 +215,19 @@ pub(crate) struct RequestFields {
     /// The answer (see `segment::Status`).
     pub status: AtomicU32,
     pub proxy_pid: AtomicI32,
+    /// GET: the first byte of the object wanted.
+    pub range_offset: AtomicU64,
+    /// GET: how many bytes from `range_offset` at most (`u64::MAX`: to the end).
+    pub range_len: AtomicU64,
+}
+
+/// What the cache says of the object it found, beside its length.
+#[repr(C)]
+pub(crate) struct AnswerFields {
+    /// The object's version (see `ipc::ObjectVersion`).
+    pub object_version: AtomicU64,
+    /// When the object was last modified, in seconds since the Unix epoch; 0 if unknown.
+    pub modified_secs: AtomicU64,
 }
 
 /// A segment header's atomics (the path follows at [`PATH_OFFSET`]).
@@ -229,12 +242,14 @@ pub(crate) struct SegmentHeader {
     pub request: Line<RequestFields>,
     /// Bytes in each half, written by the producer before publishing it.
     pub half_len: Line<[AtomicU32; 2]>,
+    pub answer: Line<AnswerFields>,
 }
 
 const _: () = assert!(size_of::<ControlHeader>() <= CONTROL_BYTES);
 const _: () = assert!(size_of::<Line<Doorbell>>() == LINE);
 const _: () = assert!(size_of::<Line<MemberWord>>() == LINE);
 const _: () = assert!(size_of::<SegmentHeader>() <= PATH_OFFSET);
+const _: () = assert!(size_of::<RequestFields>() <= LINE);
 const _: () = assert!(size_of::<StatsArea>() <= STATS_BLOCK_BYTES);
 const _: () = assert!(PATH_OFFSET + crate::MAX_PATH_LEN <= SEGMENT_HEADER_BYTES);
 
@@ -654,6 +669,10 @@ mod tests {
         assert_eq!(offset_of!(SegmentHeader, half_len), 256);
         assert_eq!(offset_of!(RequestFields, op), 24);
         assert_eq!(offset_of!(RequestFields, proxy_pid), 40);
+        assert_eq!(offset_of!(RequestFields, range_offset), 48);
+        assert_eq!(offset_of!(RequestFields, range_len), 56);
+        assert_eq!(offset_of!(SegmentHeader, answer), 320);
+        assert_eq!(offset_of!(AnswerFields, modified_secs), 8);
     }
 
     #[test]

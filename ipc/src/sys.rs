@@ -406,15 +406,33 @@ pub(crate) unsafe fn pread_raw(
 /// # Safety
 /// `src..src+len` must be valid for reads and not written by anyone meanwhile.
 pub(crate) unsafe fn send_raw(fd: BorrowedFd<'_>, src: *const u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { send_raw_flags(fd, src, len, libc::MSG_NOSIGNAL) }
+}
+
+/// [`send_raw`] that never blocks: `WouldBlock` when the socket buffer is full.
+///
+/// # Safety
+/// As [`send_raw`].
+pub(crate) unsafe fn send_raw_nonblocking(
+    fd: BorrowedFd<'_>,
+    src: *const u8,
+    len: usize,
+) -> io::Result<usize> {
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe { send_raw_flags(fd, src, len, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) }
+}
+
+/// # Safety
+/// As [`send_raw`].
+unsafe fn send_raw_flags(
+    fd: BorrowedFd<'_>,
+    src: *const u8,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
     // SAFETY: the caller guarantees the source range is readable and stable.
-    let ret = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            src.cast::<libc::c_void>(),
-            len,
-            libc::MSG_NOSIGNAL,
-        )
-    };
+    let ret = unsafe { libc::send(fd.as_raw_fd(), src.cast::<libc::c_void>(), len, flags) };
     usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
 

@@ -48,6 +48,13 @@ pub enum Error {
         /// The cache slot.
         slot: u32,
     },
+    /// A client-paced transfer found the object changed (another length or version) or gone
+    /// between two of its ranges: the rest cannot be sent without mixing two versions.
+    #[error("the object changed while a slow client read it ({what})")]
+    ObjectChanged {
+        /// What differed.
+        what: String,
+    },
     /// No free segment within the wait: every segment is busy.
     #[error("no free segment: {0}")]
     NoSegment(#[source] ipc::Error),
@@ -84,7 +91,9 @@ impl Error {
         match self {
             Error::Server(_) | Error::Config(_) | Error::NoSegment(_) => Side::Proxy,
             Error::Path(_) | Error::Client(_) => Side::Client,
-            Error::Cache { .. } | Error::CacheFault { .. } => Side::Cache,
+            Error::Cache { .. } | Error::CacheFault { .. } | Error::ObjectChanged { .. } => {
+                Side::Cache
+            }
             Error::OriginTransport { .. }
             | Error::OriginStatus { .. }
             | Error::OriginTooLarge { .. } => Side::Origin,
@@ -103,7 +112,8 @@ impl Error {
             | Error::Config(_)
             | Error::Path(_)
             | Error::Client(_)
-            | Error::OriginTooLarge { .. } => false,
+            | Error::OriginTooLarge { .. }
+            | Error::ObjectChanged { .. } => false,
         }
     }
 }

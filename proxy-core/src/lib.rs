@@ -1,6 +1,7 @@
 //! The gfcache proxy: a GetFile front end over cache processes and an HTTP origin.
 //!
-//! A proxy process serves GetFile clients with a [`gfprotocol::Server`] of `threads` workers.
+//! A proxy process serves GetFile clients with a [`gfprotocol::Server`] of `threads` workers
+//! (growing to `max_threads` while slow readers hold workers).
 //! Each request follows one path, written top to bottom in the `request` module:
 //!
 //! 1. the path is validated and normalised ([`path::CanonicalPath`]);
@@ -54,6 +55,7 @@ mod error;
 pub mod fill;
 pub mod metrics;
 pub mod origin;
+mod paced;
 pub mod path;
 mod request;
 pub mod routing;
@@ -170,7 +172,9 @@ impl Proxy {
         let server_config = ServerConfig {
             listen: config.settings.listen,
             threads: config.settings.threads,
+            max_threads: config.settings.max_threads,
             header_timeout: config.settings.header_timeout,
+            send_timeout: config.settings.send_timeout,
             max_connections: config.settings.max_connections,
             backlog: config.settings.listen_backlog,
             reuse_port: config.reuse_port,
@@ -190,6 +194,9 @@ impl Proxy {
             ctx: Arc::clone(&ctx),
         });
         let server = Server::bind(server_config, handler)?;
+        // The gauges of a previous process in this slot would otherwise stay until the first
+        // connection.
+        ctx.stats.publish_connections(&server.connection_counts());
         Ok((ctx, server))
     }
 }
@@ -202,6 +209,20 @@ struct Frontend {
 impl Handler for Frontend {
     fn handle(&self, request: &gfprotocol::Request, response: &mut ResponseWriter<'_>) {
         request::handle(&self.ctx, request, response);
+        // The request path counted the cut response as aborted; this says why.
+        if response.send_timed_out() {
+            tracing::debug!(peer = %request.peer, path = %request.path, "client stopped reading: send timed out");
+            self.ctx.stats.incr(metrics::Counter::SendTimeouts);
+        }
+    }
+
+    fn header_timed_out(&self, peer: SocketAddr) {
+        tracing::debug!(%peer, "request header not complete in time");
+        self.ctx.stats.incr(metrics::Counter::HeaderTimeouts);
+    }
+
+    fn connections_changed(&self, counts: &gfprotocol::ConnectionCounts) {
+        self.ctx.stats.publish_connections(counts);
     }
 
     fn rejected(&self, peer: SocketAddr, reason: &gfprotocol::Malformed) {
@@ -210,7 +231,7 @@ impl Handler for Frontend {
     }
 
     fn over_capacity(&self, peer: SocketAddr) {
-        tracing::debug!(%peer, "connection refused: max_connections reached");
+        tracing::debug!(%peer, "connection refused: max_connections reached or out of descriptors");
         self.ctx.stats.incr(metrics::Counter::ConnectionsRefused);
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! Series without a `slot` label are summed over the proxy processes.
 
+use gfprotocol::ConnectionState;
 use ipc::{Cell, CounterId, Family, GaugeId, HistogramId, Label, MetricKind, Series};
 
 /// The proxy's counters.
@@ -44,8 +45,19 @@ pub enum Counter {
     /// Requests served by another cache than their owner, which could not answer (shared
     /// backends only).
     Failovers,
-    /// Connections closed at accept because `max_connections` were open.
+    /// Connections closed at accept because `max_connections` were open (or the process was
+    /// out of file descriptors).
     ConnectionsRefused,
+    /// Hits whose client read slower than the cache sent: the rest went in client-paced ranges.
+    ClientPaced,
+    /// Hits whose cache broke off mid-body, finished from another cache holding the same version.
+    Resumed,
+    /// Responses cut because a write made no progress for `send_timeout` (also counted as
+    /// aborted).
+    SendTimeouts,
+    /// Connections whose request header was not complete `header_timeout` after accept
+    /// (answered INVALID, but not counted in `RequestsInvalid`).
+    HeaderTimeouts,
 }
 
 impl Counter {
@@ -69,6 +81,10 @@ impl Counter {
         Counter::FillsDropped,
         Counter::Failovers,
         Counter::ConnectionsRefused,
+        Counter::ClientPaced,
+        Counter::Resumed,
+        Counter::SendTimeouts,
+        Counter::HeaderTimeouts,
     ];
 
     /// Its cell in the proxy's stats block (an index past the block would not compile).
@@ -92,6 +108,10 @@ impl Counter {
             Counter::FillsDropped => CounterId::at::<15>(),
             Counter::Failovers => CounterId::at::<16>(),
             Counter::ConnectionsRefused => CounterId::at::<17>(),
+            Counter::ClientPaced => CounterId::at::<24>(),
+            Counter::Resumed => CounterId::at::<25>(),
+            Counter::SendTimeouts => CounterId::at::<18>(),
+            Counter::HeaderTimeouts => CounterId::at::<19>(),
         }
     }
 }
@@ -101,16 +121,30 @@ impl Counter {
 pub enum Gauge {
     /// Requests in flight in this process.
     InFlight,
+    /// Open client connections in one state of the front end.
+    Connections(ConnectionState),
 }
 
 impl Gauge {
     /// Every gauge.
-    pub const ALL: &'static [Gauge] = &[Gauge::InFlight];
+    pub const ALL: &'static [Gauge] = &[
+        Gauge::InFlight,
+        Gauge::Connections(ConnectionState::ReadingHeader),
+        Gauge::Connections(ConnectionState::WaitingForWorker),
+        Gauge::Connections(ConnectionState::Sending),
+        Gauge::Connections(ConnectionState::Idle),
+        Gauge::Connections(ConnectionState::Closing),
+    ];
 
     /// Its cell in the proxy's stats block.
     pub const fn id(self) -> GaugeId {
         match self {
             Gauge::InFlight => GaugeId::at::<0>(),
+            Gauge::Connections(ConnectionState::ReadingHeader) => GaugeId::at::<1>(),
+            Gauge::Connections(ConnectionState::WaitingForWorker) => GaugeId::at::<2>(),
+            Gauge::Connections(ConnectionState::Sending) => GaugeId::at::<3>(),
+            Gauge::Connections(ConnectionState::Idle) => GaugeId::at::<4>(),
+            Gauge::Connections(ConnectionState::Closing) => GaugeId::at::<5>(),
         }
     }
 }
@@ -244,12 +278,80 @@ pub const SCHEMA: &[Family] = &[
     },
     Family {
         name: "gfcache_connections_refused_total",
-        help: "Client connections closed at accept because proxy.max_connections were open.",
+        help: "Client connections closed at accept because proxy.max_connections were open, or the proxy was out of file descriptors.",
         kind: MetricKind::Counter,
         series: &[Series {
             labels: &[],
             cell: Cell::Counter(Counter::ConnectionsRefused.id()),
         }],
+    },
+    Family {
+        name: "gfcache_client_paced_hits_total",
+        help: "Hits whose client read slower than the cache sent: the segment was released and \
+               the rest sent from the proxy's buffer in ranges of proxy.client_buffer.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::ClientPaced.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_resumed_hits_total",
+        help: "Hits whose cache broke off mid-body (died or stalled), finished from another \
+               cache holding the same version of the object (shared backends only).",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::Resumed.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_header_timeouts_total",
+        help: "Client connections whose request header was not complete proxy.header_timeout after accept (answered INVALID).",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::HeaderTimeouts.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_send_timeouts_total",
+        help: "Responses cut because a write to the client made no progress for proxy.send_timeout (also counted as aborted).",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::SendTimeouts.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_connections",
+        help: "Open client connections of the proxies, by state.",
+        kind: MetricKind::Gauge,
+        series: &[
+            Series {
+                labels: &[Label::fixed("state", ConnectionState::ReadingHeader.name())],
+                cell: Cell::Gauge(Gauge::Connections(ConnectionState::ReadingHeader).id()),
+            },
+            Series {
+                labels: &[Label::fixed(
+                    "state",
+                    ConnectionState::WaitingForWorker.name(),
+                )],
+                cell: Cell::Gauge(Gauge::Connections(ConnectionState::WaitingForWorker).id()),
+            },
+            Series {
+                labels: &[Label::fixed("state", ConnectionState::Sending.name())],
+                cell: Cell::Gauge(Gauge::Connections(ConnectionState::Sending).id()),
+            },
+            Series {
+                labels: &[Label::fixed("state", ConnectionState::Idle.name())],
+                cell: Cell::Gauge(Gauge::Connections(ConnectionState::Idle).id()),
+            },
+            Series {
+                labels: &[Label::fixed("state", ConnectionState::Closing.name())],
+                cell: Cell::Gauge(Gauge::Connections(ConnectionState::Closing).id()),
+            },
+        ],
     },
     Family {
         name: "gfcache_collapsed_requests_total",
@@ -354,6 +456,16 @@ mod tests {
                 "{histogram:?} is not shown"
             );
         }
-        assert!(cells.contains(&Cell::Gauge(Gauge::InFlight.id())));
+        let gauges: HashSet<_> = Gauge::ALL.iter().map(|g| g.id()).collect();
+        assert_eq!(gauges.len(), Gauge::ALL.len(), "two gauges share a cell");
+        for gauge in Gauge::ALL {
+            assert!(
+                cells.contains(&Cell::Gauge(gauge.id())),
+                "{gauge:?} is not shown"
+            );
+        }
+        for state in ConnectionState::ALL {
+            assert!(Gauge::ALL.contains(&Gauge::Connections(state)), "{state:?}");
+        }
     }
 }

@@ -13,13 +13,14 @@ use std::thread;
 use std::time::Instant;
 
 use gfprotocol::{Request, ResponseHeader, ResponseWriter};
-use ipc::{CacheSlot, Lookup, Region};
+use ipc::{CacheSlot, Lookup, ObjectVersion, Region};
 
 use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
 use crate::error::{Error, Side};
 use crate::fill::{run_fill, FillBudget, FillFeed, FILL_BACKLOG};
 use crate::metrics::Counter;
 use crate::origin::{Origin, OriginAnswer, OriginBody};
+use crate::paced::{self, ChunkSent, Paced};
 use crate::path::CanonicalPath;
 use crate::routing::{Route, Router};
 use crate::stats::{Outcome, Stats};
@@ -182,6 +183,12 @@ fn from_cache(
         }
     };
 
+    // An object with a version can be sent in ranges: a slow client then releases the segment.
+    let version = stream.version();
+    let may_release = version != ObjectVersion::NONE;
+    let client_buffer = usize::try_from(ctx.config.settings.client_buffer).unwrap_or(usize::MAX);
+    let mut slow_client = None;
+    let mut broken_off = false;
     let mut sent: u64 = 0;
     while sent < len || !response.header_sent() {
         let chunk = match stream.next_chunk(timeout) {
@@ -190,8 +197,14 @@ fn from_cache(
             Err(source) if !response.header_sent() => return cache_failed(ctx, slot, source),
             Err(source) => {
                 suspect_if_unresponsive(ctx, slot, &source);
-                let outcome = cache_broke_off(ctx, slot, &source, response);
-                return CacheResult::Served(outcome);
+                tracing::debug!(slot = slot.as_raw(), error = %source, "cache broke off after the header");
+                ctx.stats.incr(Counter::LookupErrors);
+                broken_off = may_release;
+                if !may_release {
+                    response.abort();
+                    return CacheResult::Served(Outcome::Aborted);
+                }
+                break;
             }
         };
         if !response.header_sent() {
@@ -211,12 +224,39 @@ fn from_cache(
             return CacheResult::Served(outcome);
         }
         // 5. Stream to the client straight from the segment (the server coalesces a pending
-        // header with these bytes, so a small object still leaves in one segment).
-        let sent_chunk = response.send_body_with(chunk.len(), &mut |fd| chunk.send_all_to(fd));
-        if let Err(error) = sent_chunk {
-            return CacheResult::Served(client_gone(&error, response));
+        // header with these bytes, so a small object still leaves in one segment). A client
+        // that reads slowly goes on at its own pace, without the segment.
+        match paced::send_chunk(response, &chunk, may_release, client_buffer) {
+            ChunkSent::Whole => sent += chunk_len,
+            ChunkSent::ClientSlow(buffer) => {
+                let unsent = buffer.len() as u64;
+                slow_client = Some(Paced {
+                    slot,
+                    len,
+                    version,
+                    sent: sent + chunk_len - unsent,
+                    buffer,
+                });
+                break;
+            }
+            ChunkSent::Failed(error) => return CacheResult::Served(client_gone(&error, response)),
         }
-        sent += chunk_len;
+    }
+    if let Some(paced) = slow_client {
+        // Releases the segment and the cache worker behind it.
+        drop(stream);
+        return CacheResult::Served(paced::finish(ctx, path, paced, response));
+    }
+    if broken_off {
+        drop(stream);
+        let paced = Paced {
+            slot,
+            len,
+            version,
+            sent,
+            buffer: Vec::new(),
+        };
+        return CacheResult::Served(paced::resume_elsewhere(ctx, path, paced, response));
     }
     if sent < len {
         ctx.router.suspect(&ctx.region, slot);
@@ -670,7 +710,7 @@ enum ClientState {
 }
 
 /// The client went away or stalled: nothing more to send.
-fn client_gone(error: &std::io::Error, response: &mut ResponseWriter<'_>) -> Outcome {
+pub(crate) fn client_gone(error: &std::io::Error, response: &mut ResponseWriter<'_>) -> Outcome {
     let error = Error::Client(std::io::Error::new(error.kind(), error.to_string()));
     debug_assert_eq!(error.side(), Side::Client);
     tracing::debug!(%error, "client gone");

@@ -17,8 +17,11 @@ use crate::origin;
 pub struct ProxySettings {
     /// GetFile listen address.
     pub listen: SocketAddr,
-    /// Worker threads.
+    /// Worker threads that always run.
     pub threads: usize,
+    /// Worker threads at most: the pool grows past `threads` while every worker is busy (slow
+    /// readers hold theirs), and the extra workers exit when idle.
+    pub max_threads: usize,
     /// Origin base URL (`http://` or `https://`, no query, fragment or credentials); None: a
     /// miss is FILE_NOT_FOUND.
     pub origin: Option<String>,
@@ -39,12 +42,21 @@ pub struct ProxySettings {
     /// How long to wait for a cache's answer (and for each chunk) before falling back.
     #[serde(with = "settings::duration")]
     pub cache_timeout: Duration,
+    /// Bytes of a hit buffered in the proxy for a client that reads slower than its cache sends:
+    /// such a transfer releases its segment and cache worker and goes on in ranges of this
+    /// size, each copied into the client's buffer (see docs/proxy.md, "Slow readers").
+    #[serde(with = "settings::size")]
+    pub client_buffer: u64,
     /// How long a collapsed request waits for the leader before fetching on its own.
     #[serde(with = "settings::duration")]
     pub collapse_timeout: Duration,
     /// How long a client has to send its request header.
     #[serde(with = "settings::duration")]
     pub header_timeout: Duration,
+    /// A response write that makes no progress for this long ends the connection (a client
+    /// that stopped reading).
+    #[serde(with = "settings::duration")]
+    pub send_timeout: Duration,
     /// Open client connections at most; one more is closed at once.
     pub max_connections: usize,
     /// The listen backlog (the kernel caps it at `net.core.somaxconn`).
@@ -52,10 +64,13 @@ pub struct ProxySettings {
 }
 
 impl Default for ProxySettings {
+    /// The front-end keys take the defaults of the server framework (`gfprotocol`).
     fn default() -> ProxySettings {
+        let server = gfprotocol::ServerConfig::default();
         ProxySettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 10823)),
-            threads: 16,
+            listen: server.listen,
+            threads: server.threads,
+            max_threads: server.max_threads,
             origin: None,
             origin_ca_file: None,
             origin_connect_timeout: Duration::from_secs(2),
@@ -63,16 +78,25 @@ impl Default for ProxySettings {
             max_redirects: 5,
             max_object_size: 1 << 30,
             cache_timeout: Duration::from_secs(2),
+            client_buffer: 256 << 10,
             collapse_timeout: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(5),
-            max_connections: 10_000,
-            listen_backlog: 1024,
+            header_timeout: server.header_timeout,
+            send_timeout: server.send_timeout,
+            max_connections: server.max_connections,
+            listen_backlog: server.backlog,
         }
     }
 }
 
+/// The bounds of `client_buffer`: below a few pages a slow client costs a cache round trip
+/// per few kilobytes; above, memory per slow client grows for nothing.
+const CLIENT_BUFFER_MIN: u64 = 16 << 10;
+const CLIENT_BUFFER_MAX: u64 = 64 << 20;
+
 /// The largest `max_object_size`.
 const MAX_OBJECT_SIZE_LIMIT: u64 = 1 << 40;
+/// The largest `max_threads`.
+const MAX_THREADS_LIMIT: usize = 16_384;
 
 impl ProxySettings {
     /// Everything a proxy needs of its settings to start, checked without binding: ranges, an
@@ -81,9 +105,26 @@ impl ProxySettings {
     pub fn validate(&self) -> Problems {
         let mut problems = Problems::default();
         problems.check_range("threads", self.threads, 1, 1024);
+        if self.max_threads < self.threads {
+            problems.add(
+                "max_threads",
+                format!(
+                    "must be at least threads ({}) (got {})",
+                    self.threads, self.max_threads
+                ),
+            );
+        } else {
+            problems.check_range("max_threads", self.max_threads, 1, MAX_THREADS_LIMIT);
+        }
         problems.check_range("max_redirects", self.max_redirects, 0, 20);
         problems.check_range("max_connections", self.max_connections, 1, 1_000_000);
         problems.check_range("listen_backlog", self.listen_backlog, 1, 65_535);
+        problems.check_size(
+            "client_buffer",
+            self.client_buffer,
+            CLIENT_BUFFER_MIN,
+            CLIENT_BUFFER_MAX,
+        );
         problems.check_size(
             "max_object_size",
             self.max_object_size,
@@ -96,6 +137,7 @@ impl ProxySettings {
             ("cache_timeout", self.cache_timeout),
             ("collapse_timeout", self.collapse_timeout),
             ("header_timeout", self.header_timeout),
+            ("send_timeout", self.send_timeout),
         ] {
             problems.check_nonzero(key, value);
         }
@@ -204,5 +246,33 @@ mod tests {
         };
         let keys: Vec<String> = settings.validate().into_iter().map(|p| p.key).collect();
         assert_eq!(keys, ["threads", "max_redirects", "cache_timeout"]);
+    }
+
+    #[test]
+    fn max_threads_is_at_least_threads_and_send_timeout_is_not_zero() {
+        let settings = ProxySettings {
+            threads: 32,
+            max_threads: 8,
+            send_timeout: Duration::ZERO,
+            ..ProxySettings::default()
+        };
+        let problems: Vec<String> = settings
+            .validate()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "max_threads: must be at least threads (32) (got 8)",
+                "send_timeout: must be greater than 0",
+            ]
+        );
+        let equal = ProxySettings {
+            threads: 32,
+            max_threads: 32,
+            ..ProxySettings::default()
+        };
+        assert!(equal.validate().is_empty());
     }
 }

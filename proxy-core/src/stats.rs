@@ -2,9 +2,10 @@
 //! (what each cell means is in [`crate::metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use gfprotocol::{ConnectionCounts, ConnectionState};
 use ipc::{Member, Region};
 
 use crate::metrics::{Counter, Gauge, Histogram};
@@ -32,6 +33,8 @@ pub struct Stats {
     region: Arc<Region>,
     member: Member,
     in_flight: Arc<AtomicU64>,
+    /// Serialises the publication of the connection gauges (see `publish_connections`).
+    connections: Arc<Mutex<()>>,
 }
 
 impl Stats {
@@ -41,6 +44,21 @@ impl Stats {
             region,
             member,
             in_flight: Arc::new(AtomicU64::new(0)),
+            connections: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Copies the front end's connection counts into the gauges. The calls come from every
+    /// thread that moves a connection, in any order; one at a time, each reading the counts
+    /// under the lock, the last to run writes the latest values.
+    pub fn publish_connections(&self, counts: &ConnectionCounts) {
+        let _serialised = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let block = self.region.stats(self.member);
+        for state in ConnectionState::ALL {
+            block.set(Gauge::Connections(state).id(), counts.get(state) as u64);
         }
     }
 

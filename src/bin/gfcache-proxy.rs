@@ -53,6 +53,18 @@ struct Args {
     /// proxy.threads.
     #[arg(long)]
     threads: Option<usize>,
+    /// proxy.max_threads.
+    #[arg(long)]
+    max_threads: Option<usize>,
+    /// proxy.header_timeout (e.g. 5s).
+    #[arg(long, value_parser = settings::parse_duration)]
+    header_timeout: Option<Duration>,
+    /// proxy.send_timeout (e.g. 30s).
+    #[arg(long, value_parser = settings::parse_duration)]
+    send_timeout: Option<Duration>,
+    /// proxy.max_connections.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// proxy.origin; without it a miss is FILE_NOT_FOUND.
     #[arg(long)]
     origin: Option<String>,
@@ -75,6 +87,10 @@ impl Args {
         let mut s = ProxySettings::default();
         set(&mut s.listen, self.listen);
         set(&mut s.threads, self.threads);
+        set(&mut s.max_threads, self.max_threads);
+        set(&mut s.header_timeout, self.header_timeout);
+        set(&mut s.send_timeout, self.send_timeout);
+        set(&mut s.max_connections, self.max_connections);
         set(&mut s.cache_timeout, self.cache_timeout);
         set(&mut s.origin_timeout, self.origin_timeout);
         set(&mut s.max_object_size, self.max_object_size);
@@ -107,6 +123,7 @@ fn set<T>(field: &mut T, flag: Option<T>) {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    gfcache::raise_open_files_limit();
     let stop = gfcache::signals::stop_flag().context("installing the signal handlers")?;
     let config = ProxyConfig {
         slot: ipc::ProxySlot::from_raw(args.slot),

@@ -33,21 +33,29 @@ struct Args {
     /// Address to listen on.
     #[arg(short, long, default_value = "127.0.0.1:10823")]
     listen: SocketAddr,
-    /// Worker threads.
-    #[arg(short, long, default_value_t = 16)]
+    /// Worker threads that always run.
+    #[arg(short, long, default_value_t = ServerConfig::default().threads)]
     threads: usize,
+    /// Worker threads at most: more start while every worker is busy (slow readers hold
+    /// theirs) and exit after 10 s idle. At least --threads.
+    #[arg(long, default_value_t = ServerConfig::default().max_threads)]
+    max_threads: usize,
     /// Complete requests waiting for a worker.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = ServerConfig::default().queue_depth)]
     queue_depth: usize,
     /// Open connections at most; one more is closed at once.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
     max_connections: usize,
     /// The listen backlog.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = ServerConfig::default().backlog)]
     backlog: i32,
     /// Seconds a client has to send its request header.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = ServerConfig::default().header_timeout.as_secs_f64())]
     header_timeout: f64,
+    /// Seconds a response write may make no progress (a client that stopped reading) before
+    /// the connection is closed.
+    #[arg(long, default_value_t = ServerConfig::default().send_timeout.as_secs_f64())]
+    send_timeout: f64,
     /// Set SO_REUSEPORT (several servers on one port).
     #[arg(long)]
     reuse_port: bool,
@@ -60,6 +68,14 @@ struct Args {
 enum SendMode {
     Sendfile,
     ReadWrite,
+}
+
+/// A positive number of seconds.
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} must be a positive number of seconds (got {value})"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,17 +92,18 @@ fn main() -> anyhow::Result<()> {
         SendMode::ReadWrite => BodyMode::ReadWrite,
     };
     let handler: Arc<dyn Handler> = Arc::new(files.with_body_mode(mode));
-    let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
-        .context("--header-timeout must be a positive number of seconds")?;
+    let header_timeout = seconds(args.header_timeout, "--header-timeout")?;
+    let send_timeout = seconds(args.send_timeout, "--send-timeout")?;
     let config = ServerConfig {
         listen: args.listen,
         threads: args.threads,
+        max_threads: args.max_threads,
         queue_depth: args.queue_depth,
         max_connections: args.max_connections,
         backlog: args.backlog,
         header_timeout,
+        send_timeout,
         reuse_port: args.reuse_port,
-        ..ServerConfig::default()
     };
     let server = Server::bind(config, handler)
         .with_context(|| format!("cannot listen on {}", args.listen))?;

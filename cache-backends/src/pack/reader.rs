@@ -16,7 +16,9 @@ use nix::sys::stat::FileStat;
 
 use super::format::{self, FormatError, IndexEntry};
 use crate::directory::check_range;
-use crate::{Availability, BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill};
+use crate::{
+    Availability, BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectVersion,
+};
 
 /// How often a served pack's path is stat'ed to notice a replacement, and how often a pack
 /// that cannot be served is tried again.
@@ -73,6 +75,8 @@ struct Snapshot {
     stamp: Stamp,
     /// Links to the file when it was opened: fewer later means it was replaced or removed.
     links: u64,
+    /// The pack file's modification time: the Last-Modified of every object in it.
+    modified: Option<SystemTime>,
     entries: Vec<PackEntry>,
     index_offset: u64,
     payload_bytes: u64,
@@ -331,6 +335,9 @@ impl Snapshot {
             map,
             stamp,
             links: link_count(&stat),
+            modified: u64::try_from(stat.st_mtime)
+                .ok()
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
             entries: layout
                 .entries
                 .into_iter()
@@ -707,6 +714,27 @@ impl PackObject {
 impl CachedObject for PackObject {
     fn len(&self) -> u64 {
         self.entry().map_or(0, |entry| entry.len)
+    }
+
+    fn modified(&self) -> Option<SystemTime> {
+        self.pack.modified
+    }
+
+    fn version(&self) -> ObjectVersion {
+        let stamp = &self.pack.stamp;
+        let (offset, len, crc) = self
+            .entry()
+            .map_or((0, 0, 0), |entry| (entry.offset, entry.len, entry.crc));
+        crate::object_version(&[
+            stamp.dev,
+            stamp.ino,
+            stamp.size,
+            stamp.ctime_sec as u64,
+            stamp.ctime_nsec as u64,
+            offset,
+            len,
+            u64::from(crc),
+        ])
     }
 
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {

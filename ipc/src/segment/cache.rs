@@ -12,7 +12,7 @@ use super::{
     Seg, Side, Status, StreamState, Wake, OP_GET, OP_PUT,
 };
 use crate::futex::{self, deadline_after, ABORT, FINAL};
-use crate::ids::{CacheSlot, RequestId, SegmentIndex};
+use crate::ids::{ByteRange, CacheSlot, ObjectVersion, RequestId, SegmentIndex};
 use crate::region::Region;
 use crate::{sys, Error, Result, MAX_PATH_LEN};
 
@@ -124,6 +124,7 @@ impl Region {
 pub struct CacheRequest<'r> {
     pub(super) seg: Option<Seg<'r>>,
     op: Op,
+    range: ByteRange,
     path: String,
     id: RequestId,
 }
@@ -149,6 +150,13 @@ impl<'r> CacheRequest<'r> {
             }
         };
         let id = RequestId::from_raw(request.request_id.load(Ordering::Relaxed));
+        let range = match op {
+            Op::Get => ByteRange::from_words(
+                request.range_offset.load(Ordering::Relaxed),
+                request.range_len.load(Ordering::Relaxed),
+            ),
+            Op::Put { .. } => ByteRange::WHOLE,
+        };
         let path = match read_path(&seg) {
             Ok(path) => path,
             Err(err) => {
@@ -156,6 +164,7 @@ impl<'r> CacheRequest<'r> {
                 let answer = CacheRequest {
                     seg: Some(seg),
                     op,
+                    range,
                     path: String::new(),
                     id,
                 };
@@ -166,6 +175,7 @@ impl<'r> CacheRequest<'r> {
         Some(CacheRequest {
             seg: Some(seg),
             op,
+            range,
             path,
             id,
         })
@@ -179,6 +189,11 @@ impl<'r> CacheRequest<'r> {
     /// The path, copied out of the header and checked (starts with '/', UTF-8, <= MAX_PATH_LEN).
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// GET: the bytes of the object asked for ([`ByteRange::WHOLE`] for a PUT).
+    pub fn range(&self) -> ByteRange {
+        self.range
     }
 
     /// The request id.
@@ -226,22 +241,54 @@ impl<'r> CacheRequest<'r> {
         Ok(())
     }
 
-    /// Answers a GET: found, `len` bytes will follow through the returned writer.
-    pub fn found(mut self, len: u64) -> Result<GetWriter<'r>> {
+    /// Answers a GET: found an object of `len` bytes, of no particular version (see
+    /// [`CacheRequest::found_version`]).
+    pub fn found(self, len: u64) -> Result<GetWriter<'r>> {
+        self.found_version(len, ObjectVersion::NONE)
+    }
+
+    /// Answers a GET: found version `version` of an object of `len` bytes. The bytes of the
+    /// requested range follow through the returned writer: [`GetWriter::len`] of them, from
+    /// object offset [`GetWriter::next_offset`] on.
+    pub fn found_version(self, len: u64, version: ObjectVersion) -> Result<GetWriter<'r>> {
+        self.found_object(len, version, None)
+    }
+
+    /// [`CacheRequest::found_version`], also saying when the object was last modified.
+    pub fn found_object(
+        mut self,
+        len: u64,
+        version: ObjectVersion,
+        modified: Option<std::time::SystemTime>,
+    ) -> Result<GetWriter<'r>> {
+        let range = self.range;
         let seg = self.take("GET")?;
+        let modified_secs = modified
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |since| since.as_secs().max(1));
+        seg.header
+            .answer
+            .modified_secs
+            .store(modified_secs, Ordering::Relaxed);
         seg.header.request.total_len.store(len, Ordering::Relaxed);
+        seg.header
+            .answer
+            .object_version
+            .store(version.as_raw(), Ordering::Relaxed);
         seg.set_status(Status::Found);
-        if len == 0 {
+        let body = range.len_within(len);
+        if body == 0 {
             // Nothing will be published: the answer goes now.
             futex::update_flag_word(&seg.header.produced, |value| value | FINAL);
         }
         Ok(GetWriter {
             producer: Producer {
                 seg,
-                total: len,
+                total: body,
                 cursor: Cursor::default(),
                 answers: true,
             },
+            first_byte: range.offset,
             state: StreamState::Open,
         })
     }
@@ -317,6 +364,8 @@ pub(super) fn read_path(seg: &Seg<'_>) -> Result<String> {
 /// The writing end of a GET on the cache side. Dropping it before `finish` aborts.
 pub struct GetWriter<'r> {
     producer: Producer<'r>,
+    /// The object offset of the range's first byte.
+    first_byte: u64,
     state: StreamState,
 }
 
@@ -326,12 +375,17 @@ impl<'r> GetWriter<'r> {
         self.producer.seg.region.half_size()
     }
 
-    /// The announced length.
+    /// The bytes this answer carries (the requested range within the object).
     pub fn len(&self) -> u64 {
         self.producer.total
     }
 
-    /// Whether the announced length is 0.
+    /// The object offset of the next byte to publish.
+    pub fn next_offset(&self) -> u64 {
+        self.first_byte + self.producer.cursor.bytes
+    }
+
+    /// Whether the answer carries no bytes.
     pub fn is_empty(&self) -> bool {
         self.producer.total == 0
     }
@@ -531,7 +585,7 @@ impl PutReader<'_> {
         self.consumer.total
     }
 
-    /// Whether the announced length is 0.
+    /// Whether the answer carries no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -491,16 +491,42 @@ impl Chunk<'_> {
         Ok(())
     }
 
+    /// Sends bytes `from..` of the chunk to the socket `fd` with one `send(2)` that does not
+    /// block (`MSG_DONTWAIT | MSG_NOSIGNAL`), straight from shared memory: how many went out,
+    /// or `WouldBlock` when the socket buffer is full. For a sender that would rather release
+    /// the segment than wait for a slow reader.
+    pub fn send_some_to(&self, fd: BorrowedFd<'_>, from: usize) -> io::Result<usize> {
+        if from >= self.len {
+            return Ok(0);
+        }
+        loop {
+            // SAFETY: `from < len`, so `ptr+from..ptr+len` lies in this chunk's half, stable
+            // until release (see `send_all_to`).
+            match unsafe { sys::send_raw_nonblocking(fd, self.ptr.add(from), self.len - from) } {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
     /// Appends a copy of the chunk to `out`.
     pub fn append_to(&self, out: &mut Vec<u8>) {
-        out.reserve(self.len);
+        self.append_from_to(0, out);
+    }
+
+    /// Appends a copy of bytes `from..` of the chunk to `out` (nothing if `from` is past the end).
+    pub fn append_from_to(&self, from: usize, out: &mut Vec<u8>) {
+        let Some(len) = self.len.checked_sub(from) else {
+            return;
+        };
+        out.reserve(len);
         let start = out.len();
-        // SAFETY: the source is this chunk's half, stable until release (see `send_all_to`); the
-        // destination is the spare capacity reserved just above, which cannot overlap shared
-        // memory; `set_len` covers exactly the bytes copied.
+        // SAFETY: the source `ptr+from..ptr+len` is inside this chunk's half, stable until
+        // release (see `send_all_to`); the destination is the spare capacity reserved just
+        // above, which cannot overlap shared memory; `set_len` covers exactly the bytes copied.
         unsafe {
-            ptr::copy_nonoverlapping(self.ptr, out.as_mut_ptr().add(start), self.len);
-            out.set_len(start + self.len);
+            ptr::copy_nonoverlapping(self.ptr.add(from), out.as_mut_ptr().add(start), len);
+            out.set_len(start + len);
         }
     }
 

@@ -9,7 +9,7 @@ use super::{
     Producer, Seg, Side, Status, StreamState, Wake, OP_GET, OP_PUT,
 };
 use crate::futex::{self, deadline_after, ABORT, FINAL};
-use crate::ids::{CacheSlot, Generation, SegmentIndex};
+use crate::ids::{ByteRange, CacheSlot, Generation, ObjectVersion, SegmentIndex};
 use crate::region::Region;
 use crate::{Error, Result, MAX_PATH_LEN};
 
@@ -86,6 +86,7 @@ impl<'r> Lease<'r> {
         path: &str,
         op: u32,
         announced_len: u64,
+        range: ByteRange,
     ) -> Result<Seg<'r>> {
         check_path(path)?;
         let seg = self.seg.take().ok_or(Error::Aborted)?;
@@ -110,6 +111,11 @@ impl<'r> Lease<'r> {
             .announced_len
             .store(announced_len, Ordering::Relaxed);
         request.total_len.store(0, Ordering::Relaxed);
+        let (range_offset, range_len) = range.to_words();
+        request.range_offset.store(range_offset, Ordering::Relaxed);
+        request.range_len.store(range_len, Ordering::Relaxed);
+        header.answer.object_version.store(0, Ordering::Relaxed);
+        header.answer.modified_secs.store(0, Ordering::Relaxed);
         request.op.store(op, Ordering::Relaxed);
         request.slot.store(slot.as_raw(), Ordering::Relaxed);
         request.path_len.store(path.len() as u32, Ordering::Relaxed);
@@ -143,11 +149,25 @@ impl<'r> Lease<'r> {
         Ok(seg)
     }
 
-    /// Asks cache `slot` for `path` and waits up to `timeout` for its answer (the status and the
-    /// first chunk). On timeout the segment is quarantined and `Error::Timeout` returned.
-    pub fn get(mut self, slot: CacheSlot, path: &str, timeout: Duration) -> Result<GetStream<'r>> {
+    /// Asks cache `slot` for the whole object at `path` and waits up to `timeout` for its answer
+    /// (the status and the first chunk). On timeout the segment is quarantined and
+    /// `Error::Timeout` returned.
+    pub fn get(self, slot: CacheSlot, path: &str, timeout: Duration) -> Result<GetStream<'r>> {
+        self.get_range(slot, path, ByteRange::WHOLE, timeout)
+    }
+
+    /// [`Lease::get`] for the bytes of `range` only: the stream carries
+    /// `range.len_within(object length)` bytes, and the answer still gives the whole object's
+    /// length and its version.
+    pub fn get_range(
+        mut self,
+        slot: CacheSlot,
+        path: &str,
+        range: ByteRange,
+        timeout: Duration,
+    ) -> Result<GetStream<'r>> {
         let started = Instant::now();
-        let seg = self.send(slot, path, OP_GET, 0)?;
+        let seg = self.send(slot, path, OP_GET, 0, range)?;
         let value = match wait_word(&seg.header.produced, timeout, |value| {
             value & (ABORT | FINAL) != 0
         }) {
@@ -183,11 +203,18 @@ impl<'r> Lease<'r> {
                 return Err(err);
             }
         };
-        let total = match lookup {
-            Lookup::Found { len } => len,
-            Lookup::NotFound | Lookup::Error => 0,
+        let (total, version, modified) = match lookup {
+            Lookup::Found { len } => (
+                range.len_within(len),
+                seg.header.answer.object_version.load(Ordering::Acquire),
+                seg.header.answer.modified_secs.load(Ordering::Acquire),
+            ),
+            Lookup::NotFound | Lookup::Error => (0, 0, 0),
         };
         Ok(GetStream {
+            version: ObjectVersion::from_raw(version),
+            modified: (modified != 0)
+                .then(|| std::time::UNIX_EPOCH + Duration::from_secs(modified)),
             consumer: Consumer {
                 seg,
                 total,
@@ -201,7 +228,7 @@ impl<'r> Lease<'r> {
     /// Offers cache `slot` a fill of `len` bytes for `path`. Returns at once; the cache's
     /// answer arrives through the stream (`Error::Declined` from `write` or `finish`).
     pub fn put(mut self, slot: CacheSlot, path: &str, len: u64) -> Result<PutStream<'r>> {
-        let seg = self.send(slot, path, OP_PUT, len)?;
+        let seg = self.send(slot, path, OP_PUT, len, ByteRange::WHOLE)?;
         Ok(PutStream {
             producer: Producer {
                 seg,
@@ -235,9 +262,9 @@ impl std::fmt::Debug for Lease<'_> {
 /// What the cache answered to a GET.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Found; this many bytes follow.
+    /// Found; [`GetStream::body_len`] bytes of it follow.
     Found {
-        /// Total length.
+        /// The whole object's length.
         len: u64,
     },
     /// Not in this cache.
@@ -250,6 +277,8 @@ pub enum Lookup {
 /// quarantines) the segment at once.
 pub struct GetStream<'r> {
     consumer: Consumer<'r>,
+    version: ObjectVersion,
+    modified: Option<std::time::SystemTime>,
     lookup: Lookup,
     state: StreamState,
 }
@@ -263,6 +292,22 @@ impl<'r> GetStream<'r> {
     /// The segment the transfer runs through.
     pub fn segment(&self) -> SegmentIndex {
         SegmentIndex::from_raw(self.consumer.seg.index)
+    }
+
+    /// Bytes this stream carries: the requested range within the object (0 unless found).
+    pub fn body_len(&self) -> u64 {
+        self.consumer.total
+    }
+
+    /// The found object's version, as its cache names it ([`ObjectVersion`]): ranges of two
+    /// answers with the same version fit together.
+    pub fn version(&self) -> ObjectVersion {
+        self.version
+    }
+
+    /// When the found object was last modified, as its cache says (whole seconds), if known.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        self.modified
     }
 
     /// The next chunk, waiting up to `timeout`; `Ok(None)` after the last byte.

@@ -450,3 +450,83 @@ fn a_consumer_count_ahead_of_the_producer_is_a_protocol_error() {
     });
     assert_eq!(region.segment_counts().free, 1);
 }
+
+/// A cache thread that answers one ranged GET from `object` with `version`, copying from the
+/// offset the writer names.
+fn serve_range(
+    region: Arc<Region>,
+    object: Vec<u8>,
+    version: u64,
+) -> std::thread::JoinHandle<crate::ByteRange> {
+    std::thread::spawn(move || loop {
+        let Some(request) = region.next_request(CacheSlot::from_raw(0), T).unwrap() else {
+            continue;
+        };
+        let range = request.range();
+        let modified = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut writer = request
+            .found_object(
+                object.len() as u64,
+                crate::ObjectVersion::from_raw(version),
+                Some(modified),
+            )
+            .unwrap();
+        let end = writer.next_offset() + writer.len();
+        while writer.next_offset() < end {
+            let offset = writer.next_offset() as usize;
+            let mut buf = writer.next_buf(T).unwrap();
+            let n = buf.remaining().min(end as usize - offset);
+            buf.put_slice(&object[offset..offset + n]).unwrap();
+            buf.publish().unwrap();
+        }
+        writer.finish().unwrap();
+        return range;
+    })
+}
+
+#[test]
+fn a_ranged_get_carries_only_its_range_and_the_version() {
+    let object = pattern(3 * 4096 + 17, 5);
+    let len = object.len() as u64;
+    for (range, expected) in [
+        (crate::ByteRange::WHOLE, 0..object.len()),
+        (crate::ByteRange::new(0, 10), 0..10),
+        (crate::ByteRange::new(4000, 5000), 4000..9000),
+        (crate::ByteRange::from(9000), 9000..object.len()),
+        (
+            crate::ByteRange::new(len - 3, 100),
+            object.len() - 3..object.len(),
+        ),
+        (crate::ByteRange::from(len), object.len()..object.len()),
+        (
+            crate::ByteRange::new(len + 50, 10),
+            object.len()..object.len(),
+        ),
+    ] {
+        let region = region(1);
+        let cache = serve_range(Arc::clone(&region), object.clone(), 42);
+        let lease = region.acquire(T).unwrap();
+        let mut stream = lease
+            .get_range(CacheSlot::from_raw(0), "/object", range, T)
+            .unwrap();
+        assert_eq!(stream.lookup(), Lookup::Found { len }, "{range:?}");
+        assert_eq!(stream.version(), crate::ObjectVersion::from_raw(42));
+        assert_eq!(
+            stream.modified(),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(stream.body_len(), expected.len() as u64, "{range:?}");
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next_chunk(T).unwrap() {
+            chunk.append_to(&mut body);
+        }
+        assert!(body == object[expected.clone()], "{range:?}");
+        assert_eq!(
+            cache.join().unwrap(),
+            range,
+            "the cache saw the range asked"
+        );
+        drop(stream);
+        assert_eq!(region.segment_counts().free, 1);
+    }
+}

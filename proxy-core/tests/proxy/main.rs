@@ -8,6 +8,7 @@ mod degraded;
 mod hits;
 mod misses;
 mod process;
+mod slow;
 mod tls;
 
 /// The cache role: this binary re-executed by [`common::CacheChild`]. A no-op in a normal run.
