@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of gfcache against gfserver, measured in the same run on the same files.
 #
-#   1. gfserver on the file set: 1 KiB hits x 32 client threads (req/s, p50, p99), 1 KiB x 1
-#      thread (p50: the baseline for the cache hop), 64 MiB x 1 thread (MB/s).
+#   1. gfserver on the file set: 1 KiB hits x 32 client connections (req/s, p50, p99), 1 KiB x
+#      1 connection (p50: the baseline for the cache hop), 64 MiB x 1 connection (MB/s).
 #   2. For each backend (directory, memory, pack): gfsupervisor with the proxy and the caches,
 #      the same three loads, and the ratios to gfserver. The memory backend starts empty and is
 #      warmed through an origin (python3 -m http.server on the file set) before it is measured.
@@ -10,7 +10,7 @@
 #      asked before (miss -> origin -> fill).
 #
 # Goals (ratios to gfserver in the same run): >= 0.7 for 1 KiB x 32, >= 0.85 for 64 MiB x 1,
-# and a cache hop of at most 100 us at p50 (proxy p50 - gfserver p50, 1 KiB x 1 thread).
+# and a cache hop of at most 100 us at p50 (proxy p50 - gfserver p50, 1 KiB x 1 connection).
 #
 # usage: bench/e2e.sh [FILESET_DIR]
 # env:   SMALL_SECS (10) LATENCY_SECS (5) BIG_SECS (10) MISS_REQUESTS (5000)
@@ -109,15 +109,15 @@ pids+=($!)
 origin=http://127.0.0.1:$origin_port
 wait_http "$origin/small/f0000" 30
 
-# run_load ADDR WORKLOAD THREADS LIMIT...: prints the JSON summary line.
+# run_load ADDR WORKLOAD CONNECTIONS LIMIT...: prints the JSON summary line.
 run_load() {
-    local addr=$1 workload=$2 load_threads=$3
+    local addr=$1 workload=$2 connections=$3
     shift 3
-    "$gfclient" load --server "$addr" --workload "$workload" --threads "$load_threads" "$@" \
+    "$gfclient" load --server "$addr" --workload "$workload" --connections "$connections" "$@" \
         --json | tail -n 1
 }
 
-# check_pass ADDR WORKLOAD THREADS LIMIT...: a load run that verifies every body; exits on a
+# check_pass ADDR WORKLOAD CONNECTIONS LIMIT...: a load run that verifies every body; exits on a
 # failure.
 check_pass() {
     local addr=$1 workload=$2
@@ -308,7 +308,7 @@ results+=("\"miss_memory_origin\": $miss")
     for note in "${notes[@]}"; do
         echo "  $note"
     done
-    printf 'miss-heavy (memory + origin, %s unique 1 KiB paths, 32 threads): %.0f req/s p50 %s us p99 %s us, ok %s, failed %s, origin fetches counted %s\n' \
+    printf 'miss-heavy (memory + origin, %s unique 1 KiB paths, 32 connections): %.0f req/s p50 %s us p99 %s us, ok %s, failed %s, origin fetches counted %s\n' \
         "$miss_requests" "$(json_field "$miss" req_per_s)" "$(json_field "$miss" p50_us)" \
         "$(json_field "$miss" p99_us)" "$(json_field "$miss" ok)" "$(json_field "$miss" failed)" \
         "$origin_fetches"

@@ -5,7 +5,7 @@
 # run without kills is the baseline.
 #
 # usage: bench/failover.sh [FILESET_DIR]
-# env:   SECS (30)  KILL_EVERY (2)  CACHES (3)  LOAD_THREADS (16)
+# env:   SECS (30)  KILL_EVERY (2)  CACHES (3)  LOAD_CONNECTIONS (16)
 #        GF_BIN_DIR (prebuilt binaries; default: cargo build --release)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${SECS:-30}
 kill_every=${KILL_EVERY:-2}
 caches=${CACHES:-3}
-load_threads=${LOAD_THREADS:-16}
+load_connections=${LOAD_CONNECTIONS:-16}
 
 if [[ -z ${GF_BIN_DIR:-} ]]; then
     (cd "$root" && cargo build --release --bin gfclient --bin gfsupervisor)
@@ -80,7 +80,7 @@ done
 
 # load SECONDS: a verified load run; prints its JSON summary.
 load() {
-    "$gfclient" load --server "$addr" --workload "$workload" --threads "$load_threads" \
+    "$gfclient" load --server "$addr" --workload "$workload" --connections "$load_connections" \
         --duration "$1" --verify "$fileset" --json | tail -n 1
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# gfserver baseline: req/s for 1 KiB files with 32 client threads, MB/s for 64 MiB files with
-# one client thread, for sendfile and for read+write bodies. Later benchmarks divide by these.
+# gfserver baseline: req/s for 1 KiB files with 32 client connections, MB/s for 64 MiB files
+# with one connection, for sendfile and for read+write bodies. Later benchmarks divide by these.
 #
 # usage: bench/gfserver.sh [FILESET_DIR]
 # env:   SMALL_SECS (10)  BIG_REQUESTS (20)  SERVER_THREADS (16)
@@ -49,11 +49,11 @@ stop_server() {
     server_pid=
 }
 
-# run_load WORKLOAD THREADS LIMIT...: prints the JSON summary line.
+# run_load WORKLOAD CONNECTIONS LIMIT...: prints the JSON summary line.
 run_load() {
-    local workload=$1 threads=$2
+    local workload=$1 connections=$2
     shift 2
-    "$gfclient" load --server "$addr" --workload "$workload" --threads "$threads" "$@" --json |
+    "$gfclient" load --server "$addr" --workload "$workload" --connections "$connections" "$@" --json |
         tail -n 1
 }
 
@@ -66,10 +66,10 @@ for mode in sendfile read-write; do
     small=$(run_load "$fileset/small.txt" 32 --duration "$small_secs")
     big=$(run_load "$fileset/big.txt" 1 --requests "$big_requests")
     stop_server
-    printf '%-10s 1 KiB x 32 threads: %8.0f req/s  p50 %s us  p99 %s us  failed %s\n' "$mode" \
+    printf '%-10s 1 KiB x 32 conns:  %8.0f req/s  p50 %s us  p99 %s us  failed %s\n' "$mode" \
         "$(json_field "$small" req_per_s)" "$(json_field "$small" p50_us)" \
         "$(json_field "$small" p99_us)" "$(json_field "$small" failed)"
-    printf '%-10s 64 MiB x 1 thread:  %8.1f MB/s   p50 %s us  p99 %s us  failed %s\n' "$mode" \
+    printf '%-10s 64 MiB x 1 conn:   %8.1f MB/s   p50 %s us  p99 %s us  failed %s\n' "$mode" \
         "$(json_field "$big" mb_per_s)" "$(json_field "$big" p50_us)" \
         "$(json_field "$big" p99_us)" "$(json_field "$big" failed)"
     results+=("\"$mode\": {\"small_1k_32t\": $small, \"big_64m_1t\": $big}")

@@ -198,6 +198,9 @@ fn no_connection_and_usage_errors_exit_2() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).starts_with("NO CONNECTION"));
 
+    let workload = dir.path().join("workload.txt");
+    std::fs::write(&workload, "/x\n").unwrap();
+    let workload = workload.to_str().unwrap();
     for args in [
         &["get"][..],
         &["get", "relative/path"],
@@ -213,6 +216,9 @@ fn no_connection_and_usage_errors_exit_2() {
             "1",
         ],
         &["load", "--workload", "/nonexistent", "--threads", "1"],
+        &["load", "-w", workload, "--connections", "0", "-r", "1"],
+        &["load", "-w", workload, "--threads", "0", "-r", "1"],
+        &["load", "-w", workload, "--server", "127.0.0.1", "-r", "1"],
     ] {
         let output = Command::new(GFCLIENT).args(args).output().unwrap();
         assert_eq!(
@@ -249,8 +255,8 @@ fn load_counts_statuses_and_failures() {
             "load",
             "--server",
             &addr,
-            "--threads",
-            "1",
+            "--connections",
+            "3",
             "--requests",
             "9",
             "--json",
@@ -337,4 +343,251 @@ fn output_to_a_stream_writes_into_it_and_never_replaces_it() {
         "{}",
         stderr(&output)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// `gfclient load`, event-driven: many connections over few threads, against real gfserver
+// processes and scripted servers.
+
+const GFSERVER: &str = env!("CARGO_BIN_EXE_gfserver");
+/// A load run that takes longer than this is taken for a hang.
+const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A running gfserver on 127.0.0.1:0, killed on drop.
+struct GfServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl GfServer {
+    fn serve(root: &Path) -> GfServer {
+        use std::io::BufRead;
+        let mut child = Command::new(GFSERVER)
+            .arg("--root")
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0", "--threads", "4"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn gfserver");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the address line");
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!("gfserver did not start: {line:?}");
+        };
+        GfServer {
+            addr: addr.to_owned(),
+            child,
+        }
+    }
+}
+
+impl Drop for GfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `gfclient load --json ARGS...` against `addr` with `workload`; returns the exit code
+/// and the summary. Fails the test if the run does not end within [`LOAD_DEADLINE`].
+fn load(addr: &str, workload: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let child = Command::new(GFCLIENT)
+        .args(["load", "--json", "--server", addr, "--workload"])
+        .arg(workload)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run gfclient load");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let (done, finished) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let output = match finished.recv_timeout(LOAD_DEADLINE) {
+        Ok(output) => output.expect("wait for gfclient"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("gfclient load {args:?} against {addr} did not finish in {LOAD_DEADLINE:?}");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let summary = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("bad JSON {last:?}: {e}; {stdout} {}", stderr(&output)));
+    (output.status.code().expect("exit code"), summary)
+}
+
+/// `len` bytes of a xorshift sequence (cheap in debug builds).
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
+#[test]
+fn load_runs_many_connections_over_few_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = String::new();
+    let mut cycle_bytes = 0u64;
+    for i in 0..20u64 {
+        let len = if i == 0 { 300_000 } else { 1024 + i as usize };
+        std::fs::write(dir.path().join(format!("f{i}")), pseudo_random(len, i)).unwrap();
+        paths.push_str(&format!("/f{i}\n"));
+        cycle_bytes += len as u64;
+    }
+    let workload = dir.path().join("workload.txt");
+    std::fs::write(&workload, paths).unwrap();
+    let server = GfServer::serve(dir.path());
+    let verify = dir.path().to_str().unwrap();
+    let (code, summary) = load(
+        &server.addr,
+        &workload,
+        &["-c", "64", "-t", "2", "-r", "2000", "--verify", verify],
+    );
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(summary["requests"], 2000, "{summary}");
+    assert_eq!(summary["ok"], 2000, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["verify_failed"], 0, "{summary}");
+    assert_eq!(summary["connections"], 64, "{summary}");
+    assert_eq!(summary["threads"], 2, "{summary}");
+    // Every path is asked for in turn: 100 full cycles of the 20 files.
+    assert_eq!(summary["bytes"], 100 * cycle_bytes, "{summary}");
+    assert!(summary["p50_us"].as_u64().unwrap() > 0, "{summary}");
+}
+
+#[test]
+fn load_verify_catches_one_wrong_byte_and_a_missing_file() {
+    let served = tempfile::tempdir().unwrap();
+    let reference = tempfile::tempdir().unwrap();
+    let big = pseudo_random(1 << 20, 7);
+    let mut changed = big.clone();
+    // Far past the first read of the body.
+    changed[700_001] ^= 0x01;
+    std::fs::write(served.path().join("big"), &big).unwrap();
+    std::fs::write(reference.path().join("big"), &changed).unwrap();
+    for dir in [&served, &reference] {
+        std::fs::write(dir.path().join("same"), b"same bytes").unwrap();
+    }
+    // The server says FILE_NOT_FOUND for a file the reference has: also a verify failure.
+    std::fs::write(reference.path().join("absent"), b"here").unwrap();
+    let workload = served.path().join("workload.txt");
+    std::fs::write(&workload, "/big\n/same\n/absent\n").unwrap();
+    let server = GfServer::serve(served.path());
+    let verify = reference.path().to_str().unwrap();
+    let (code, summary) = load(
+        &server.addr,
+        &workload,
+        &["-c", "8", "-t", "2", "-r", "30", "--verify", verify],
+    );
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(summary["ok"], 20, "{summary}");
+    assert_eq!(summary["not_found"], 10, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["verify_failed"], 20, "{summary}");
+
+    // Against its own directory the same run verifies but for the missing file.
+    let (_, summary) = load(
+        &server.addr,
+        &workload,
+        &[
+            "-c",
+            "8",
+            "-r",
+            "30",
+            "--verify",
+            served.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(summary["verify_failed"], 0, "{summary}");
+}
+
+/// A server that answers each of `connections` connections with an OK header announcing
+/// `announced` bytes, sends `sent` of them and closes.
+fn cut_short_server(
+    connections: usize,
+    announced: usize,
+    sent: usize,
+) -> (String, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = thread::spawn(move || {
+        let body = pseudo_random(sent, 3);
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().unwrap();
+            read_request(&mut stream);
+            let _ = stream.write_all(format!("GETFILE OK {announced}\r\n\r\n").as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn load_counts_a_server_closing_mid_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("workload.txt");
+    std::fs::write(&workload, "/big\n").unwrap();
+    let (addr, server) = cut_short_server(12, 1 << 20, 100_000);
+    let (code, summary) = load(&addr, &workload, &["-c", "4", "-t", "2", "-r", "12"]);
+    server.join().unwrap();
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(summary["requests"], 12, "{summary}");
+    assert_eq!(summary["ok"], 0, "{summary}");
+    assert_eq!(summary["failed"], 12, "{summary}");
+    assert_eq!(summary["failures"]["short_body"], 12, "{summary}");
+    assert_eq!(summary["bytes"], 12 * 100_000, "{summary}");
+    assert_eq!(
+        summary["failure_reasons"]["short_body: end of stream"], 12,
+        "{summary}"
+    );
+}
+
+#[test]
+fn load_against_a_refused_port_fails_without_hanging() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("workload.txt");
+    std::fs::write(&workload, "/a\n").unwrap();
+    let (code, summary) = load(&addr, &workload, &["-c", "16", "-t", "2", "-r", "200"]);
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(summary["requests"], 200, "{summary}");
+    assert_eq!(summary["failed"], 200, "{summary}");
+    assert_eq!(summary["failures"]["connect"], 200, "{summary}");
+    let reasons = summary["failure_reasons"].as_object().unwrap();
+    assert!(reasons.keys().all(|r| r.contains("refused")), "{summary}");
+}
+
+#[test]
+fn load_times_out_a_silent_server() {
+    // Connections complete in the kernel's backlog, and nothing ever answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let workload = dir.path().join("workload.txt");
+    std::fs::write(&workload, "/a\n").unwrap();
+    let (code, summary) = load(
+        &addr,
+        &workload,
+        &["-c", "4", "-t", "2", "-r", "4", "--timeout", "0.3"],
+    );
+    drop(listener);
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(summary["failed"], 4, "{summary}");
+    assert_eq!(summary["failures"]["timeout"], 4, "{summary}");
 }

@@ -120,7 +120,7 @@ fn fetch(addr: SocketAddr, path: &str) -> (Status, Vec<u8>) {
 fn load(
     server: &ServerProcess,
     workload: &Path,
-    threads: u32,
+    connections: u32,
     requests: u32,
     verify: &Path,
 ) -> serde_json::Value {
@@ -128,8 +128,8 @@ fn load(
         .args(["load", "--server", &server.server_arg(), "--workload"])
         .arg(workload)
         .args([
-            "--threads",
-            &threads.to_string(),
+            "--connections",
+            &connections.to_string(),
             "--requests",
             &requests.to_string(),
         ])

@@ -1,25 +1,37 @@
-//! The load generator behind `gfclient load`: fixed concurrency, paths from a workload file,
-//! optional byte-for-byte verification, latency percentiles from an HDR histogram.
+//! The load generator behind `gfclient load`, event-driven like wrk: `connections` requests
+//! are kept in flight over a few threads, each with its own `mio::Poll` and its share of the
+//! connections. Every request has its own connection: a non-blocking connect, the request,
+//! the response header (parsed by the strict [`ResponseDecoder`](crate::codec::ResponseDecoder))
+//! and the body, then a close and the next connect. Paths come from a workload file in turn;
+//! bodies can be verified byte for byte as they stream in; latencies (connect start to the last
+//! byte of the answer) go to HDR histograms, one per thread, merged at the end.
+//!
+//! A failure (refused, reset, no local port left, timeout, malformed or short answer) is
+//! counted by kind and by reason; none stops the run.
+
+mod event_loop;
+mod exchange;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::{Client, Error, Status};
+use crate::codec::encode_request;
+use crate::{Client, Error};
+use event_loop::Tally;
+use exchange::Limits;
 
 /// Highest latency the histogram records (longer ones are clamped), in microseconds.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Period of the live progress line.
 const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
-/// Compared per read while verifying.
-const VERIFY_CHUNK: usize = 64 * 1024;
 
 /// When a run stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,17 +45,20 @@ pub enum Limit {
 /// Settings of a load run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
-    /// `host:port` of the server.
+    /// `host:port` of the server, resolved once at the start (the first address is used).
     pub server: String,
     /// Paths to request, in turn.
     pub paths: Vec<String>,
-    /// Concurrent clients.
+    /// Connections kept in flight, one request each.
+    pub connections: usize,
+    /// Event-loop threads sharing the connections (at most `connections` are used).
     pub threads: usize,
     /// When to stop.
     pub limit: Limit,
     /// Compare every body with `DIR/path`.
     pub verify: Option<PathBuf>,
-    /// Timeouts.
+    /// Timeouts: `connect_timeout` from the start of a connect until the request is written,
+    /// `io_timeout` for the longest silence after that.
     pub client: Client,
     /// Show a live progress line on stderr.
     pub progress: bool,
@@ -87,16 +102,21 @@ pub struct Summary {
     pub invalid: u64,
     /// Failed exchanges (no connection, malformed response, short body, timeout...).
     pub failed: u64,
-    /// Failures by kind.
+    /// Failures by kind: connect, timeout, io, malformed, unexpected, short_body.
     pub failures: BTreeMap<&'static str, u64>,
+    /// Failures by reason (the kind and the error, e.g. `connect: Connection refused (os
+    /// error 111)`).
+    pub failure_reasons: BTreeMap<String, u64>,
     /// Responses that differed from the verify directory.
     pub verify_failed: u64,
     /// Body bytes received.
     pub bytes: u64,
     /// Wall-clock length of the run.
     pub seconds: f64,
-    /// Concurrent clients.
+    /// Event-loop threads used.
     pub threads: usize,
+    /// Connections kept in flight.
+    pub connections: usize,
     /// Latency percentiles in microseconds: p50, p90, p99, p99.9, max.
     pub latency_us: [u64; 5],
 }
@@ -123,9 +143,11 @@ impl Summary {
             "invalid": self.invalid,
             "failed": self.failed,
             "failures": self.failures,
+            "failure_reasons": self.failure_reasons,
             "verify_failed": self.verify_failed,
             "bytes": self.bytes,
             "threads": self.threads,
+            "connections": self.connections,
             "seconds": self.seconds,
             "req_per_s": self.req_per_s(),
             "mb_per_s": self.mb_per_s(),
@@ -141,11 +163,12 @@ impl Summary {
     pub fn render(&self) -> String {
         let [p50, p90, p99, p999, max] = self.latency_us;
         let mut out = format!(
-            "requests {} in {:.2} s with {} threads: {:.1} req/s, {:.2} MB/s\n\
+            "requests {} in {:.2} s with {} connections on {} threads: {:.1} req/s, {:.2} MB/s\n\
              status   ok {}  not_found {}  error {}  invalid {}  failed {}  verify_failed {}\n\
              latency  p50 {p50} us  p90 {p90} us  p99 {p99} us  p999 {p999} us  max {max} us\n",
             self.requests,
             self.seconds,
+            self.connections,
             self.threads,
             self.req_per_s(),
             self.mb_per_s(),
@@ -163,6 +186,9 @@ impl Summary {
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect();
             out.push_str(&format!("failures {}\n", kinds.join("  ")));
+            for (reason, n) in &self.failure_reasons {
+                out.push_str(&format!("  {n} x {reason}\n"));
+            }
         }
         out
     }
@@ -176,7 +202,8 @@ fn per_second(amount: f64, seconds: f64) -> f64 {
     }
 }
 
-/// Counters shared by the clients and the progress line.
+/// Counters shared by the load threads and the progress line (the threads add to them a few
+/// times a second, not per request).
 #[derive(Default)]
 struct Live {
     claimed: AtomicU64,
@@ -186,53 +213,95 @@ struct Live {
     finished: AtomicBool,
 }
 
-/// What one client thread saw.
-struct Tally {
-    summary: Summary,
-    histogram: Histogram<u64>,
+/// What every load thread shares: the resolved address, the encoded requests, the limit.
+struct Plan<'a> {
+    config: &'a LoadConfig,
+    addr: SocketAddr,
+    /// `GETFILE GET <path>\r\n\r\n` for each path, encoded once.
+    requests: Vec<Vec<u8>>,
+    limits: Limits,
+    live: &'a Live,
+    start: Instant,
 }
 
-impl Tally {
-    fn new() -> Result<Tally, Error> {
-        let histogram = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .map_err(|e| Error::Config(format!("histogram: {e}")))?;
-        Ok(Tally {
-            summary: Summary::default(),
-            histogram,
-        })
+impl Plan<'_> {
+    /// Claims the next request (an index into the paths), or `None` when the run is over.
+    fn next_request(&self) -> Option<usize> {
+        let n = match self.config.limit {
+            Limit::Requests(total) => {
+                let n = self.live.claimed.fetch_add(1, Ordering::Relaxed);
+                (n < total).then_some(n)?
+            }
+            Limit::Duration(length) => (self.start.elapsed() < length)
+                .then(|| self.live.claimed.fetch_add(1, Ordering::Relaxed))?,
+        };
+        usize::try_from(n % self.requests.len() as u64).ok()
+    }
+
+    fn request(&self, index: usize) -> &[u8] {
+        self.requests
+            .get(index)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    fn path(&self, index: usize) -> &str {
+        self.config
+            .paths
+            .get(index)
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 }
 
 /// Runs the load and returns the summary.
 pub fn run(config: &LoadConfig) -> Result<Summary, Error> {
-    if config.threads == 0 || config.paths.is_empty() {
+    if config.connections == 0 || config.threads == 0 || config.paths.is_empty() {
         return Err(Error::Config(
-            "need at least one thread and one path".into(),
+            "need at least one connection, one thread and one path".into(),
         ));
     }
+    let requests = config
+        .paths
+        .iter()
+        .map(|path| {
+            encode_request(path).map_err(|e| Error::Config(format!("workload path {path:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let addr = resolve(&config.server)?;
+    let threads = config.threads.min(config.connections);
     let live = Arc::new(Live::default());
     let start = Instant::now();
+    let plan = Plan {
+        config,
+        addr,
+        requests,
+        limits: Limits {
+            connect: config.client.connect_timeout,
+            io: config.client.io_timeout,
+        },
+        live: &live,
+        start,
+    };
     let progress = config
         .progress
         .then(|| spawn_progress(Arc::clone(&live), start));
-    let tallies = Mutex::new(Vec::new());
-    let first_error = Mutex::new(None);
-    thread::scope(|scope| {
-        for _ in 0..config.threads {
-            scope.spawn(|| match Tally::new() {
-                Ok(mut tally) => {
-                    client_loop(config, &live, start, &mut tally);
-                    if let Ok(mut all) = tallies.lock() {
-                        all.push(tally);
-                    }
-                }
-                Err(e) => {
-                    if let Ok(mut slot) = first_error.lock() {
-                        *slot = Some(e);
-                    }
-                }
-            });
-        }
+    let results: Vec<Result<Tally, Error>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let share =
+                    config.connections / threads + usize::from(t < config.connections % threads);
+                let plan = &plan;
+                scope.spawn(move || event_loop::run(plan, share))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Config("a load thread panicked".into())))
+            })
+            .collect()
     });
     let seconds = start.elapsed().as_secs_f64();
     live.finished.store(true, Ordering::SeqCst);
@@ -240,17 +309,29 @@ pub fn run(config: &LoadConfig) -> Result<Summary, Error> {
         handle.thread().unpark();
         let _ = handle.join();
     }
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    let tallies = tallies.into_inner().unwrap_or_default();
-    Ok(merge(tallies, seconds, config.threads))
+    let tallies = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut summary = merge(tallies, seconds);
+    summary.threads = threads;
+    summary.connections = config.connections;
+    Ok(summary)
 }
 
-fn merge(tallies: Vec<Tally>, seconds: f64, threads: usize) -> Summary {
+/// The server's first address.
+fn resolve(server: &str) -> Result<SocketAddr, Error> {
+    let connect_error = |source: io::Error| Error::Connect {
+        addr: server.to_owned(),
+        source,
+    };
+    server
+        .to_socket_addrs()
+        .map_err(connect_error)?
+        .next()
+        .ok_or_else(|| connect_error(io::Error::new(io::ErrorKind::InvalidInput, "no address")))
+}
+
+fn merge(tallies: Vec<Tally>, seconds: f64) -> Summary {
     let mut summary = Summary {
         seconds,
-        threads,
         ..Summary::default()
     };
     let mut histogram: Option<Histogram<u64>> = None;
@@ -266,6 +347,9 @@ fn merge(tallies: Vec<Tally>, seconds: f64, threads: usize) -> Summary {
         summary.bytes += s.bytes;
         for (kind, n) in s.failures {
             *summary.failures.entry(kind).or_default() += n;
+        }
+        for (reason, n) in s.failure_reasons {
+            *summary.failure_reasons.entry(reason).or_default() += n;
         }
         match &mut histogram {
             Some(h) => {
@@ -285,177 +369,6 @@ fn merge(tallies: Vec<Tally>, seconds: f64, threads: usize) -> Summary {
         ];
     }
     summary
-}
-
-/// Claims the next request number, or `None` when the run is over.
-fn next_request(config: &LoadConfig, live: &Live, start: Instant) -> Option<u64> {
-    match config.limit {
-        Limit::Requests(total) => {
-            let n = live.claimed.fetch_add(1, Ordering::Relaxed);
-            (n < total).then_some(n)
-        }
-        Limit::Duration(length) => {
-            (start.elapsed() < length).then(|| live.claimed.fetch_add(1, Ordering::Relaxed))
-        }
-    }
-}
-
-fn client_loop(config: &LoadConfig, live: &Live, start: Instant, tally: &mut Tally) {
-    while let Some(n) = next_request(config, live, start) {
-        let index = usize::try_from(n % config.paths.len() as u64).unwrap_or(0);
-        let Some(path) = config.paths.get(index) else {
-            return;
-        };
-        let began = Instant::now();
-        let result = one_request(config, path);
-        let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-        tally
-            .histogram
-            .saturating_record(micros.clamp(1, MAX_LATENCY_US));
-        let s = &mut tally.summary;
-        s.requests += 1;
-        match result {
-            Ok((outcome, verified)) => {
-                match outcome.status {
-                    Status::Ok => s.ok += 1,
-                    Status::FileNotFound => s.not_found += 1,
-                    Status::Error => s.error += 1,
-                    Status::Invalid => s.invalid += 1,
-                }
-                s.bytes += outcome.received;
-                live.bytes.fetch_add(outcome.received, Ordering::Relaxed);
-                if !verified {
-                    s.verify_failed += 1;
-                }
-            }
-            Err((e, received)) => {
-                s.failed += 1;
-                s.bytes += received;
-                live.bytes.fetch_add(received, Ordering::Relaxed);
-                live.failed.fetch_add(1, Ordering::Relaxed);
-                *s.failures.entry(failure_kind(&e)).or_default() += 1;
-                tracing::debug!(%path, error = %e, "request failed");
-            }
-        }
-        live.done.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A short name for a failure, for the summary.
-pub fn failure_kind(error: &Error) -> &'static str {
-    match error {
-        Error::Connect { .. } => "connect",
-        Error::Malformed(_) => "malformed",
-        Error::UnexpectedMessage { .. } => "unexpected",
-        Error::ShortBody { .. } => "short_body",
-        Error::Output(_) => "output",
-        Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => "timeout",
-        Error::Io(_) => "io",
-        Error::Config(_) => "config",
-    }
-}
-
-/// One request: the outcome and whether it matched the verify directory (true without one).
-fn one_request(
-    config: &LoadConfig,
-    path: &str,
-) -> Result<(crate::FetchOutcome, bool), (Error, u64)> {
-    match &config.verify {
-        None => {
-            let mut sink = Counter(0);
-            config
-                .client
-                .fetch(&config.server, path, &mut sink)
-                .map(|o| (o, true))
-                .map_err(|e| (e, sink.0))
-        }
-        Some(dir) => {
-            let expected = open_expected(dir, path);
-            let mut checker = Verifier::new(expected);
-            let result = config.client.fetch(&config.server, path, &mut checker);
-            match result {
-                Ok(outcome) => {
-                    let matches = match outcome.status {
-                        Status::Ok => checker.finish(),
-                        // A file the server says does not exist must not exist.
-                        Status::FileNotFound => checker.expected.is_none(),
-                        _ => true,
-                    };
-                    Ok((outcome, matches))
-                }
-                Err(e) => Err((e, checker.seen)),
-            }
-        }
-    }
-}
-
-fn open_expected(dir: &Path, path: &str) -> Option<BufReader<File>> {
-    let file = File::open(dir.join(path.trim_start_matches('/'))).ok()?;
-    file.metadata()
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|_| BufReader::with_capacity(VERIFY_CHUNK, file))
-}
-
-/// Counts bytes and drops them.
-struct Counter(u64);
-
-impl Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Compares the body with the expected file as it streams in.
-struct Verifier {
-    expected: Option<BufReader<File>>,
-    scratch: Vec<u8>,
-    seen: u64,
-    mismatch: bool,
-}
-
-impl Verifier {
-    fn new(expected: Option<BufReader<File>>) -> Verifier {
-        Verifier {
-            mismatch: expected.is_none(),
-            expected,
-            scratch: Vec::new(),
-            seen: 0,
-        }
-    }
-
-    /// Whether the body matched the whole file.
-    fn finish(mut self) -> bool {
-        if self.mismatch {
-            return false;
-        }
-        let mut byte = [0u8; 1];
-        matches!(
-            self.expected.as_mut().map(|f| f.read(&mut byte)),
-            Some(Ok(0))
-        )
-    }
-}
-
-impl Write for Verifier {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.seen += buf.len() as u64;
-        if !self.mismatch {
-            if let Some(file) = self.expected.as_mut() {
-                self.scratch.resize(buf.len(), 0);
-                let same = file.read_exact(&mut self.scratch).is_ok() && self.scratch == buf;
-                self.mismatch = !same;
-            }
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn spawn_progress(live: Arc<Live>, start: Instant) -> thread::JoinHandle<()> {

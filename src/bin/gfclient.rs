@@ -42,14 +42,21 @@ enum Command {
     },
     /// Generate load and print a summary. Exit code 1 if any request failed or did not
     /// verify.
+    ///
+    /// Event-driven like wrk: CONNECTIONS requests are kept in flight, each on its own
+    /// connection (connect, send, read the whole answer, close, connect again), spread over
+    /// THREADS event-loop threads.
     Load {
         #[command(flatten)]
         common: Common,
         /// Paths to request, one per line (as the course's workload.txt).
         #[arg(short, long)]
         workload: PathBuf,
-        /// Concurrent clients.
-        #[arg(short, long, default_value_t = 1)]
+        /// Connections kept in flight (the concurrency), one request each.
+        #[arg(short, long, default_value_t = 32)]
+        connections: usize,
+        /// Event-loop threads sharing the connections (at most CONNECTIONS are used).
+        #[arg(short, long, default_value_t = 2)]
         threads: usize,
         /// Total requests.
         #[arg(
@@ -76,10 +83,10 @@ struct Common {
     /// Server address.
     #[arg(short, long, default_value = "127.0.0.1:10823")]
     server: String,
-    /// Seconds allowed to connect.
+    /// Seconds allowed to connect (for `load`: until the request is written).
     #[arg(long, default_value_t = 5.0)]
     connect_timeout: f64,
-    /// Seconds allowed for each read or write.
+    /// Seconds allowed for each read or write (for `load`: the longest silence of a connection).
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
 }
@@ -110,6 +117,7 @@ fn main() -> ExitCode {
         Command::Load {
             common,
             workload,
+            connections,
             threads,
             requests,
             duration,
@@ -124,7 +132,13 @@ fn main() -> ExitCode {
                 (None, None) => Err("give --requests or --duration".to_owned()),
             };
             limit
-                .and_then(|limit| load_run(&common, &workload, threads, limit, verify, json))
+                .and_then(|limit| {
+                    let concurrency = Concurrency {
+                        connections,
+                        threads,
+                    };
+                    load_run(&common, &workload, concurrency, limit, verify, json)
+                })
                 .unwrap_or_else(|message| {
                     eprintln!("gfclient: {message}");
                     EXIT_USAGE
@@ -264,23 +278,35 @@ fn usage(message: &str) -> u8 {
     EXIT_USAGE
 }
 
+/// `--connections` and `--threads` of `load`.
+struct Concurrency {
+    connections: usize,
+    threads: usize,
+}
+
 fn load_run(
     common: &Common,
     workload: &Path,
-    threads: usize,
+    concurrency: Concurrency,
     limit: Limit,
     verify: Option<PathBuf>,
     json: bool,
 ) -> Result<u8, String> {
     let client = common.client()?;
     let paths = load::read_workload(workload).map_err(|e| e.to_string())?;
-    if threads == 0 {
+    if concurrency.connections == 0 {
+        return Err("--connections must be at least 1".to_owned());
+    }
+    if concurrency.threads == 0 {
         return Err("--threads must be at least 1".to_owned());
     }
+    // Every connection in flight is a descriptor.
+    gfcache::raise_open_files_limit();
     let config = LoadConfig {
         server: common.server.clone(),
         paths,
-        threads,
+        connections: concurrency.connections,
+        threads: concurrency.threads,
         limit,
         verify,
         client,
