@@ -1,6 +1,6 @@
 //! Open connections by state: exact counts kept by the front door and the workers, readable at
 //! any time ([`Server::connection_counts`](crate::Server::connection_counts)) and announced to
-//! the handler after every change ([`Handler::connections_changed`]).
+//! the handler as moves between states ([`Handler::connection_moved`]).
 //!
 //! The states are protocol-neutral: a GetFile connection goes `ReadingHeader ->
 //! WaitingForWorker -> Sending` (or `ReadingHeader -> Closing` when its header is refused);
@@ -121,16 +121,16 @@ impl Tracker {
     pub(crate) fn open(self: &Arc<Self>, state: ConnectionState) -> Tracked {
         self.counts.open.fetch_add(1, Ordering::SeqCst);
         self.counts.add(state);
-        self.changed();
+        self.moved(None, Some(state));
         Tracked {
             tracker: Arc::clone(self),
             state,
         }
     }
 
-    fn changed(&self) {
+    fn moved(&self, left: Option<ConnectionState>, entered: Option<ConnectionState>) {
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            self.handler.connections_changed(&self.counts)
+            self.handler.connection_moved(left, entered)
         }));
     }
 }
@@ -150,8 +150,8 @@ impl Tracked {
         let counts = &self.tracker.counts;
         counts.add(state);
         counts.sub(self.state);
-        self.state = state;
-        self.tracker.changed();
+        let left = std::mem::replace(&mut self.state, state);
+        self.tracker.moved(Some(left), Some(state));
     }
 }
 
@@ -160,7 +160,7 @@ impl Drop for Tracked {
         let counts = &self.tracker.counts;
         counts.sub(self.state);
         counts.open.fetch_sub(1, Ordering::SeqCst);
-        self.tracker.changed();
+        self.tracker.moved(Some(self.state), None);
     }
 }
 

@@ -199,6 +199,8 @@ struct Connection<F> {
     state: State<F>,
     tracked: Tracked,
     served: u32,
+    /// Whether the socket is in the poll (a request read whole at accept never is).
+    registered: bool,
 }
 
 /// What accepting with the reserve descriptor came to.
@@ -476,14 +478,6 @@ impl<F: HeaderFramer> FrontDoor<F> {
         }
         let token = self.next_token;
         self.next_token += 1;
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&stream.as_raw_fd()),
-            Token(token),
-            Interest::READABLE,
-        ) {
-            tracing::warn!(error = %e, "cannot register a connection");
-            return;
-        }
         self.header_deadlines
             .push_back((Instant::now() + self.config.header_timeout, token));
         self.connections.insert(
@@ -494,11 +488,37 @@ impl<F: HeaderFramer> FrontDoor<F> {
                 state: State::Reading(F::new()),
                 tracked,
                 served: 0,
+                registered: false,
             },
         );
-        // Bytes that arrived with the connection are read at once: with edge-triggered epoll
-        // the registration may not report them.
+        // The request usually arrives with the connection: read first, and poll the socket
+        // only if it is not all there (two epoll_ctl calls saved per such request).
         self.on_readable(token);
+    }
+
+    /// Puts a connection's socket in the poll; false (and the connection closed) if it fails.
+    fn ensure_registered(&mut self, token: usize) -> bool {
+        let Some(connection) = self.connections.get_mut(&token) else {
+            return false;
+        };
+        if connection.registered {
+            return true;
+        }
+        match self.poll.registry().register(
+            &mut SourceFd(&connection.stream.as_raw_fd()),
+            Token(token),
+            Interest::READABLE,
+        ) {
+            Ok(()) => {
+                connection.registered = true;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register a connection");
+                drop(self.remove(token));
+                false
+            }
+        }
     }
 
     /// Takes back the connections workers kept alive.
@@ -529,14 +549,6 @@ impl<F: HeaderFramer> FrontDoor<F> {
         }
         let token = self.next_token;
         self.next_token += 1;
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&stream.as_raw_fd()),
-            Token(token),
-            Interest::READABLE,
-        ) {
-            tracing::debug!(error = %e, "cannot register a kept-alive connection");
-            return;
-        }
         tracked.set(ConnectionState::Idle);
         self.idle_deadlines
             .push_back((Instant::now() + self.config.idle_timeout, token));
@@ -548,6 +560,7 @@ impl<F: HeaderFramer> FrontDoor<F> {
                 state: State::Idle(F::new()),
                 tracked,
                 served,
+                registered: false,
             },
         );
         if !leftover.is_empty() {
@@ -577,11 +590,11 @@ impl<F: HeaderFramer> FrontDoor<F> {
     /// Acts on what reading found; true while the connection stays in the loop reading.
     fn after_step(&mut self, token: usize, step: Step<F::Request, F::Error>) -> bool {
         match step {
-            Step::More => return true,
+            Step::More => return self.ensure_registered(token),
             Step::Started => {
                 self.header_deadlines
                     .push_back((Instant::now() + self.config.header_timeout, token));
-                return true;
+                return self.ensure_registered(token);
             }
             Step::Complete(request) => self.queue_for_worker(token, request),
             Step::Malformed(reason) => self.reject(token, Refusal::Malformed(reason)),
@@ -592,10 +605,12 @@ impl<F: HeaderFramer> FrontDoor<F> {
 
     fn remove(&mut self, token: usize) -> Option<Connection<F>> {
         let connection = self.connections.remove(&token)?;
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&connection.stream.as_raw_fd()));
+        if connection.registered {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&connection.stream.as_raw_fd()));
+        }
         Some(connection)
     }
 

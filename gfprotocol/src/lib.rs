@@ -157,13 +157,12 @@ pub trait Handler: Send + Sync + 'static {
         let _ = status;
     }
 
-    /// Told after any of the [`ConnectionCounts`] changed, on the thread that changed it (the
-    /// front door or a worker), so that a handler can publish them as gauges. Calls from
-    /// different threads may overlap and arrive in any order: read the counts in the call
-    /// (they are current), and serialise the publication if it must end on the latest value.
-    /// Keep it short: it runs on every connection's every move. Does nothing by default.
-    fn connections_changed(&self, counts: &ConnectionCounts) {
-        let _ = counts;
+    /// Told after a connection moved from state `left` to state `entered` (`None`: it was just
+    /// opened, or it closed), on the thread that moved it (the front door or a worker), so that
+    /// a handler can keep gauges of the [`ConnectionCounts`] with one atomic add per move. Keep
+    /// it short: it runs on every connection's every move. Does nothing by default.
+    fn connection_moved(&self, left: Option<ConnectionState>, entered: Option<ConnectionState>) {
+        let _ = (left, entered);
     }
 }
 

@@ -181,6 +181,14 @@ impl StatsBlock<'_> {
         }
     }
 
+    /// Adds `delta` (which may be negative) to a gauge: for a gauge that several threads move
+    /// up and down, without a lock. The cell wraps like the `i64` it then holds.
+    pub fn gauge_add(&self, gauge: GaugeId, delta: i64) {
+        if let Some(cell) = self.area.and_then(|area| area.gauges.get(gauge.index())) {
+            cell.fetch_add(delta as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Records one observation.
     pub fn observe(&self, histogram: HistogramId, elapsed: Duration) {
         let Some(area) = self

@@ -199,9 +199,8 @@ impl Proxy {
             ctx: Arc::clone(&ctx),
         });
         let server = Server::bind(server_config, handler)?;
-        // The gauges of a previous process in this slot would otherwise stay until the first
-        // connection.
-        ctx.stats.publish_connections(&server.connection_counts());
+        // A previous process in this slot may have left its counts; this one moves them from 0.
+        ctx.stats.reset_connections();
         Ok((ctx, server))
     }
 }
@@ -235,8 +234,12 @@ impl Handler for Frontend {
         self.ctx.stats.incr(metrics::Counter::HeaderTimeouts);
     }
 
-    fn connections_changed(&self, counts: &gfprotocol::ConnectionCounts) {
-        self.ctx.stats.publish_connections(counts);
+    fn connection_moved(
+        &self,
+        left: Option<gfprotocol::ConnectionState>,
+        entered: Option<gfprotocol::ConnectionState>,
+    ) {
+        self.ctx.stats.connection_moved(left, entered);
     }
 
     fn rejected(&self, peer: SocketAddr, reason: &gfprotocol::Malformed) {

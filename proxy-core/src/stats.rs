@@ -2,10 +2,10 @@
 //! (what each cell means is in [`crate::metrics`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use gfprotocol::{ConnectionCounts, ConnectionState};
+use gfprotocol::ConnectionState;
 use ipc::{Member, Region};
 
 use crate::metrics::{Counter, Gauge, Histogram};
@@ -33,8 +33,6 @@ pub struct Stats {
     region: Arc<Region>,
     member: Member,
     in_flight: Arc<AtomicU64>,
-    /// Serialises the publication of the connection gauges (see `publish_connections`).
-    connections: Arc<Mutex<()>>,
 }
 
 impl Stats {
@@ -44,21 +42,30 @@ impl Stats {
             region,
             member,
             in_flight: Arc::new(AtomicU64::new(0)),
-            connections: Arc::new(Mutex::new(())),
         }
     }
 
-    /// Copies the front end's connection counts into the gauges. The calls come from every
-    /// thread that moves a connection, in any order; one at a time, each reading the counts
-    /// under the lock, the last to run writes the latest values.
-    pub fn publish_connections(&self, counts: &ConnectionCounts) {
-        let _serialised = self
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// Sets every connection gauge to 0 (before the server opens its first connection).
+    pub fn reset_connections(&self) {
         let block = self.region.stats(self.member);
         for state in ConnectionState::ALL {
-            block.set(Gauge::Connections(state).id(), counts.get(state) as u64);
+            block.set(Gauge::Connections(state).id(), 0);
+        }
+    }
+
+    /// Moves one connection between the gauges of its states: one atomic add each, no lock
+    /// (a connection enters a state before it leaves it, so no gauge dips below zero).
+    pub fn connection_moved(
+        &self,
+        left: Option<ConnectionState>,
+        entered: Option<ConnectionState>,
+    ) {
+        let block = self.region.stats(self.member);
+        if let Some(state) = entered {
+            block.gauge_add(Gauge::Connections(state).id(), 1);
+        }
+        if let Some(state) = left {
+            block.gauge_add(Gauge::Connections(state).id(), -1);
         }
     }
 
