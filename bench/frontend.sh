@@ -386,7 +386,9 @@ proxy_pid=$(python3 -c 'import json,sys; print(next(c["pid"] for c in json.loads
 for server in "$new_addr" "$base_addr" "$addr"; do
     check_pass "$server"
 done
-gf_load "$stream_addr" "$work/one.txt" "$connections" --requests 2000 >/dev/null || true
+# A warm-up of the stream responder (a fixed number of requests, not the timed run).
+"$gfclient" load --server "$stream_addr" --workload "$work/one.txt" --connections "$connections" \
+    --threads "$load_threads" --requests 2000 --json >/dev/null || true
 
 # ---------------------------------------------------------------------------------------------
 # a. The load tool's ceiling, and b. 1 KiB files, one request per connection, in rounds
