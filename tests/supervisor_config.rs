@@ -69,6 +69,32 @@ fn check_config_verifies_what_it_can_without_starting() {
         "{out}"
     );
 
+    // An HTTP listen port another process holds, and one the metrics endpoint wants too.
+    let mut setup = Setup::new(Backend::Directory(dir.path().join("content"))).with_http();
+    setup.http_port = Some(held.port());
+    let text = setup.render(&dir.path().join("run"));
+    let (ok, out) = check(dir.path(), &text);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "line {}: proxy.http_listen: cannot listen on {held}",
+            line_of(&text, "http_listen =")
+        )),
+        "{out}"
+    );
+    setup.http_port = Some(setup.metrics_port);
+    let (ok, out) = check(dir.path(), &setup.render(&dir.path().join("run")));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("supervisor.metrics_listen: must differ from proxy.http_listen"),
+        "{out}"
+    );
+    let http = free_port();
+    setup.http_port = Some(http);
+    let (ok, out) = check(dir.path(), &setup.render(&dir.path().join("run")));
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("HTTP 127.0.0.1:{http}")), "{out}");
+
     // A run_dir under a regular file.
     let file = dir.path().join("plain-file");
     std::fs::write(&file, "x").unwrap();

@@ -13,7 +13,9 @@
 //!    deadline ([`Handler::header_timed_out`](crate::Handler::header_timed_out)).
 //! 3. **closing** (`Closing`): after an INVALID the loop lingers: it half-closes and discards
 //!    what the client still sends (bounded in time and bytes), so the close is a FIN and not a
-//!    reset that could destroy the answer.
+//!    reset that could destroy the answer. An HTTP connection whose answer closes it (a worker
+//!    half-closed it: `Connection: close`, an unread request body, the last request allowed)
+//!    comes back from its worker to linger the same way.
 //! 4. **waiting for a worker** (`WaitingForWorker`): a complete header; the parsed request and
 //!    the socket leave the loop for the worker pool's bounded queue (held in the loop while the
 //!    queue is full).
@@ -91,6 +93,10 @@ pub(crate) trait HeaderFramer {
     fn timeout_refusal() -> Vec<u8>;
     /// Tells the handler of a refused header.
     fn report(handler: &dyn Handler, peer: SocketAddr, error: &Self::Error);
+    /// Tells the handler of a header not complete by the deadline.
+    fn report_timeout(handler: &dyn Handler, peer: SocketAddr) {
+        handler.header_timed_out(peer);
+    }
 }
 
 /// The GetFile request header; yields the path.
@@ -128,8 +134,8 @@ impl HeaderFramer for GetFileFramer {
 pub(crate) trait JobOf<R>: From<Ready<R>> + Into<Ready<R>> + Send + 'static {}
 impl<R, J: From<Ready<R>> + Into<Ready<R>> + Send + 'static> JobOf<R> for J {}
 
-/// A connection handed back by a worker after a response that keeps it open: it waits in the
-/// loop (no worker) for its next request, up to the idle timeout.
+/// A connection handed back by a worker after its response: kept open, it waits in the loop (no
+/// worker) for its next request, up to the idle timeout; closing, it lingers.
 pub(crate) struct KeptAlive {
     pub(crate) stream: TcpStream,
     pub(crate) peer: SocketAddr,
@@ -138,6 +144,10 @@ pub(crate) struct KeptAlive {
     pub(crate) leftover: Vec<u8>,
     /// Requests answered on the connection so far.
     pub(crate) served: u32,
+    /// The response closed the connection (its write side is shut): the loop drains what the
+    /// client still sends, as after a refusal, so that a request body or a pipelined request
+    /// left unread cannot turn the close into a reset that destroys the answer in flight.
+    pub(crate) closing: bool,
 }
 
 /// Where workers hand kept-alive connections back to their front door.
@@ -535,7 +545,8 @@ impl<F: HeaderFramer> FrontDoor<F> {
         }
     }
 
-    /// A kept-alive connection waits, idle, for its next request (which may be here already).
+    /// A kept-alive connection waits, idle, for its next request (which may be here already); a
+    /// closing one lingers.
     fn readmit(&mut self, kept: KeptAlive) {
         let KeptAlive {
             stream,
@@ -543,27 +554,39 @@ impl<F: HeaderFramer> FrontDoor<F> {
             connection: mut tracked,
             leftover,
             served,
+            closing,
         } = kept;
         if stream.set_nonblocking(true).is_err() {
             return;
         }
         let token = self.next_token;
         self.next_token += 1;
-        tracked.set(ConnectionState::Idle);
-        self.idle_deadlines
-            .push_back((Instant::now() + self.config.idle_timeout, token));
+        let state = match closing {
+            true => {
+                tracked.set(ConnectionState::Closing);
+                self.linger_deadlines
+                    .push_back((Instant::now() + LINGER_TIME, token));
+                State::Lingering { drained: 0 }
+            }
+            false => {
+                tracked.set(ConnectionState::Idle);
+                self.idle_deadlines
+                    .push_back((Instant::now() + self.config.idle_timeout, token));
+                State::Idle(F::new())
+            }
+        };
         self.connections.insert(
             token,
             Connection {
                 stream,
                 peer,
-                state: State::Idle(F::new()),
+                state,
                 tracked,
                 served,
                 registered: false,
             },
         );
-        if !leftover.is_empty() {
+        if !closing && !leftover.is_empty() {
             let step = match self.connections.get_mut(&token) {
                 Some(connection) => feed(connection, &leftover),
                 None => return,
@@ -649,7 +672,9 @@ impl<F: HeaderFramer> FrontDoor<F> {
             }
             Refusal::TimedOut => {
                 tracing::debug!(%peer, "request header not complete in time");
-                let _ = catch_unwind(AssertUnwindSafe(|| handler.header_timed_out(peer)));
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    F::report_timeout(handler.as_ref(), peer)
+                }));
             }
         }
         match answered {

@@ -110,6 +110,11 @@ impl HeaderFramer for HttpFramer {
     fn report(handler: &dyn Handler, peer: SocketAddr, error: &HttpError) {
         handler.http_refused(peer, error.status());
     }
+
+    fn report_timeout(handler: &dyn Handler, peer: SocketAddr) {
+        handler.header_timed_out(peer);
+        handler.http_answered(StatusCode::RequestTimeout.as_u16());
+    }
 }
 
 /// What a hit or a miss says about the object, for the response head.
@@ -292,10 +297,15 @@ impl HttpExchange {
         out
     }
 
-    /// The bytes of the object worth asking a cache for before its length is known: a
-    /// `bytes=a-b` or `bytes=a-` range (when no If-Range or conditional can turn it into a
-    /// whole answer, the proxy still checks the answer's delivery); else everything.
+    /// The bytes of the object worth asking a cache for before its length is known: none for
+    /// HEAD (the head needs only the length and validators, and a transfer dropped mid-object
+    /// would count as a failed one at the cache), a `bytes=a-b` or `bytes=a-` range (when no
+    /// If-Range or conditional can turn it into a whole answer, the proxy still checks the
+    /// answer's delivery); else everything.
     pub(crate) fn wanted(&self) -> (u64, Option<u64>) {
+        if self.request.method == Method::Head {
+            return (0, Some(0));
+        }
         let Some(value) = &self.request.range else {
             return (0, None);
         };

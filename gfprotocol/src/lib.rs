@@ -133,8 +133,9 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Told after a connection's request header was not complete `header_timeout` after
-    /// accept; the server answered `INVALID` and closes it. Not told to
-    /// [`rejected`](Handler::rejected). For counting; does nothing by default.
+    /// accept (or, on a kept-alive HTTP connection, after its first byte); the server answered
+    /// `INVALID` (HTTP: 408, also told to [`http_answered`](Handler::http_answered)) and closes
+    /// it. Not told to [`rejected`](Handler::rejected). For counting; does nothing by default.
     fn header_timed_out(&self, peer: SocketAddr) {
         let _ = peer;
     }
@@ -151,8 +152,9 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (peer, status);
     }
 
-    /// Told after the handler's answer to an HTTP request went out with `status`. For
-    /// counting; does nothing by default.
+    /// Told after the handler's answer to an HTTP request went out with `status`, and after
+    /// the server's own 408 to a head not complete in time. For counting; does nothing by
+    /// default.
     fn http_answered(&self, status: u16) {
         let _ = status;
     }

@@ -753,8 +753,8 @@ impl Serving {
         }
     }
 
-    /// Answers one HTTP request, then hands the connection back to the front door if it stays
-    /// open (the next request may already be in `leftover`).
+    /// Answers one HTTP request, then hands the connection back to the front door: to wait for
+    /// the next request if it stays open (which may already be in `leftover`), else to linger.
     fn serve_http(&self, mut ready: Ready<HttpJob>) {
         ready.connection.set(ConnectionState::Sending);
         let served = ready.served + 1;
@@ -777,21 +777,30 @@ impl Serving {
             }
             Ok(writer.keeps_connection())
         })();
-        match (kept, &self.return_path) {
-            (Ok(true), Some(return_path)) => return_path.hand_back(KeptAlive {
-                stream: ready.stream,
-                peer: ready.peer,
-                connection: ready.connection,
-                leftover: ready.request.leftover,
-                served,
-            }),
-            (Ok(_), _) => {
-                // Closing with an unread request body would reset the connection, and a reset
-                // can destroy the answer still in flight: the write side closes first.
-                let _ = ready.stream.shutdown(Shutdown::Write);
+        let kept = match kept {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+                return;
             }
-            (Err(e), _) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+        };
+        let Some(return_path) = &self.return_path else {
+            return;
+        };
+        if !kept {
+            // Closing with an unread request body (or a pipelined request) would reset the
+            // connection, and a reset destroys the answer still in flight: the write side
+            // closes first, and the front door drains the rest before it closes.
+            let _ = ready.stream.shutdown(Shutdown::Write);
         }
+        return_path.hand_back(KeptAlive {
+            stream: ready.stream,
+            peer: ready.peer,
+            connection: ready.connection,
+            leftover: ready.request.leftover,
+            served,
+            closing: !kept,
+        });
     }
 
     fn run_handler(&self, request: &Request, writer: &mut ResponseWriter<'_>) {

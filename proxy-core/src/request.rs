@@ -235,7 +235,7 @@ fn from_cache(
                 Ok(Delivery::Body { offset, len }) if may_release => {
                     drop(chunk);
                     drop(stream);
-                    let paced = Paced::new(slot, object_len, version, offset, len);
+                    let paced = Paced::new(slot, object_len, version, offset, offset + len);
                     return CacheResult::Served(paced::send_rest(ctx, path, paced, response));
                 }
                 Ok(Delivery::Body { len, .. }) => body_len = len,

@@ -198,6 +198,7 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
     let held = match running_pid(&c.supervisor.run_dir) {
         Ok(_) => {
             let mut held = vec![c.proxy.settings.listen];
+            held.extend(c.proxy.settings.http_listen);
             held.extend(c.supervisor.metrics_listen);
             held
         }
@@ -205,9 +206,10 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
     };
     let c = Config::load_checked(config_path, &held)?;
     Ok(format!(
-        "{}: ok: proxy on {} ({} process(es), {} threads, origin {}), {} {} cache(s), {} segments of {}, run dir {}, metrics {}",
+        "{}: ok: proxy on {}, HTTP {} ({} process(es), {} threads, origin {}), {} {} cache(s), {} segments of {}, run dir {}, metrics {}",
         config_path.display(),
         c.proxy.settings.listen,
+        c.proxy.settings.http_listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
         c.proxy.processes,
         c.proxy.settings.threads,
         c.proxy.settings.origin.as_deref().unwrap_or("none"),

@@ -361,7 +361,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what can be checked without starting: the listen addresses can be bound (unless
+    /// Checks what can be checked without starting: the listen addresses (GetFile, HTTP,
+    /// metrics) can be bound (unless
     /// the running gfcache holds them: `held`), the run directory (and a writable directory
     /// root) can be created, the backend opens and a pack verifies. `text` is the file's text,
     /// for the lines.
@@ -370,6 +371,9 @@ impl Config {
         let line = |key: &str| document.as_ref().and_then(|d| line_of_key(text, d, key));
         let mut found = Problems::default();
         let mut listen = vec![("proxy.listen", self.proxy.settings.listen)];
+        if let Some(http) = self.proxy.settings.http_listen {
+            listen.push(("proxy.http_listen", http));
+        }
         if let Some(metrics) = self.supervisor.metrics_listen {
             listen.push(("supervisor.metrics_listen", metrics));
         }
@@ -545,6 +549,12 @@ impl<'a> Reader<'a> {
         if let Some(metrics) = config.supervisor.metrics_listen {
             if metrics == config.proxy.settings.listen && metrics.port() != 0 {
                 problems.add("supervisor.metrics_listen", "must differ from proxy.listen");
+            }
+            if config.proxy.settings.http_listen == Some(metrics) && metrics.port() != 0 {
+                problems.add(
+                    "supervisor.metrics_listen",
+                    "must differ from proxy.http_listen",
+                );
             }
         }
         let region = config.region_config();

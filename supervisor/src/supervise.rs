@@ -756,6 +756,7 @@ impl Supervisor {
     /// The addresses this supervisor and its proxies listen on, which a reload may keep.
     fn held_addresses(&self) -> Vec<SocketAddr> {
         let mut held = vec![self.config.proxy.settings.listen];
+        held.extend(self.config.proxy.settings.http_listen);
         held.extend(self.config.supervisor.metrics_listen);
         held
     }

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -73,45 +73,79 @@ pub fn make_content(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// A real HTTP origin serving a directory, counting the requests it answered.
+/// How a scripted [`Origin`] answers one request path (the target without its query).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginReply {
+    /// The file under the root, or 404.
+    File,
+    /// This status with a short body.
+    Status(u16),
+    /// No answer until the origin is dropped.
+    Hang,
+}
+
+/// Decides how a scripted origin answers a path.
+pub type OriginScript = Arc<dyn Fn(&str) -> OriginReply + Send + Sync>;
+
+/// A real HTTP origin serving a directory, counting the requests it answered and recording
+/// their targets (query included).
 pub struct Origin {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    pub targets: Arc<Mutex<Vec<String>>>,
     server: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Origin {
     pub fn serve(root: &Path) -> Origin {
+        Origin::scripted(root, Arc::new(|_: &str| OriginReply::File))
+    }
+
+    /// An origin whose answer to each path `script` decides.
+    pub fn scripted(root: &Path, script: OriginScript) -> Origin {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("origin bind"));
         let addr = server.server_addr().to_ip().expect("ip origin");
         let hits = Arc::new(AtomicU64::new(0));
+        let targets = Arc::new(Mutex::new(Vec::new()));
         let (srv, counter, root) = (Arc::clone(&server), Arc::clone(&hits), root.to_path_buf());
+        let seen = Arc::clone(&targets);
         let thread = std::thread::spawn(move || {
+            // Requests left unanswered on purpose; dropped (answered 500) when the origin stops.
+            let mut hanging = Vec::new();
             for request in srv.incoming_requests() {
                 counter.fetch_add(1, Ordering::Relaxed);
-                let rel = request
-                    .url()
-                    .split('?')
-                    .next()
-                    .unwrap_or("/")
-                    .trim_start_matches('/')
-                    .to_string();
-                let path = root.join(&rel);
-                let response = match std::fs::read(&path) {
-                    Ok(body) if !rel.contains("..") && path.is_file() => {
-                        tiny_http::Response::from_data(body).with_status_code(200)
+                if let Ok(mut seen) = seen.lock() {
+                    seen.push(request.url().to_string());
+                }
+                let path = request.url().split('?').next().unwrap_or("/").to_string();
+                let rel = path.trim_start_matches('/').to_string();
+                let file = root.join(&rel);
+                let response = match script(&path) {
+                    OriginReply::Hang => {
+                        hanging.push(request);
+                        continue;
                     }
-                    _ => {
-                        tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404)
+                    OriginReply::Status(code) => {
+                        tiny_http::Response::from_data(format!("status {code}\n").into_bytes())
+                            .with_status_code(code)
                     }
+                    OriginReply::File => match std::fs::read(&file) {
+                        Ok(body) if !rel.contains("..") && file.is_file() => {
+                            tiny_http::Response::from_data(body).with_status_code(200)
+                        }
+                        _ => tiny_http::Response::from_data(b"not found".to_vec())
+                            .with_status_code(404),
+                    },
                 };
                 let _ = request.respond(response);
             }
+            drop(hanging);
         });
         Origin {
             addr,
             hits,
+            targets,
             server,
             thread: Some(thread),
         }
@@ -119,6 +153,11 @@ impl Origin {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The request targets it received so far.
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }
 
@@ -243,6 +282,10 @@ pub struct Setup {
     pub max_restarts: u32,
     pub proxy_port: u16,
     pub metrics_port: u16,
+    /// `proxy.http_listen` on 127.0.0.1 at this port; `None` leaves it out.
+    pub http_port: Option<u16>,
+    /// More `[proxy]` lines, verbatim (`origin_timeout = "1s"`).
+    pub proxy_extra: Vec<String>,
 }
 
 impl Setup {
@@ -256,7 +299,15 @@ impl Setup {
             max_restarts: 3,
             proxy_port: free_port(),
             metrics_port: free_port(),
+            http_port: None,
+            proxy_extra: Vec::new(),
         }
+    }
+
+    /// The same with the HTTP front end on a free port.
+    pub fn with_http(mut self) -> Setup {
+        self.http_port = Some(free_port());
+        self
     }
 
     pub fn render(&self, run_dir: &Path) -> String {
@@ -270,12 +321,17 @@ impl Setup {
             .as_ref()
             .map(|o| format!("origin = {o:?}\n"))
             .unwrap_or_default();
+        let http = self
+            .http_port
+            .map(|port| format!("http_listen = \"127.0.0.1:{port}\"\n"))
+            .unwrap_or_default();
+        let extra: String = self.proxy_extra.iter().map(|l| format!("{l}\n")).collect();
         format!(
             r#"[proxy]
 listen = "127.0.0.1:{proxy}"
 threads = 4
 processes = {proxies}
-{origin}cache_timeout = "2s"
+{origin}{http}{extra}cache_timeout = "2s"
 
 [ipc]
 segments = {segments}
@@ -335,6 +391,8 @@ pub struct Run {
     pub run_dir: PathBuf,
     pub proxy: SocketAddr,
     pub metrics: SocketAddr,
+    /// The HTTP front end, when the setup has one.
+    pub http: Option<SocketAddr>,
     pub setup: Setup,
     pub log: PathBuf,
     pub process: Option<Child>,
@@ -350,6 +408,9 @@ impl Run {
         Run {
             proxy: SocketAddr::from(([127, 0, 0, 1], setup.proxy_port)),
             metrics: SocketAddr::from(([127, 0, 0, 1], setup.metrics_port)),
+            http: setup
+                .http_port
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
             log: dir.path().join("supervisor.log"),
             dir,
             config,

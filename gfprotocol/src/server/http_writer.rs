@@ -16,9 +16,9 @@ impl ResponseWriter<'_> {
     }
 
     /// The bytes of the object worth fetching before its length is known: `(offset, len)`,
-    /// `len` `None` to the end. `(0, None)` for GetFile and for most HTTP requests; a single
-    /// `bytes=a-b` or `bytes=a-` range otherwise. [`ResponseWriter::send_object`] says which
-    /// bytes the answer really carries.
+    /// `len` `None` to the end. `(0, None)` for GetFile and for most HTTP requests; `(0,
+    /// Some(0))` for HEAD; a single `bytes=a-b` or `bytes=a-` range otherwise.
+    /// [`ResponseWriter::send_object`] says which bytes the answer really carries.
     pub fn wanted_bytes(&self) -> (u64, Option<u64>) {
         self.http
             .as_ref()
