@@ -262,6 +262,13 @@ fn worker_loop(shared: &Shared<'_>) {
             .saturating_sub(1);
         shared.stats().set(Gauge::InFlight.id(), now);
         if let Err(failure) = outcome {
+            // At the drain deadline this process aborts its own transfers: those count.
+            if failure.proxy_left && !shared.abort.load(Ordering::Acquire) {
+                // A client that left, or read slowly enough that the proxy goes on in ranges:
+                // the proxy ended the transfer, nothing failed here.
+                tracing::debug!(key = %failure.path, "the proxy ended a transfer early");
+                continue;
+            }
             shared.stats().add(Counter::Errors.id(), 1);
             if matches!(
                 failure.error,
@@ -307,6 +314,8 @@ fn refuse_queued(shared: &Shared<'_>) {
 struct Failure {
     path: String,
     error: Error,
+    /// The proxy aborted the transfer (not this cache's failure).
+    proxy_left: bool,
 }
 
 fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failure> {
@@ -314,6 +323,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
     let fail = |error: Error| Failure {
         path: path.clone(),
         error,
+        proxy_left: false,
     };
     let stats = shared.stats();
     let object = match shared.backend.get(&path) {
@@ -344,7 +354,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
         }
         let mut buf = writer
             .next_buf(shared.wait_budget())
-            .map_err(|error| fail(error.into()))?;
+            .map_err(|error| proxy_or_own(fail(error.into())))?;
         let capacity = buf_capacity(&buf);
         let step = usize::try_from(end - offset)
             .unwrap_or(usize::MAX)
@@ -356,10 +366,17 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
         }
         object.copy_to(offset, step, &mut buf).map_err(&fail)?;
         stats.add(Counter::BytesOut.id(), step as u64);
-        buf.publish().map_err(|error| fail(error.into()))?;
+        buf.publish()
+            .map_err(|error| proxy_or_own(fail(error.into())))?;
         offset += step as u64;
     }
     writer.finish().map_err(|error| fail(error.into()))
+}
+
+/// Marks a transfer error that is the proxy's abort (it dropped the GET) as such.
+fn proxy_or_own(mut failure: Failure) -> Failure {
+    failure.proxy_left = matches!(failure.error, Error::Ipc(ipc::Error::Aborted));
+    failure
 }
 
 fn buf_capacity(buf: &ipc::ChunkBuf<'_>) -> usize {
@@ -376,6 +393,7 @@ fn serve_put(
     let fail = |error: Error| Failure {
         path: path.clone(),
         error,
+        proxy_left: false,
     };
     let mut fill = match shared.backend.put(&path, len) {
         Ok(Some(fill)) => fill,
