@@ -33,22 +33,9 @@ segments=${SEGMENTS:-16}
 segment_size=${SEGMENT_SIZE:-1MiB}
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: make_fileset, free_port, wait_for_line, json_field, machine_json
+# Helpers: make_fileset, free_port, wait_for_line, wait_http, json_field, machine_json
 
 . "$root/bench/lib.sh"
-
-# wait_http URL SECONDS: polls URL until it answers 2xx.
-wait_http() {
-    local url=$1 deadline=$((SECONDS + ${2:-60}))
-    while ((SECONDS < deadline)); do
-        if curl -sf -o /dev/null "$url"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $url" >&2
-    return 1
-}
 
 # ---------------------------------------------------------------------------------------------
 # Build, file set, cleanup

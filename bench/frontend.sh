@@ -105,22 +105,7 @@ work=$(mktemp -d)
 fileset=${1:-$work/fileset}
 pids=()
 config=
-cleanup() {
-    local pid
-    if [[ -n $config ]]; then
-        "$gfsupervisor" stop -c "$config" >/dev/null 2>&1 || true
-    fi
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n ${KEEP_WORK:-} ]]; then
-        echo "work directory kept: $work" >&2
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
 echo "making the file set in $fileset" >&2
 make_fileset "$fileset"
@@ -128,17 +113,6 @@ printf '/x\n' >"$work/one.txt"
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
-
-# cpu_ticks PID...: utime + stime of the processes (all their threads), in clock ticks.
-cpu_ticks() {
-    local pid total=0 fields
-    for pid in "$@"; do
-        # The fields after the command name, which may contain spaces: utime is the 12th.
-        fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
-        total=$((total + $(awk '{ print $12 + $13 }' <<<"$fields")))
-    done
-    echo "$total"
-}
 
 # with_cpu "PIDS" COMMAND...: runs COMMAND, which prints one JSON summary with `requests` on
 # its last line; prints that summary with the server CPU per request added.
@@ -276,18 +250,6 @@ start_gfserver() {
     server_pid=$!
     pids+=("$server_pid")
     addr=$(wait_for_line "$work/gfserver-$2.out" '^listening on ' | sed 's/^listening on //')
-}
-
-# wait_http URL SECONDS: polls URL until it answers 2xx.
-wait_http() {
-    local url=$1 deadline=$((SECONDS + ${2:-60}))
-    until curl -sf -o /dev/null "$url"; do
-        if ((SECONDS > deadline)); then
-            echo "timed out waiting for $url" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
 }
 
 # fd_count PID: open descriptors of the process.

@@ -63,3 +63,45 @@ except OSError:
 print(json.dumps({"kernel": platform.release(), "cpus": os.cpu_count(), "cpu": cpu, "loadavg_1m": os.getloadavg()[0]}))
 PY
 }
+
+# wait_http URL [SECONDS]: polls URL until it answers 2xx.
+wait_http() {
+    local url=$1 deadline=$((SECONDS + ${2:-60}))
+    until curl -sf -o /dev/null "$url"; do
+        if ((SECONDS > deadline)); then
+            echo "timed out waiting for $url" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# cpu_ticks PID...: utime + stime of the processes (all their threads), in clock ticks.
+cpu_ticks() {
+    local pid total=0 fields
+    for pid in "$@"; do
+        # The fields after the command name, which may contain spaces: utime is the 12th.
+        fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+        total=$((total + $(awk '{ print $12 + $13 }' <<<"$fields")))
+    done
+    echo "$total"
+}
+
+# bench_cleanup: the EXIT trap of a benchmark that sets $work, $pids and $config: stops the
+# supervisor of $config (if set), kills and reaps $pids, removes $work unless KEEP_WORK is set.
+# shellcheck disable=SC2154 # the caller's globals
+bench_cleanup() {
+    local pid
+    if [[ -n ${config:-} ]]; then
+        "$gfsupervisor" stop -c "$config" >/dev/null 2>&1 || true
+    fi
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n ${KEEP_WORK:-} ]]; then
+        echo "work directory kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
