@@ -152,23 +152,34 @@ fn a_hundred_slow_readers_hold_no_segment_and_others_are_served() {
     assert_eq!(rig.counter(Counter::RequestsAborted), 0);
 }
 
-#[test]
-fn a_file_replaced_under_a_slow_reader_is_cut_not_mixed() {
+/// A directory cache, and a client that read 16 KiB of `/big` and stopped: its transfer is
+/// client-paced and holds no segment.
+fn one_paced_reader() -> (
+    tempfile::TempDir,
+    HashMap<String, Arc<Vec<u8>>>,
+    Rig,
+    common::PartialClient,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = file_set();
     common::write_tree(dir.path(), &files);
     let mut config = common::proxy_config(None);
     config.settings.client_buffer = 64 << 10;
     let rig = Rig::start(4, &[Backend::Directory(dir.path().to_path_buf())], config);
-    let addr = rig.addr();
-
-    let partial = common::start_partial(&addr, "/big", 16 << 10);
+    let partial = common::start_partial(&rig.addr(), "/big", 16 << 10);
     common::wait_for(
         "the reader to go client-paced",
         Duration::from_secs(20),
         || rig.counter(Counter::ClientPaced) == 1,
     );
     rig.wait_pool_full();
+    (dir, files, rig, partial)
+}
+
+#[test]
+fn a_file_replaced_under_a_slow_reader_is_cut_not_mixed() {
+    let (dir, files, rig, partial) = one_paced_reader();
+    let addr = rig.addr();
 
     // Same length, other bytes, renamed over the path: a new version.
     let replacement = common::content(99, BIG);
@@ -189,21 +200,7 @@ fn a_file_replaced_under_a_slow_reader_is_cut_not_mixed() {
 
 #[test]
 fn a_slow_reader_that_catches_up_gets_every_byte() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let files = file_set();
-    common::write_tree(dir.path(), &files);
-    let mut config = common::proxy_config(None);
-    config.settings.client_buffer = 64 << 10;
-    let rig = Rig::start(4, &[Backend::Directory(dir.path().to_path_buf())], config);
-    let addr = rig.addr();
-
-    let partial = common::start_partial(&addr, "/big", 16 << 10);
-    common::wait_for(
-        "the reader to go client-paced",
-        Duration::from_secs(20),
-        || rig.counter(Counter::ClientPaced) == 1,
-    );
-    rig.wait_pool_full();
+    let (_dir, files, rig, partial) = one_paced_reader();
     let received = partial.read_to_close();
     assert_eq!(received.len(), BIG);
     assert!(received[..] == files["/big"][..], "a wrong byte");
