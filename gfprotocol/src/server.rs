@@ -768,8 +768,11 @@ impl Serving {
         let stream = &ready.stream;
         let kept = (|| -> io::Result<bool> {
             stream.set_nonblocking(false)?;
-            stream.set_nodelay(true)?;
-            stream.set_write_timeout(Some(self.send_timeout))?;
+            // The options stay with the socket: a kept-alive connection has them already.
+            if ready.served == 0 {
+                stream.set_nodelay(true)?;
+                stream.set_write_timeout(Some(self.send_timeout))?;
+            }
             let mut writer = ResponseWriter::for_http(stream, exchange);
             self.run_handler(&request, &mut writer);
             if let Some(status) = writer.http_status() {
