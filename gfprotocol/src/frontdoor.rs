@@ -596,7 +596,10 @@ impl<F: HeaderFramer> FrontDoor<F> {
                 false => return,
             }
         }
-        self.on_readable(token);
+        // Registering a socket that is already readable reports it at the next poll (even
+        // edge-triggered), so bytes that came while a worker had it are not lost, and the
+        // usual case (the next request is not there yet) costs no read.
+        self.ensure_registered(token);
     }
 
     fn on_readable(&mut self, token: usize) {
