@@ -40,7 +40,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::socket::MsgFlags;
 
 use crate::codec::{Malformed, RequestDecoder};
 use crate::connections::{ConnectionState, Tracked, Tracker};
@@ -482,10 +483,6 @@ impl<F: HeaderFramer> FrontDoor<F> {
             return;
         }
         let tracked = self.tracker.open(ConnectionState::ReadingHeader);
-        if let Err(e) = stream.set_nonblocking(true) {
-            tracing::debug!(error = %e, "cannot make a connection non-blocking");
-            return;
-        }
         let token = self.next_token;
         self.next_token += 1;
         self.header_deadlines
@@ -556,9 +553,6 @@ impl<F: HeaderFramer> FrontDoor<F> {
             served,
             closing,
         } = kept;
-        if stream.set_nonblocking(true).is_err() {
-            return;
-        }
         let token = self.next_token;
         self.next_token += 1;
         let state = match closing {
@@ -663,7 +657,7 @@ impl<F: HeaderFramer> FrontDoor<F> {
             Refusal::Malformed(reason) => F::refusal(reason),
             Refusal::TimedOut => F::timeout_refusal(),
         };
-        let answered = crate::server::send_all(connection.stream.as_fd(), &answer)
+        let answered = crate::server::send_all_now(connection.stream.as_fd(), &answer)
             .and_then(|()| connection.stream.shutdown(Shutdown::Write));
         let handler = &self.handler;
         match &refusal {
@@ -830,6 +824,12 @@ fn feed<F: HeaderFramer>(
     }
 }
 
+/// One read that never blocks: the sockets stay blocking for the workers' writes (with their
+/// send timeout), so the loop asks for `MSG_DONTWAIT` on each call instead.
+fn read_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    nix::sys::socket::recv(stream.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+}
+
 /// Reads until the socket would block (the registration is edge-triggered).
 fn read_available<F: HeaderFramer>(
     connection: &mut Connection<F>,
@@ -837,7 +837,7 @@ fn read_available<F: HeaderFramer>(
 ) -> Step<F::Request, F::Error> {
     let mut started = false;
     loop {
-        let n = match (&connection.stream).read(buf) {
+        let n = match read_now(&connection.stream, buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return if started { Step::Started } else { Step::More };

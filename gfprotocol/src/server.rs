@@ -385,6 +385,12 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
     send_all_flags(fd, data, MsgFlags::MSG_NOSIGNAL)
 }
 
+/// [`send_all`] that never blocks (for the front door's own short answers): a socket that
+/// cannot take them at once is `WouldBlock`, and the caller closes it.
+pub(crate) fn send_all_now(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    send_all_flags(fd, data, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT)
+}
+
 /// Linux's `MSG_MORE` (include/linux/socket.h), which nix does not name: the kernel holds the
 /// bytes until the next send without it.
 const MSG_MORE: MsgFlags = MsgFlags::from_bits_retain(0x8000);
@@ -519,14 +525,14 @@ impl Server {
     /// Binds the listener (SO_REUSEADDR, and SO_REUSEPORT if asked).
     pub fn bind(config: ServerConfig, handler: Arc<dyn Handler>) -> Result<Server, Error> {
         check_config(&config)?;
-        let listener = bind_listener(config.listen, config.reuse_port, config.backlog)?;
+        let listener = bind_listener(&config, config.listen)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (wake_read, wake_write) = wake_pipe()?;
         let mut http_wake_write = None;
         let http = match config.http_listen {
             Some(addr) => {
-                let listener = bind_listener(addr, config.reuse_port, config.backlog)?;
+                let listener = bind_listener(&config, addr)?;
                 listener.set_nonblocking(true)?;
                 let (wake_read, wake_write) = wake_pipe()?;
                 http_wake_write = Some(Arc::new(wake_write));
@@ -588,7 +594,6 @@ impl Server {
         };
         let serving = Serving {
             handler: Arc::clone(&self.handler),
-            send_timeout: self.config.send_timeout,
             max_requests: self.config.http_max_requests_per_connection,
             return_path,
         };
@@ -674,7 +679,11 @@ fn check_config(config: &ServerConfig) -> Result<(), Error> {
 }
 
 /// Creates the listening socket with the options std does not offer.
-fn bind_listener(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result<TcpListener> {
+/// The accepted sockets inherit TCP_NODELAY and the send timeout from the listener (Linux
+/// clones the listener's options), so no worker sets them per connection. They stay blocking:
+/// the front door reads with `MSG_DONTWAIT`, the workers write blocking with the timeout.
+fn bind_listener(config: &ServerConfig, addr: SocketAddr) -> io::Result<TcpListener> {
+    let (reuse_port, backlog) = (config.reuse_port, config.backlog);
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -684,6 +693,12 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool, backlog: i32) -> io::Result
     if reuse_port {
         setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
+    setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    let timeout = nix::sys::time::TimeVal::new(
+        i64::try_from(config.send_timeout.as_secs()).unwrap_or(i64::MAX),
+        i64::from(config.send_timeout.subsec_micros()),
+    );
+    setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     socket::listen(&fd, Backlog::new(backlog)?)?;
     Ok(TcpListener::from(fd))
@@ -729,7 +744,6 @@ impl From<Job> for Ready<String> {
 /// What every worker runs a request with.
 struct Serving {
     handler: Arc<dyn Handler>,
-    send_timeout: Duration,
     /// Requests on one HTTP connection at most.
     max_requests: u32,
     /// Where kept-alive HTTP connections go back to their front door.
@@ -765,28 +779,14 @@ impl Serving {
             peer: ready.peer,
         };
         let exchange = HttpExchange::new(ready.request.request, keep_alive);
-        let stream = &ready.stream;
-        let kept = (|| -> io::Result<bool> {
-            stream.set_nonblocking(false)?;
-            // The options stay with the socket: a kept-alive connection has them already.
-            if ready.served == 0 {
-                stream.set_nodelay(true)?;
-                stream.set_write_timeout(Some(self.send_timeout))?;
-            }
-            let mut writer = ResponseWriter::for_http(stream, exchange);
-            self.run_handler(&request, &mut writer);
-            if let Some(status) = writer.http_status() {
-                let _ = catch_unwind(AssertUnwindSafe(|| self.handler.http_answered(status)));
-            }
-            Ok(writer.keeps_connection())
-        })();
-        let kept = match kept {
-            Ok(kept) => kept,
-            Err(e) => {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
-                return;
-            }
-        };
+        // The socket is blocking, with TCP_NODELAY and the send timeout from the listener.
+        let mut writer = ResponseWriter::for_http(&ready.stream, exchange);
+        self.run_handler(&request, &mut writer);
+        if let Some(status) = writer.http_status() {
+            let _ = catch_unwind(AssertUnwindSafe(|| self.handler.http_answered(status)));
+        }
+        let kept = writer.keeps_connection();
+        drop(writer);
         let Some(return_path) = &self.return_path else {
             return;
         };
@@ -826,9 +826,6 @@ impl Serving {
     }
 
     fn answer(&self, stream: &TcpStream, request: &Request) -> io::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(self.send_timeout))?;
         let mut writer = ResponseWriter::new(stream);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.handler.handle(request, &mut writer)
