@@ -23,11 +23,13 @@
 //! 6. **closed**.
 //!
 //! Out of file descriptors (EMFILE, ENFILE), `accept` fails and the connection stays in the
-//! backlog, where it would wake the loop again and again. The loop keeps one descriptor in
-//! reserve (`/dev/null`): it closes it, accepts the pending connection, closes that at once
-//! (counted as over capacity, logged at most once a second) and reopens the reserve. When even
-//! that fails, it stops polling the listener for `ACCEPT_PAUSE` (a deadline of the loop, never
-//! a sleep, so the other connections go on).
+//! backlog, its client waiting with no answer (and the edge-triggered listener reports it no
+//! more). The loop keeps one descriptor in reserve (`/dev/null`): it closes it, accepts the
+//! pending connection, closes that at once (counted as over capacity, logged at most once a
+//! second) and reopens the reserve, until the backlog is empty (`accept(2)` takes a descriptor
+//! before it looks at the backlog, so EMFILE also comes when none waits). When even that
+//! fails, it stops polling the listener for `ACCEPT_PAUSE` (a deadline of the loop, never a
+//! sleep, so the other connections go on).
 //!
 //! Deadlines are kept in two queues ordered by deadline: every connection gets the same
 //! header timeout (and every lingering one the same linger time), so accept order is deadline
