@@ -175,20 +175,7 @@ request = function()
 end
 LUA
         fi
-        cat <<'LUA'
-done = function(summary, latency, requests)
-    local e = summary.errors
-    local failed = e.connect + e.read + e.write + e.timeout + e.status
-    local seconds = summary.duration / 1e6
-    io.write(string.format(
-        '{"requests": %d, "failed": %d, "seconds": %.3f, "req_per_s": %.1f, ' ..
-        '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "bytes": %d, ' ..
-        '"errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d, "status": %d}}\n',
-        summary.requests, failed, seconds, summary.requests / seconds,
-        latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-        summary.bytes, e.connect, e.read, e.write, e.timeout, e.status))
-end
-LUA
+        wrk_json_summary
     } >"$file"
 }
 write_wrk_script "$work/one.lua" ""

@@ -120,19 +120,8 @@ request = function()
     counter = counter + 1
     return wrk.format(nil, path)
 end
-done = function(summary, latency, requests)
-    local e = summary.errors
-    local failed = e.connect + e.read + e.write + e.timeout + e.status
-    local seconds = summary.duration / 1e6
-    io.write(string.format(
-        '{"requests": %d, "failed": %d, "seconds": %.3f, "req_per_s": %.1f, ' ..
-        '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "bytes": %d, ' ..
-        '"errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d, "status": %d}}\n',
-        summary.requests, failed, seconds, summary.requests / seconds,
-        latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-        summary.bytes, e.connect, e.read, e.write, e.timeout, e.status))
-end
 LUA
+wrk_json_summary >>"$work/fileset.lua"
 
 # wrk_load URL THREADS CONNECTIONS [ARGS...]: a timed wrk run over the file set; its summary.
 wrk_load() {
