@@ -134,8 +134,8 @@ impl HeaderFramer for GetFileFramer {
 }
 
 /// A worker pool's job that carries a request of type `R` (the pool serves several protocols).
-pub(crate) trait JobOf<R>: From<Ready<R>> + Into<Ready<R>> + Send + 'static {}
-impl<R, J: From<Ready<R>> + Into<Ready<R>> + Send + 'static> JobOf<R> for J {}
+pub(crate) trait JobOf<R>: From<Ready<R>> + Send + 'static {}
+impl<R, J: From<Ready<R>> + Send + 'static> JobOf<R> for J {}
 
 /// A connection handed back by a worker after its response: kept open, it waits in the loop (no
 /// worker) for its next request, up to the idle timeout; closing, it lingers.
@@ -233,7 +233,7 @@ enum Refusal<E> {
 }
 
 /// The loop itself; `run` returns at shutdown.
-pub(crate) struct FrontDoor<F: HeaderFramer> {
+pub(crate) struct FrontDoor<F: HeaderFramer, J: JobOf<F::Request>> {
     config: FrontDoorConfig,
     /// Connections handed back by workers (a protocol with keep-alive).
     returns: Option<std::sync::mpsc::Receiver<KeptAlive>>,
@@ -247,7 +247,8 @@ pub(crate) struct FrontDoor<F: HeaderFramer> {
     header_deadlines: VecDeque<(Instant, usize)>,
     linger_deadlines: VecDeque<(Instant, usize)>,
     next_token: usize,
-    waiting: VecDeque<Ready<F::Request>>,
+    /// Complete requests the worker queue had no room for, as the pool's jobs.
+    waiting: VecDeque<J>,
     /// Released to accept (and close) one connection when out of descriptors.
     reserve: Option<File>,
     /// The listener is deregistered until then.
@@ -280,7 +281,7 @@ impl ShedLog {
     }
 }
 
-impl<F: HeaderFramer> FrontDoor<F> {
+impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
     pub(crate) fn new(
         config: FrontDoorConfig,
         handler: Arc<dyn Handler>,
@@ -319,11 +320,7 @@ impl<F: HeaderFramer> FrontDoor<F> {
 
     /// Runs until `stopping()` is true after a wake-up, then hands the complete requests
     /// still waiting to the workers (blocking) and closes the rest.
-    pub(crate) fn run<J: JobOf<F::Request>>(
-        mut self,
-        workers: &Pool<J>,
-        stopping: &dyn Fn() -> bool,
-    ) -> io::Result<()> {
+    pub(crate) fn run(mut self, workers: &Pool<J>, stopping: &dyn Fn() -> bool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.next_timeout();
@@ -639,13 +636,13 @@ impl<F: HeaderFramer> FrontDoor<F> {
     fn queue_for_worker(&mut self, token: usize, request: F::Request) {
         if let Some(mut connection) = self.remove(token) {
             connection.tracked.set(ConnectionState::WaitingForWorker);
-            self.waiting.push_back(Ready {
+            self.waiting.push_back(J::from(Ready {
                 request,
                 stream: connection.stream,
                 peer: connection.peer,
                 served: connection.served,
                 connection: connection.tracked,
-            });
+            }));
         }
     }
 
@@ -728,16 +725,16 @@ impl<F: HeaderFramer> FrontDoor<F> {
         }
     }
 
-    fn dispatch<J: JobOf<F::Request>>(&mut self, workers: &Pool<J>) {
-        while let Some(ready) = self.waiting.pop_front() {
-            if let Err(job) = workers.try_submit(J::from(ready)) {
-                self.waiting.push_front(job.into());
+    fn dispatch(&mut self, workers: &Pool<J>) {
+        while let Some(job) = self.waiting.pop_front() {
+            if let Err(job) = workers.try_submit(job) {
+                self.waiting.push_front(job);
                 return;
             }
         }
     }
 
-    fn close<J: JobOf<F::Request>>(mut self, workers: &Pool<J>) {
+    fn close(mut self, workers: &Pool<J>) {
         // Closing the listener first: a connection attempted from now on is refused.
         self.listener = None;
         // A request that is already in the socket buffer is served; the rest are idle.
@@ -762,8 +759,8 @@ impl<F: HeaderFramer> FrontDoor<F> {
         let idle = self.connections.len();
         self.connections.clear();
         tracing::debug!(idle, "front door closed its idle connections");
-        for ready in self.waiting.drain(..) {
-            workers.submit_waiting(J::from(ready));
+        for job in self.waiting.drain(..) {
+            workers.submit_waiting(job);
         }
         drop(self.wake);
     }

@@ -618,7 +618,7 @@ impl Server {
         let result = thread::scope(|scope| {
             let http_door = match self.http {
                 Some(http) => {
-                    let door = FrontDoor::<HttpFramer>::new(
+                    let door = FrontDoor::<HttpFramer, Job>::new(
                         door_config(),
                         Arc::clone(&self.handler),
                         Arc::clone(&self.tracker),
@@ -636,7 +636,7 @@ impl Server {
                 }
                 None => None,
             };
-            let door = FrontDoor::<GetFileFramer>::new(
+            let door = FrontDoor::<GetFileFramer, Job>::new(
                 door_config(),
                 Arc::clone(&self.handler),
                 Arc::clone(&self.tracker),
@@ -716,28 +716,9 @@ impl From<Ready<HttpJob>> for Job {
     }
 }
 
-impl From<Job> for Ready<HttpJob> {
-    fn from(job: Job) -> Ready<HttpJob> {
-        match job {
-            Job::Http(ready) => ready,
-            // A front door only gets back the jobs it submitted.
-            Job::GetFile(_) => unreachable!("an HTTP front door got a GetFile job back"),
-        }
-    }
-}
-
 impl From<Ready<String>> for Job {
     fn from(ready: Ready<String>) -> Job {
         Job::GetFile(ready)
-    }
-}
-
-impl From<Job> for Ready<String> {
-    fn from(job: Job) -> Ready<String> {
-        match job {
-            Job::GetFile(ready) => ready,
-            Job::Http(_) => unreachable!("a GetFile front door got an HTTP job back"),
-        }
     }
 }
 
