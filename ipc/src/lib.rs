@@ -111,3 +111,7 @@ pub use stats::{
 
 /// Longest path a segment header carries (GETFILE.md's limit).
 pub const MAX_PATH_LEN: usize = 4096;
+
+/// Most bytes of object metadata a segment header carries beside a GET answer, a PUT or an
+/// UPDATE. ipc gives them no meaning: the cache backends and the proxy do.
+pub const MAX_META_LEN: usize = 2048;

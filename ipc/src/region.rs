@@ -18,7 +18,7 @@ use crate::{sys, Error, Result};
 /// "GFCACHE1" as a little-endian u64: the first word of every region.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"GFCACHE1");
 /// Layout version; bumped on any change of the byte layout.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 /// Bytes of the control header (one page).
 pub(crate) const CONTROL_BYTES: usize = 4096;
 /// Bytes of one request channel / member entry (one cache line each, no false sharing).
@@ -29,6 +29,8 @@ pub(crate) const STATS_BLOCK_BYTES: usize = 2048;
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 8192;
 /// Offset of the path bytes inside a segment header.
 pub(crate) const PATH_OFFSET: usize = 4096;
+/// Where a segment header's object metadata starts (`MAX_META_LEN` bytes, up to the path).
+pub(crate) const META_OFFSET: usize = 2048;
 const PAGE: usize = 4096;
 
 /// Limits on a configuration (keep the region a sane size and every count in 32 bits).
@@ -228,6 +230,11 @@ pub(crate) struct AnswerFields {
     pub object_version: AtomicU64,
     /// When the object was last modified, in seconds since the Unix epoch; 0 if unknown.
     pub modified_secs: AtomicU64,
+    /// Bytes of object metadata at [`META_OFFSET`]: the GET answer's (cache), a PUT's or an
+    /// UPDATE's (proxy, while Reserved).
+    pub meta_len: AtomicU32,
+    /// PURGE: 1 when the path is a prefix.
+    pub command_flags: AtomicU32,
 }
 
 /// A segment header's atomics (the path follows at [`PATH_OFFSET`]).
@@ -248,7 +255,8 @@ pub(crate) struct SegmentHeader {
 const _: () = assert!(size_of::<ControlHeader>() <= CONTROL_BYTES);
 const _: () = assert!(size_of::<Line<Doorbell>>() == LINE);
 const _: () = assert!(size_of::<Line<MemberWord>>() == LINE);
-const _: () = assert!(size_of::<SegmentHeader>() <= PATH_OFFSET);
+const _: () = assert!(size_of::<SegmentHeader>() <= META_OFFSET);
+const _: () = assert!(META_OFFSET + crate::MAX_META_LEN <= PATH_OFFSET);
 const _: () = assert!(size_of::<RequestFields>() <= LINE);
 const _: () = assert!(size_of::<StatsArea>() <= STATS_BLOCK_BYTES);
 const _: () = assert!(PATH_OFFSET + crate::MAX_PATH_LEN <= SEGMENT_HEADER_BYTES);
@@ -594,6 +602,14 @@ impl Region {
         self.raw(
             self.layout.segment_headers + index as usize * SEGMENT_HEADER_BYTES + PATH_OFFSET,
             crate::MAX_PATH_LEN,
+        )
+    }
+
+    /// The metadata area of a segment (`MAX_META_LEN` bytes).
+    pub(crate) fn meta_area(&self, index: u32) -> *mut u8 {
+        self.raw(
+            self.layout.segment_headers + index as usize * SEGMENT_HEADER_BYTES + META_OFFSET,
+            crate::MAX_META_LEN,
         )
     }
 

@@ -142,6 +142,8 @@ fn cache(args: &Args) -> Res<()> {
             ("late", Op::Get) => return late_get(request, args.need("trigger")?),
             (_, Op::Get) => serve_get(&region, member, request, &store)?,
             (_, Op::Put { .. }) => serve_put(&region, member, request, &mut store)?,
+            (_, Op::UpdateMeta { .. }) => request.updated(false)?,
+            (_, Op::Purge { .. }) => request.purged(0)?,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     control_word, generation_of, publish_half, Chunk, Consumer, Cursor, Incoming, Phase, Producer,
-    Seg, Side, Status, StreamState, Wake, OP_GET, OP_PUT,
+    Seg, Side, Status, StreamState, Wake, OP_GET, OP_PURGE, OP_PUT, OP_UPDATE, PURGE_PREFIX,
 };
 use crate::futex::{self, deadline_after, ABORT, FINAL};
 use crate::ids::{ByteRange, CacheSlot, ObjectVersion, RequestId, SegmentIndex};
@@ -49,11 +49,34 @@ impl ChunkDest for Vec<u8> {
 pub enum Op {
     /// Send the object.
     Get,
-    /// Store an object of this length.
+    /// Store an object of this length (its metadata: [`CacheRequest::meta`]).
     Put {
         /// Announced length.
         len: u64,
     },
+    /// Replace the metadata of the object, if it is still this version (the new metadata:
+    /// [`CacheRequest::meta`]). Answer with [`CacheRequest::updated`].
+    UpdateMeta {
+        /// The version the metadata belongs to.
+        version: ObjectVersion,
+    },
+    /// Remove the object, or every object whose path starts with the path. Answer with
+    /// [`CacheRequest::purged`].
+    Purge {
+        /// The path is a prefix.
+        prefix: bool,
+    },
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "GET",
+            Op::Put { .. } => "PUT",
+            Op::UpdateMeta { .. } => "UPDATE",
+            Op::Purge { .. } => "PURGE",
+        }
+    }
 }
 
 impl Region {
@@ -126,6 +149,7 @@ pub struct CacheRequest<'r> {
     op: Op,
     range: ByteRange,
     path: String,
+    meta: Vec<u8>,
     id: RequestId,
 }
 
@@ -138,6 +162,15 @@ impl<'r> CacheRequest<'r> {
             OP_GET => Op::Get,
             OP_PUT => Op::Put {
                 len: request.announced_len.load(Ordering::Relaxed),
+            },
+            OP_UPDATE => Op::UpdateMeta {
+                version: ObjectVersion::from_raw(
+                    seg.header.answer.object_version.load(Ordering::Relaxed),
+                ),
+            },
+            OP_PURGE => Op::Purge {
+                prefix: seg.header.answer.command_flags.load(Ordering::Relaxed) & PURGE_PREFIX
+                    != 0,
             },
             other => {
                 tracing::warn!(
@@ -155,30 +188,38 @@ impl<'r> CacheRequest<'r> {
                 request.range_offset.load(Ordering::Relaxed),
                 request.range_len.load(Ordering::Relaxed),
             ),
-            Op::Put { .. } => ByteRange::WHOLE,
+            Op::Put { .. } | Op::UpdateMeta { .. } | Op::Purge { .. } => ByteRange::WHOLE,
         };
-        let path = match read_path(&seg) {
-            Ok(path) => path,
+        let fields = read_path(&seg).and_then(|path| {
+            let meta = match op {
+                Op::Put { .. } | Op::UpdateMeta { .. } => seg.read_meta()?,
+                Op::Get | Op::Purge { .. } => Vec::new(),
+            };
+            Ok((path, meta))
+        });
+        match fields {
+            Ok((path, meta)) => Some(CacheRequest {
+                seg: Some(seg),
+                op,
+                range,
+                path,
+                meta,
+                id,
+            }),
             Err(err) => {
-                tracing::warn!(segment = seg.index, %err, "request with a malformed path");
+                tracing::warn!(segment = seg.index, %err, "malformed request");
                 let answer = CacheRequest {
                     seg: Some(seg),
                     op,
                     range,
                     path: String::new(),
+                    meta: Vec::new(),
                     id,
                 };
                 drop(answer); // answers Error / declines
-                return None;
+                None
             }
-        };
-        Some(CacheRequest {
-            seg: Some(seg),
-            op,
-            range,
-            path,
-            id,
-        })
+        }
     }
 
     /// GET or PUT.
@@ -196,6 +237,12 @@ impl<'r> CacheRequest<'r> {
         self.range
     }
 
+    /// PUT and UPDATE: the object's metadata as the proxy sent it (empty when none). Untrusted
+    /// bytes: whoever decodes them must check them.
+    pub fn meta(&self) -> &[u8] {
+        &self.meta
+    }
+
     /// The request id.
     pub fn id(&self) -> RequestId {
         self.id
@@ -207,9 +254,9 @@ impl<'r> CacheRequest<'r> {
     }
 
     fn take(&mut self, expected: &'static str) -> Result<Seg<'r>> {
-        match (self.op, expected) {
-            (Op::Get, "GET") | (Op::Put { .. }, "PUT") => self.seg.take().ok_or(Error::Aborted),
-            _ => Err(Error::Protocol {
+        match self.op.name() == expected {
+            true => self.seg.take().ok_or(Error::Aborted),
+            false => Err(Error::Protocol {
                 segment: self.segment().as_raw(),
                 what: format!("answering a {:?} request as a {expected}", self.op),
             }),
@@ -256,13 +303,29 @@ impl<'r> CacheRequest<'r> {
 
     /// [`CacheRequest::found_version`], also saying when the object was last modified.
     pub fn found_object(
-        mut self,
+        self,
         len: u64,
         version: ObjectVersion,
         modified: Option<std::time::SystemTime>,
     ) -> Result<GetWriter<'r>> {
+        self.found_with_meta(len, version, modified, &[])
+    }
+
+    /// [`CacheRequest::found_object`] with the object's metadata (at most
+    /// [`crate::MAX_META_LEN`] bytes; more answers the GET with an error).
+    pub fn found_with_meta(
+        mut self,
+        len: u64,
+        version: ObjectVersion,
+        modified: Option<std::time::SystemTime>,
+        meta: &[u8],
+    ) -> Result<GetWriter<'r>> {
         let range = self.range;
         let seg = self.take("GET")?;
+        if let Err(err) = seg.write_meta(meta) {
+            Self::answer_get(seg, Status::Failed);
+            return Err(err);
+        }
         let modified_secs = modified
             .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |since| since.as_secs().max(1));
@@ -293,6 +356,29 @@ impl<'r> CacheRequest<'r> {
         })
     }
 
+    /// Answers an UPDATE: whether the metadata was replaced.
+    pub fn updated(mut self, updated: bool) -> Result<()> {
+        let seg = self.take("UPDATE")?;
+        let status = if updated {
+            Status::Stored
+        } else {
+            Status::NotStored
+        };
+        Self::answer_get(seg, status);
+        Ok(())
+    }
+
+    /// Answers a PURGE: `removed` objects were removed.
+    pub fn purged(mut self, removed: u64) -> Result<()> {
+        let seg = self.take("PURGE")?;
+        seg.header
+            .request
+            .total_len
+            .store(removed, Ordering::Relaxed);
+        Self::answer_get(seg, Status::Found);
+        Ok(())
+    }
+
     /// Answers a PUT: declined.
     pub fn decline(mut self) -> Result<()> {
         let seg = self.take("PUT")?;
@@ -319,7 +405,9 @@ impl Drop for CacheRequest<'_> {
     fn drop(&mut self) {
         if let Some(seg) = self.seg.take() {
             match self.op {
-                Op::Get => Self::answer_get(seg, Status::Failed),
+                Op::Get | Op::UpdateMeta { .. } | Op::Purge { .. } => {
+                    Self::answer_get(seg, Status::Failed)
+                }
                 Op::Put { .. } => Self::answer_put_declined(seg),
             }
         }

@@ -132,6 +132,11 @@ impl Side {
 
 const OP_GET: u32 = 1;
 const OP_PUT: u32 = 2;
+const OP_UPDATE: u32 = 3;
+const OP_PURGE: u32 = 4;
+
+/// `command_flags` of a PURGE: the path is a prefix.
+const PURGE_PREFIX: u32 = 1;
 
 /// The `status` word of a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +214,57 @@ impl<'r> Seg<'r> {
     fn status(&self) -> Result<Status> {
         let word = self.header.request.status.load(Ordering::Acquire);
         Status::from_word(word).ok_or_else(|| self.protocol(format!("status word {word}")))
+    }
+
+    /// Copies `meta` into the metadata area. Only the side that owns the segment's header at
+    /// this point of the protocol calls it (the proxy while Reserved, the cache before FINAL).
+    fn write_meta(&self, meta: &[u8]) -> Result<()> {
+        if meta.len() > crate::MAX_META_LEN {
+            return Err(Error::InvalidConfig(format!(
+                "{} bytes of object metadata > {}",
+                meta.len(),
+                crate::MAX_META_LEN
+            )));
+        }
+        if !meta.is_empty() {
+            // SAFETY: `meta.len() <= MAX_META_LEN` (checked), the metadata area holds
+            // MAX_META_LEN bytes, and the caller owns the header at this point of the protocol.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    meta.as_ptr(),
+                    self.region.meta_area(self.index),
+                    meta.len(),
+                )
+            };
+        }
+        self.header
+            .answer
+            .meta_len
+            .store(meta.len() as u32, Ordering::Release);
+        Ok(())
+    }
+
+    /// Copies the metadata out of the metadata area (checked against `MAX_META_LEN`); the other
+    /// side wrote it before the hand-off that lets this side read it.
+    fn read_meta(&self) -> Result<Vec<u8>> {
+        let len = self.header.answer.meta_len.load(Ordering::Acquire) as usize;
+        if len > crate::MAX_META_LEN {
+            return Err(self.protocol(format!(
+                "metadata length {len} > {}",
+                crate::MAX_META_LEN
+            )));
+        }
+        let mut meta = vec![0u8; len];
+        // SAFETY: `len <= MAX_META_LEN` (checked) bytes of the metadata area, which is
+        // MAX_META_LEN long; the writer finished before the hand-off this read follows.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.region.meta_area(self.index).cast_const(),
+                meta.as_mut_ptr(),
+                len,
+            )
+        };
+        Ok(meta)
     }
 
     fn set_status(&self, status: Status) {

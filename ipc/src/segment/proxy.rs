@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     control_word, generation_of, publish_half, wait_word, Chunk, Consumer, Cursor, Incoming, Phase,
-    Producer, Seg, Side, Status, StreamState, Wake, OP_GET, OP_PUT,
+    Producer, Seg, Side, Status, StreamState, Wake, OP_GET, OP_PURGE, OP_PUT, OP_UPDATE,
+    PURGE_PREFIX,
 };
 use crate::futex::{self, deadline_after, ABORT, FINAL};
 use crate::ids::{ByteRange, CacheSlot, Generation, ObjectVersion, SegmentIndex};
@@ -80,14 +81,15 @@ impl<'r> Lease<'r> {
     }
 
     /// Writes the request into the header and moves the segment to Requested.
-    fn send(
-        &mut self,
-        slot: CacheSlot,
-        path: &str,
-        op: u32,
-        announced_len: u64,
-        range: ByteRange,
-    ) -> Result<Seg<'r>> {
+    fn send(&mut self, slot: CacheSlot, path: &str, words: RequestWords<'_>) -> Result<Seg<'r>> {
+        let RequestWords {
+            op,
+            announced_len,
+            range,
+            version,
+            flags,
+            meta,
+        } = words;
         check_path(path)?;
         let seg = self.seg.take().ok_or(Error::Aborted)?;
         let region = seg.region;
@@ -114,8 +116,13 @@ impl<'r> Lease<'r> {
         let (range_offset, range_len) = range.to_words();
         request.range_offset.store(range_offset, Ordering::Relaxed);
         request.range_len.store(range_len, Ordering::Relaxed);
-        header.answer.object_version.store(0, Ordering::Relaxed);
+        header.answer.object_version.store(version, Ordering::Relaxed);
         header.answer.modified_secs.store(0, Ordering::Relaxed);
+        header.answer.command_flags.store(flags, Ordering::Relaxed);
+        if let Err(err) = seg.write_meta(meta) {
+            seg.finish_side(Side::Proxy, false);
+            return Err(err);
+        }
         request.op.store(op, Ordering::Relaxed);
         request.slot.store(slot.as_raw(), Ordering::Relaxed);
         request.path_len.store(path.len() as u32, Ordering::Relaxed);
@@ -167,27 +174,8 @@ impl<'r> Lease<'r> {
         timeout: Duration,
     ) -> Result<GetStream<'r>> {
         let started = Instant::now();
-        let seg = self.send(slot, path, OP_GET, 0, range)?;
-        let value = match wait_word(&seg.header.produced, timeout, |value| {
-            value & (ABORT | FINAL) != 0
-        }) {
-            Ok(Wake::Ready(value)) => value,
-            Ok(Wake::TimedOut) => {
-                seg.finish_side(Side::Proxy, true);
-                return Err(Error::Timeout {
-                    what: "the cache to answer",
-                    waited: started.elapsed(),
-                });
-            }
-            Err(err) => {
-                seg.finish_side(Side::Proxy, true);
-                return Err(err);
-            }
-        };
-        if value & ABORT != 0 {
-            seg.finish_side(Side::Proxy, true);
-            return Err(Error::Aborted);
-        }
+        let seg = self.send(slot, path, RequestWords::get(range))?;
+        wait_for_answer(&seg, timeout, started)?;
         let answer = seg.status().and_then(|status| match status {
             Status::Found => Ok(Lookup::Found {
                 len: seg.header.request.total_len.load(Ordering::Acquire),
@@ -211,7 +199,19 @@ impl<'r> Lease<'r> {
             ),
             Lookup::NotFound | Lookup::Error => (0, 0, 0),
         };
+        let meta = match lookup {
+            Lookup::Found { .. } => seg.read_meta(),
+            Lookup::NotFound | Lookup::Error => Ok(Vec::new()),
+        };
+        let meta = match meta {
+            Ok(meta) => meta,
+            Err(err) => {
+                seg.finish_side(Side::Proxy, true);
+                return Err(err);
+            }
+        };
         Ok(GetStream {
+            meta,
             version: ObjectVersion::from_raw(version),
             modified: (modified != 0)
                 .then(|| std::time::UNIX_EPOCH + Duration::from_secs(modified)),
@@ -227,8 +227,25 @@ impl<'r> Lease<'r> {
 
     /// Offers cache `slot` a fill of `len` bytes for `path`. Returns at once; the cache's
     /// answer arrives through the stream (`Error::Declined` from `write` or `finish`).
-    pub fn put(mut self, slot: CacheSlot, path: &str, len: u64) -> Result<PutStream<'r>> {
-        let seg = self.send(slot, path, OP_PUT, len, ByteRange::WHOLE)?;
+    pub fn put(self, slot: CacheSlot, path: &str, len: u64) -> Result<PutStream<'r>> {
+        self.put_with_meta(slot, path, len, &[])
+    }
+
+    /// [`Lease::put`] with the object's metadata (at most [`crate::MAX_META_LEN`] bytes), which
+    /// the cache stores with the object and gives back in every GET answer.
+    pub fn put_with_meta(
+        mut self,
+        slot: CacheSlot,
+        path: &str,
+        len: u64,
+        meta: &[u8],
+    ) -> Result<PutStream<'r>> {
+        let words = RequestWords {
+            announced_len: len,
+            meta,
+            ..RequestWords::get(ByteRange::WHOLE).with_op(OP_PUT)
+        };
+        let seg = self.send(slot, path, words)?;
         Ok(PutStream {
             producer: Producer {
                 seg,
@@ -240,6 +257,125 @@ impl<'r> Lease<'r> {
             state: StreamState::Open,
         })
     }
+}
+
+impl Lease<'_> {
+    /// Asks cache `slot` to replace the metadata of the object at `path`, only if the object it
+    /// holds is still version `version` (the bytes the metadata speaks of). `Ok(true)` when the
+    /// cache updated it, `Ok(false)` when it holds no such object or declined.
+    pub fn update_meta(
+        mut self,
+        slot: CacheSlot,
+        path: &str,
+        version: ObjectVersion,
+        meta: &[u8],
+        timeout: Duration,
+    ) -> Result<bool> {
+        let started = Instant::now();
+        let words = RequestWords {
+            version: version.as_raw(),
+            meta,
+            ..RequestWords::get(ByteRange::WHOLE).with_op(OP_UPDATE)
+        };
+        let seg = self.send(slot, path, words)?;
+        wait_for_answer(&seg, timeout, started)?;
+        let status = seg.status();
+        seg.finish_side(Side::Proxy, false);
+        match status? {
+            Status::Stored => Ok(true),
+            Status::NotStored | Status::NotFound | Status::Failed => Ok(false),
+            other => Err(Error::Protocol {
+                segment: seg.index,
+                what: format!("status {other:?} answering an UPDATE"),
+            }),
+        }
+    }
+
+    /// Asks cache `slot` to remove the object at `path`, or with `prefix` every object whose
+    /// path starts with `path`. Returns how many it removed.
+    pub fn purge(
+        mut self,
+        slot: CacheSlot,
+        path: &str,
+        prefix: bool,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let started = Instant::now();
+        let words = RequestWords {
+            flags: if prefix { PURGE_PREFIX } else { 0 },
+            ..RequestWords::get(ByteRange::WHOLE).with_op(OP_PURGE)
+        };
+        let seg = self.send(slot, path, words)?;
+        wait_for_answer(&seg, timeout, started)?;
+        let status = seg.status();
+        let removed = seg.header.request.total_len.load(Ordering::Acquire);
+        seg.finish_side(Side::Proxy, false);
+        match status? {
+            Status::Found => Ok(removed),
+            Status::Failed => Err(Error::Protocol {
+                segment: seg.index,
+                what: "the cache failed the PURGE".into(),
+            }),
+            other => Err(Error::Protocol {
+                segment: seg.index,
+                what: format!("status {other:?} answering a PURGE"),
+            }),
+        }
+    }
+}
+
+/// The request words a lease writes into the header before handing the segment over.
+struct RequestWords<'m> {
+    op: u32,
+    announced_len: u64,
+    range: ByteRange,
+    /// UPDATE: the object version the metadata belongs to.
+    version: u64,
+    flags: u32,
+    meta: &'m [u8],
+}
+
+impl RequestWords<'static> {
+    fn get(range: ByteRange) -> RequestWords<'static> {
+        RequestWords {
+            op: OP_GET,
+            announced_len: 0,
+            range,
+            version: 0,
+            flags: 0,
+            meta: &[],
+        }
+    }
+
+    fn with_op(self, op: u32) -> RequestWords<'static> {
+        RequestWords { op, ..self }
+    }
+}
+
+/// Waits up to `timeout` for the cache's answer (FINAL on `produced`). On timeout or abort the
+/// segment is released (quarantined when the cache holds it) and the error returned.
+fn wait_for_answer(seg: &Seg<'_>, timeout: Duration, started: Instant) -> Result<()> {
+    let value = match wait_word(&seg.header.produced, timeout, |value| {
+        value & (ABORT | FINAL) != 0
+    }) {
+        Ok(Wake::Ready(value)) => value,
+        Ok(Wake::TimedOut) => {
+            seg.finish_side(Side::Proxy, true);
+            return Err(Error::Timeout {
+                what: "the cache to answer",
+                waited: started.elapsed(),
+            });
+        }
+        Err(err) => {
+            seg.finish_side(Side::Proxy, true);
+            return Err(err);
+        }
+    };
+    if value & ABORT != 0 {
+        seg.finish_side(Side::Proxy, true);
+        return Err(Error::Aborted);
+    }
+    Ok(())
 }
 
 impl Drop for Lease<'_> {
@@ -277,6 +413,7 @@ pub enum Lookup {
 /// quarantines) the segment at once.
 pub struct GetStream<'r> {
     consumer: Consumer<'r>,
+    meta: Vec<u8>,
     version: ObjectVersion,
     modified: Option<std::time::SystemTime>,
     lookup: Lookup,
@@ -292,6 +429,12 @@ impl<'r> GetStream<'r> {
     /// The segment the transfer runs through.
     pub fn segment(&self) -> SegmentIndex {
         SegmentIndex::from_raw(self.consumer.seg.index)
+    }
+
+    /// The object's metadata as the cache stored it (empty when it has none). Untrusted bytes:
+    /// whoever decodes them must check them.
+    pub fn meta(&self) -> &[u8] {
+        &self.meta
     }
 
     /// Bytes this stream carries: the requested range within the object (0 unless found).

@@ -2,7 +2,7 @@
 
 use super::cache::read_path;
 use super::*;
-use crate::{CacheSlot, RegionConfig, SegmentCounts, MAX_PATH_LEN};
+use crate::{CacheSlot, ObjectVersion, RegionConfig, SegmentCounts, MAX_PATH_LEN};
 use std::sync::Arc;
 
 const T: Duration = Duration::from_secs(10);
@@ -61,6 +61,8 @@ fn serve(
                     reader.complete(true).unwrap();
                     puts.push(body);
                 }
+                Op::UpdateMeta { .. } => request.updated(false).unwrap(),
+                Op::Purge { .. } => request.purged(0).unwrap(),
             }
         }
         puts
@@ -529,4 +531,76 @@ fn a_ranged_get_carries_only_its_range_and_the_version() {
         drop(stream);
         assert_eq!(region.segment_counts().free, 1);
     }
+}
+
+/// Metadata travels as opaque bytes: with a PUT to the cache, back with every GET answer, and
+/// in an UPDATE that names the version it belongs to; a PURGE says how many objects went.
+#[test]
+fn metadata_rides_with_put_get_and_update_and_purge_counts() {
+    let region = region(4);
+    let cache = {
+        let region = Arc::clone(&region);
+        std::thread::spawn(move || {
+            let slot = CacheSlot::from_raw(0);
+            let mut meta = Vec::new();
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                let request = region.next_request(slot, T).unwrap().unwrap();
+                seen.push(request.op());
+                match request.op() {
+                    Op::Put { .. } => {
+                        meta = request.meta().to_vec();
+                        let mut reader = request.accept().unwrap();
+                        while reader.next_chunk(T).unwrap().is_some() {}
+                        reader.complete(true).unwrap();
+                    }
+                    Op::Get => {
+                        let version = ObjectVersion::from_raw(7);
+                        let writer = request.found_with_meta(0, version, None, &meta).unwrap();
+                        writer.finish().unwrap();
+                    }
+                    Op::UpdateMeta { version } => {
+                        let current = version == ObjectVersion::from_raw(7);
+                        if current {
+                            meta = request.meta().to_vec();
+                        }
+                        request.updated(current).unwrap();
+                    }
+                    Op::Purge { prefix } => {
+                        assert_eq!(request.path(), "/dir/");
+                        request.purged(if prefix { 3 } else { 0 }).unwrap();
+                    }
+                }
+            }
+            seen
+        })
+    };
+    let slot = CacheSlot::from_raw(0);
+    let put = region.acquire(T).unwrap();
+    put.put_with_meta(slot, "/a", 0, b"first").unwrap().finish(T).unwrap();
+    let stream = region.acquire(T).unwrap().get(slot, "/a", T).unwrap();
+    assert_eq!(stream.meta(), b"first");
+    drop(stream);
+    let stale = ObjectVersion::from_raw(8);
+    let lease = region.acquire(T).unwrap();
+    assert!(!lease.update_meta(slot, "/a", stale, b"lost", T).unwrap());
+    let current = ObjectVersion::from_raw(7);
+    let lease = region.acquire(T).unwrap();
+    assert!(lease.update_meta(slot, "/a", current, b"second", T).unwrap());
+    let lease = region.acquire(T).unwrap();
+    assert_eq!(lease.purge(slot, "/dir/", true, T).unwrap(), 3);
+    let seen = cache.join().unwrap();
+    assert_eq!(seen.len(), 5);
+    assert_eq!(region.segment_counts().free, 4, "every segment back in the pool");
+}
+
+/// More metadata than a header holds is refused before anything is sent.
+#[test]
+fn oversized_metadata_is_refused_and_the_segment_freed() {
+    let region = region(1);
+    let lease = region.acquire(T).unwrap();
+    let meta = vec![1u8; crate::MAX_META_LEN + 1];
+    let refused = lease.put_with_meta(CacheSlot::from_raw(0), "/a", 1, &meta);
+    assert!(refused.is_err());
+    drop(region.acquire(T).unwrap());
 }
