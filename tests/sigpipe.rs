@@ -111,6 +111,7 @@ fn a_proxy_streaming_from_shared_memory_survives_clients_that_hang_up() {
         content: None,
         writable: false,
         max_size: None,
+        ttl: None,
     })
     .expect("directory backend");
     let stop_cache = Arc::new(AtomicBool::new(false));

@@ -210,6 +210,7 @@ fn main() {
         DirectoryOptions {
             writable: true,
             max_size: Some(1 << 20),
+            ttl: None,
         },
     )
     .expect("writable directory");

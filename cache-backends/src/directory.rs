@@ -8,6 +8,13 @@
 //!
 //! Writable roots store fills in a temporary file inside the root (same filesystem) and rename it
 //! into place on commit, under one lock that also keeps the LRU index of the stored files.
+//!
+//! Metadata: a writable root keeps each fill's [`ObjectMeta`] in a sidecar file under
+//! [`META_DIR`] at the top of the root (same relative path), which starts with the inode number
+//! and size of the object file it belongs to. A sidecar that names another file (the object was
+//! replaced, or the sidecar is missing or damaged) is not used: the object then gets the
+//! metadata of content put in place, as in a read-only root: Last-Modified from the file's
+//! mtime, an ETag from mtime and size, and the root's `ttl`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -24,11 +31,19 @@ use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
 
 use crate::paths::relative_object_path;
-use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectVersion};
+use crate::{
+    BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectMeta, ObjectVersion,
+};
 
 /// Prefix of the temporary files of fills in progress, at the top of a writable root. Paths
 /// whose first component starts with it are never served, and leftovers are removed at open.
 pub const FILL_PREFIX: &str = ".gfcache-fill.";
+
+/// The directory at the top of a writable root that holds the metadata sidecars. Never served.
+pub const META_DIR: &str = ".gfcache-meta";
+
+/// Bytes a sidecar starts with: the inode number and the size of its object file.
+const SIDECAR_HEAD: usize = 16;
 
 /// Options of a directory root.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,6 +52,8 @@ pub struct DirectoryOptions {
     pub writable: bool,
     /// Byte bound of the files under a writable root (LRU eviction of files).
     pub max_size: Option<u64>,
+    /// How long content put in place stays fresh (`None`: it never goes stale).
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// The directory backend. See the module docs.
@@ -47,6 +64,7 @@ pub struct DirectoryBackend {
 /// The state shared by the backend and its fills in progress.
 struct DirectoryInner {
     source: Source,
+    ttl: Option<std::time::Duration>,
     store: Option<Mutex<StoreIndex>>,
     /// Objects and bytes of a read-only source, counted at open.
     fixed_size: (u64, u64),
@@ -98,6 +116,7 @@ impl DirectoryBackend {
                 dir,
                 path: root.to_path_buf(),
             },
+            ttl: options.ttl,
             store: None,
             fixed_size,
             hits: AtomicU64::new(0),
@@ -129,7 +148,10 @@ impl DirectoryBackend {
     /// Opens a course-format listing: one `<path> <file>` per line (blank lines and lines
     /// starting with `#` are skipped); a relative `<file>` is relative to the listing's
     /// directory. Read-only.
-    pub fn open_listing(listing: &Path) -> Result<DirectoryBackend, Error> {
+    pub fn open_listing(
+        listing: &Path,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<DirectoryBackend, Error> {
         let text = std::fs::read_to_string(listing).map_err(|source| Error::Io {
             path: listing.to_path_buf(),
             source,
@@ -167,6 +189,7 @@ impl DirectoryBackend {
         let inner = DirectoryInner {
             fixed_size: (files.len() as u64, bytes),
             source: Source::Listing { files },
+            ttl,
             store: None,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -217,7 +240,7 @@ impl DirectoryInner {
                 let Some(relative) = relative_object_path(path) else {
                     return Ok(None);
                 };
-                if relative.starts_with(FILL_PREFIX) {
+                if is_private(relative) {
                     return Ok(None);
                 }
                 let file_path = root.join(relative);
@@ -251,6 +274,7 @@ impl DirectoryInner {
                     })
                 }
             }
+            remove_sidecar(dir, &victim);
             index.remove(&victim);
             self.evictions.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(key = %victim, "evicted");
@@ -267,6 +291,12 @@ impl DirectoryInner {
             source: errno.into(),
         };
         let mut index = self.lock_store()?;
+        // The sidecar goes first, naming the new file's inode: whoever opens the old file meanwhile
+        // sees a sidecar of another file and does not take its metadata for the old one.
+        match &fill.meta {
+            Some(meta) => self.write_sidecar(&fill.relative, fill.inode, fill.written, meta)?,
+            None => remove_sidecar(dir, &fill.relative),
+        }
         let (parent, leaf) = make_parents_beneath(dir, &fill.relative).map_err(io_error)?;
         let temp_name = fill
             .temp
@@ -280,6 +310,93 @@ impl DirectoryInner {
         self.inserts.fetch_add(1, Ordering::Relaxed);
         self.evict_over_bound(&mut index, Some(&fill.relative))
     }
+}
+
+impl DirectoryInner {
+    /// Writes the sidecar of the object file at `relative` (inode `inode`, `len` bytes): a temp
+    /// file renamed into place, so that a reader sees the old sidecar or the new one.
+    fn write_sidecar(
+        &self,
+        relative: &str,
+        inode: u64,
+        len: u64,
+        meta: &ObjectMeta,
+    ) -> Result<(), Error> {
+        let Some((dir, root)) = self.root() else {
+            return Err(Error::Config("the directory is not writable".into()));
+        };
+        let io_error = |source: std::io::Error| Error::Io {
+            path: root.join(META_DIR).join(relative),
+            source,
+        };
+        let mut temp = tempfile::Builder::new()
+            .prefix(FILL_PREFIX)
+            .tempfile_in(root)
+            .map_err(io_error)?;
+        let mut bytes = Vec::with_capacity(SIDECAR_HEAD + 128);
+        bytes.extend_from_slice(&inode.to_le_bytes());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&meta.encode());
+        temp.write_all(&bytes).map_err(io_error)?;
+        temp.as_file().sync_data().map_err(io_error)?;
+        let sidecar = format!("{META_DIR}/{relative}");
+        let (parent, leaf) =
+            make_parents_beneath(dir, &sidecar).map_err(|errno| io_error(errno.into()))?;
+        let temp_name = temp
+            .path()
+            .file_name()
+            .map(|name| name.to_os_string())
+            .ok_or_else(|| Error::Config("sidecar temp file has no name".into()))?;
+        nix::fcntl::renameat(dir, temp_name.as_os_str(), &parent, leaf)
+            .map_err(|errno| io_error(errno.into()))?;
+        let _ = temp.into_temp_path().keep();
+        Ok(())
+    }
+
+    /// The metadata of the object file `file` at `relative`: its sidecar's when the sidecar
+    /// names this very file, else made up from the file's facts.
+    fn meta_of(&self, relative: Option<&str>, metadata: &std::fs::Metadata) -> Vec<u8> {
+        let stored = match (self.store.is_some(), self.root(), relative) {
+            (true, Some((dir, _)), Some(relative)) => read_sidecar(dir, relative, metadata),
+            _ => None,
+        };
+        stored.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now();
+            ObjectMeta::for_content(metadata.modified().ok(), metadata.len(), self.ttl, now)
+                .encode()
+        })
+    }
+}
+
+/// Whether a top-level name is the backend's own (a fill in progress, the sidecars).
+fn is_private(relative: &str) -> bool {
+    relative.starts_with(FILL_PREFIX)
+        || relative == META_DIR
+        || relative.starts_with(&format!("{META_DIR}/"))
+}
+
+/// The encoded metadata in the sidecar of `relative`, if the sidecar names the file `metadata`
+/// describes and decodes.
+fn read_sidecar(dir: &OwnedFd, relative: &str, metadata: &std::fs::Metadata) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let sidecar = format!("{META_DIR}/{relative}");
+    let file = gfprotocol::paths::open_beneath(dir, &sidecar).ok()??;
+    let mut bytes = Vec::new();
+    let limit = (SIDECAR_HEAD + ipc::MAX_META_LEN) as u64;
+    file.take(limit + 1).read_to_end(&mut bytes).ok()?;
+    let (head, meta) = bytes.split_at_checked(SIDECAR_HEAD)?;
+    let inode = u64::from_le_bytes(head.get(..8)?.try_into().ok()?);
+    let len = u64::from_le_bytes(head.get(8..)?.try_into().ok()?);
+    if inode != metadata.ino() || len != metadata.len() || bytes.len() as u64 > limit {
+        return None;
+    }
+    ObjectMeta::decode(meta).ok()?;
+    Some(meta.to_vec())
+}
+
+/// Removes the sidecar of `relative`, if any (a missing one is fine).
+fn remove_sidecar(dir: &OwnedFd, relative: &str) {
+    let _ = remove_beneath(dir, &format!("{META_DIR}/{relative}"));
 }
 
 /// Opens `relative` beneath `dir` read-only with extra flags (`O_DIRECTORY` for the parents of
@@ -386,6 +503,9 @@ fn scan_tree(
                 format!("{prefix}/{name}")
             };
             let file_type = entry.file_type()?;
+            if prefix.is_empty() && name == META_DIR {
+                continue;
+            }
             if prefix.is_empty() && name.starts_with(FILL_PREFIX) {
                 if remove_stale_fills && file_type.is_file() {
                     tracing::info!(file = %entry.path().display(), "removing a stale fill");
@@ -491,8 +611,26 @@ impl CacheBackend for DirectoryBackend {
         self.inner.get(path)
     }
 
-    fn put(&self, path: &str, len: u64) -> Result<Option<Box<dyn Fill>>, Error> {
-        DirectoryInner::put(&self.inner, path, len)
+    fn put_with_meta(
+        &self,
+        path: &str,
+        len: u64,
+        meta: Option<&ObjectMeta>,
+    ) -> Result<Option<Box<dyn Fill>>, Error> {
+        DirectoryInner::put(&self.inner, path, len, meta)
+    }
+
+    fn update_meta(
+        &self,
+        path: &str,
+        version: ObjectVersion,
+        meta: &ObjectMeta,
+    ) -> Result<bool, Error> {
+        self.inner.update_meta(path, version, meta)
+    }
+
+    fn purge(&self, path: &str, prefix: bool) -> Result<u64, Error> {
+        self.inner.purge(path, prefix)
     }
 
     fn stats(&self) -> BackendStats {
@@ -511,22 +649,16 @@ impl DirectoryInner {
             source,
         })?;
         let len = metadata.len();
-        // The change time moves on every write and cannot be set back; device and inode tell a
-        // file renamed over the path.
-        let version = crate::object_version(&[
-            metadata.dev(),
-            metadata.ino(),
-            len,
-            metadata.ctime() as u64,
-            metadata.ctime_nsec() as u64,
-        ]);
+        let version = file_version(&metadata);
+        let relative = relative_object_path(path);
         if self.store.is_some() {
-            if let Some(relative) = relative_object_path(path) {
+            if let Some(relative) = relative {
                 self.lock_store()?.touch(relative, len);
             }
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Box::new(FileObject {
+            meta: self.meta_of(relative, &metadata),
             file,
             len,
             version,
@@ -535,7 +667,71 @@ impl DirectoryInner {
         })))
     }
 
-    fn put(this: &Arc<Self>, path: &str, len: u64) -> Result<Option<Box<dyn Fill>>, Error> {
+    /// Replaces the sidecar of the object at `path` if the file there is version `version`.
+    fn update_meta(
+        &self,
+        path: &str,
+        version: ObjectVersion,
+        meta: &ObjectMeta,
+    ) -> Result<bool, Error> {
+        let (Some(_), Some(relative)) = (&self.store, relative_object_path(path)) else {
+            return Ok(false);
+        };
+        // Under the store lock: no fill can replace the file between the check and the write.
+        let _index = self.lock_store()?;
+        let Some((file, file_path)) = self.open_object(path)? else {
+            return Ok(false);
+        };
+        let metadata = file.metadata().map_err(|source| Error::Io {
+            path: file_path,
+            source,
+        })?;
+        if file_version(&metadata) != version {
+            return Ok(false);
+        }
+        self.write_sidecar(relative, metadata.ino(), metadata.len(), meta)?;
+        Ok(true)
+    }
+
+    /// Removes stored files (and their sidecars): the one at `path`, or with `prefix` every
+    /// one whose path starts with `path`.
+    fn purge(&self, path: &str, prefix: bool) -> Result<u64, Error> {
+        let (Some(_), Some((dir, root))) = (&self.store, self.root()) else {
+            return Ok(0);
+        };
+        let wanted = path.trim_start_matches('/');
+        let mut index = self.lock_store()?;
+        let victims: Vec<String> = match prefix {
+            true => index
+                .files
+                .keys()
+                .filter(|relative| relative.starts_with(wanted))
+                .cloned()
+                .collect(),
+            false => index.files.get_key_value(wanted).map(|(k, _)| k.clone()).into_iter().collect(),
+        };
+        for victim in &victims {
+            match remove_beneath(dir, victim) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(errno) => {
+                    return Err(Error::Io {
+                        path: root.join(victim),
+                        source: errno.into(),
+                    })
+                }
+            }
+            remove_sidecar(dir, victim);
+            index.remove(victim);
+        }
+        Ok(victims.len() as u64)
+    }
+
+    fn put(
+        this: &Arc<Self>,
+        path: &str,
+        len: u64,
+        meta: Option<&ObjectMeta>,
+    ) -> Result<Option<Box<dyn Fill>>, Error> {
         let (Some(_), Some((_, root))) = (&this.store, this.root()) else {
             return Ok(None);
         };
@@ -543,7 +739,7 @@ impl DirectoryInner {
             return Ok(None);
         };
         let too_large = this.lock_store()?.max_size.is_some_and(|max| len > max);
-        if relative.starts_with(FILL_PREFIX) || too_large {
+        if is_private(relative) || too_large {
             return Ok(None);
         }
         let temp = tempfile::Builder::new()
@@ -554,12 +750,21 @@ impl DirectoryInner {
                 source,
             })?;
         let (file, temp) = temp.into_parts();
+        let inode = file
+            .metadata()
+            .map_err(|source| Error::Io {
+                path: temp.to_path_buf(),
+                source,
+            })?
+            .ino();
         Ok(Some(Box::new(DirectoryFillWriter {
             backend: Arc::clone(this),
             file,
             fill: DirectoryFill {
                 relative: relative.to_string(),
                 temp,
+                inode,
+                meta: meta.cloned(),
                 written: 0,
             },
             announced: len,
@@ -586,8 +791,21 @@ impl DirectoryInner {
     }
 }
 
+/// The version of a file's bytes. The change time moves on every write and cannot be set back;
+/// device and inode tell a file renamed over the path.
+fn file_version(metadata: &std::fs::Metadata) -> ObjectVersion {
+    crate::object_version(&[
+        metadata.dev(),
+        metadata.ino(),
+        metadata.len(),
+        metadata.ctime() as u64,
+        metadata.ctime_nsec() as u64,
+    ])
+}
+
 /// An open object file. The descriptor keeps the bytes even if the file is evicted meanwhile.
 struct FileObject {
+    meta: Vec<u8>,
     file: File,
     len: u64,
     version: ObjectVersion,
@@ -606,6 +824,10 @@ impl CachedObject for FileObject {
 
     fn modified(&self) -> Option<std::time::SystemTime> {
         self.modified
+    }
+
+    fn encoded_meta(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.meta)
     }
 
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {
@@ -642,6 +864,9 @@ pub(crate) fn check_range(offset: u64, len: usize, object_len: u64) -> Result<()
 struct DirectoryFill {
     relative: String,
     temp: tempfile::TempPath,
+    /// The temp file's inode: the object file's once renamed, named by its sidecar.
+    inode: u64,
+    meta: Option<ObjectMeta>,
     written: u64,
 }
 

@@ -56,6 +56,7 @@
 
 mod directory;
 mod memory;
+pub mod meta;
 pub mod metrics;
 pub mod pack;
 pub mod paths;
@@ -63,7 +64,8 @@ mod process;
 pub mod settings;
 
 pub use directory::{DirectoryBackend, DirectoryOptions, FILL_PREFIX};
-pub use memory::{MemoryBackend, ENTRY_OVERHEAD, MAX_SHARDS};
+pub use memory::{MemoryBackend, ENTRY_OVERHEAD, MAX_SHARDS, META_OVERHEAD};
+pub use meta::{MetaError, ObjectMeta};
 pub use pack::{build_pack, check_pack, verify_pack, BuildReport, PackBackend, VerifyReport};
 pub use settings::{BackendKind, CacheSettings, DirectorySettings, MemorySettings, PackSettings};
 
@@ -111,6 +113,9 @@ pub enum Error {
     /// The ipc layer failed.
     #[error(transparent)]
     Ipc(#[from] ipc::Error),
+    /// A proxy sent object metadata that does not decode.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
     /// A copy asked for bytes beyond the end of an object.
     #[error("range {offset}+{len} is outside an object of {object_len} bytes")]
     OutOfRange {
@@ -213,6 +218,9 @@ pub trait CachedObject: Send + Sync {
     /// When these bytes were last modified (a file's mtime, a fill's time), if known: the HTTP
     /// front end's Last-Modified.
     fn modified(&self) -> Option<std::time::SystemTime>;
+    /// Its [`ObjectMeta`] in wire form ([`ObjectMeta::encode`]), as the fill stored it or as the
+    /// backend makes it up for content put in place (empty: none known).
+    fn encoded_meta(&self) -> std::borrow::Cow<'_, [u8]>;
     /// Copies bytes `offset .. offset + len` into `dest` with one copy. On an error, whatever
     /// this call put into `dest` must be discarded (a pack object checks after the copy that
     /// its file did not change meanwhile).
@@ -233,9 +241,38 @@ pub trait CacheBackend: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The object at `path` (a GetFile path, starting with '/'), if held.
     fn get(&self, path: &str) -> Result<Option<Box<dyn CachedObject>>, Error>;
-    /// Starts storing an object of `len` bytes at `path`; `Ok(None)` declines (read-only,
-    /// too large).
-    fn put(&self, path: &str, len: u64) -> Result<Option<Box<dyn Fill>>, Error>;
+    /// Starts storing an object of `len` bytes at `path` with its metadata, if any; `Ok(None)`
+    /// declines (read-only, too large). The metadata becomes visible with the object, never
+    /// apart.
+    fn put_with_meta(
+        &self,
+        path: &str,
+        len: u64,
+        meta: Option<&ObjectMeta>,
+    ) -> Result<Option<Box<dyn Fill>>, Error>;
+    /// [`CacheBackend::put_with_meta`] without metadata.
+    fn put(&self, path: &str, len: u64) -> Result<Option<Box<dyn Fill>>, Error> {
+        self.put_with_meta(path, len, None)
+    }
+    /// Replaces the metadata of the object at `path` if it is still version `version` (an
+    /// origin's 304 refreshed it); `Ok(false)` when it is not held, is another version, or the
+    /// backend's metadata cannot change (read-only content).
+    fn update_meta(
+        &self,
+        path: &str,
+        version: ObjectVersion,
+        meta: &ObjectMeta,
+    ) -> Result<bool, Error> {
+        let _ = (path, version, meta);
+        Ok(false)
+    }
+    /// Removes the object at `path`, or with `prefix` every object whose path starts with
+    /// `path`; returns how many went. Content put in place (a read-only directory, a pack) is
+    /// never removed: 0.
+    fn purge(&self, path: &str, prefix: bool) -> Result<u64, Error> {
+        let _ = (path, prefix);
+        Ok(0)
+    }
     /// Current counters.
     fn stats(&self) -> BackendStats;
     /// Re-checks the backend's files and says whether it can answer now. The cache process
@@ -262,6 +299,8 @@ pub enum BackendConfig {
         writable: bool,
         /// Byte bound for a writable root (LRU eviction of stored files).
         max_size: Option<u64>,
+        /// Freshness of the files put in place (`None`: never stale).
+        ttl: Option<Duration>,
     },
     /// In-memory LRU.
     Memory {
@@ -289,15 +328,17 @@ pub fn open_backend(config: &BackendConfig) -> Result<Box<dyn CacheBackend>, Err
             content,
             writable,
             max_size,
+            ttl,
         } => {
             let options = DirectoryOptions {
                 writable: *writable,
                 max_size: *max_size,
+                ttl: *ttl,
             };
             let backend = match (root, content) {
                 (Some(root), None) => DirectoryBackend::open(root, options)?,
                 (None, Some(listing)) if !writable && max_size.is_none() => {
-                    DirectoryBackend::open_listing(listing)?
+                    DirectoryBackend::open_listing(listing, *ttl)?
                 }
                 (None, Some(_)) => {
                     return Err(Error::Config(

@@ -12,13 +12,16 @@
 //! Every object is charged `key + payload + ENTRY_OVERHEAD` bytes against its shard's share of
 //! the capacity; a shard evicts from its cold end until a new object fits.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::directory::check_range;
-use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectVersion};
+use crate::{
+    BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, ObjectMeta, ObjectVersion,
+};
 
 /// Bytes charged per object on top of its key and payload: an upper estimate of the node,
 /// its share of the hash map, the `Arc` counts, the object's 16-byte trailer (version and fill
@@ -26,6 +29,10 @@ use crate::{BackendStats, CacheBackend, CachedObject, ChunkDest, Error, Fill, Ob
 /// `cargo bench -p cache-backends` measures the real figure with a counting allocator
 /// (docs/backends.md records it); it must stay at or below this constant.
 pub const ENTRY_OVERHEAD: u64 = 104;
+
+/// Bytes charged per object's metadata on top of its encoded length: its entry in the shard's
+/// metadata map, the `Arc` counts and the allocator's rounding.
+pub const META_OVERHEAD: u64 = 64;
 
 /// The most shards a memory backend uses.
 pub const MAX_SHARDS: usize = 16;
@@ -143,10 +150,11 @@ impl CacheBackend for MemoryBackend {
     fn get(&self, path: &str) -> Result<Option<Box<dyn CachedObject>>, Error> {
         let (mut shard, hash) = self.inner.locate(path);
         match shard.get(path.as_bytes(), hash) {
-            Some(data) => {
+            Some((data, meta)) => {
                 shard.hits += 1;
                 Ok(Some(Box::new(MemoryObject {
                     data,
+                    meta,
                     key_len: path.len(),
                 })))
             }
@@ -157,14 +165,20 @@ impl CacheBackend for MemoryBackend {
         }
     }
 
-    fn put(&self, path: &str, len: u64) -> Result<Option<Box<dyn Fill>>, Error> {
+    fn put_with_meta(
+        &self,
+        path: &str,
+        len: u64,
+        meta: Option<&ObjectMeta>,
+    ) -> Result<Option<Box<dyn Fill>>, Error> {
         if !path.starts_with('/') || path.len() > crate::paths::MAX_PATH_LEN {
             return Ok(None);
         }
         if len > self.inner.max_object_size {
             return Ok(None);
         }
-        let charge = self.inner.charge(path, len);
+        let meta: Arc<[u8]> = Arc::from(meta.map(ObjectMeta::encode).unwrap_or_default());
+        let charge = self.inner.charge(path, len) + meta_charge(&meta);
         let (shard, _) = self.inner.locate(path);
         if charge > shard.capacity {
             return Ok(None);
@@ -194,8 +208,31 @@ impl CacheBackend for MemoryBackend {
             inner: Arc::clone(&self.inner),
             key_len: path.len(),
             data,
+            meta,
             written: 0,
         })))
+    }
+
+    fn update_meta(
+        &self,
+        path: &str,
+        version: ObjectVersion,
+        meta: &ObjectMeta,
+    ) -> Result<bool, Error> {
+        let (mut shard, _) = self.inner.locate(path);
+        let hash = hash32(&self.inner.hasher, path.as_bytes());
+        Ok(shard.replace_meta(path.as_bytes(), hash, version, Arc::from(meta.encode())))
+    }
+
+    fn purge(&self, path: &str, prefix: bool) -> Result<u64, Error> {
+        let mut removed = 0;
+        for shard in self.inner.shards.iter() {
+            let mut shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            removed += shard.purge(&self.inner.hasher, path.as_bytes(), prefix);
+        }
+        Ok(removed)
     }
 
     fn stats(&self) -> BackendStats {
@@ -235,10 +272,29 @@ impl MemoryObject {
     }
 }
 
-/// A stored object: a shared reference to the key and payload bytes.
+/// A stored object: a shared reference to the key and payload bytes, and to its metadata.
 struct MemoryObject {
     data: Arc<[u8]>,
+    meta: Option<Arc<[u8]>>,
     key_len: usize,
+}
+
+/// What a stored metadata buffer is charged.
+fn meta_charge(meta: &[u8]) -> u64 {
+    match meta.is_empty() {
+        true => 0,
+        false => meta.len() as u64 + META_OVERHEAD,
+    }
+}
+
+/// The version in a stored buffer's trailer.
+fn stored_version(data: &[u8]) -> ObjectVersion {
+    let start = data.len().saturating_sub(VERSION_BYTES);
+    let mut bytes = [0u8; 8];
+    if let Some(stored) = data.get(start..start + 8) {
+        bytes.copy_from_slice(stored);
+    }
+    ObjectVersion::from_raw(u64::from_le_bytes(bytes))
 }
 
 impl CachedObject for MemoryObject {
@@ -253,6 +309,10 @@ impl CachedObject for MemoryObject {
     fn modified(&self) -> Option<std::time::SystemTime> {
         let secs = self.trailer_word(1);
         (secs != 0).then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    }
+
+    fn encoded_meta(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.meta.as_deref().unwrap_or_default())
     }
 
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {
@@ -276,6 +336,7 @@ struct MemoryFill {
     inner: Arc<MemoryInner>,
     key_len: usize,
     data: Arc<[u8]>,
+    meta: Arc<[u8]>,
     written: usize,
 }
 
@@ -316,9 +377,10 @@ impl Fill for MemoryFill {
             return Err(self.length_error(self.written as u64));
         }
         let key = self.key();
-        let charge = self.inner.charge(&key, payload as u64);
+        let charge = self.inner.charge(&key, payload as u64) + meta_charge(&self.meta);
         let mut shard = self.inner.shard_of(&key);
-        if shard.insert(&self.inner.hasher, key.as_bytes(), self.data, charge) {
+        let entry = (self.data, self.meta);
+        if shard.insert(&self.inner.hasher, key.as_bytes(), entry, charge) {
             shard.inserts += 1;
         }
         Ok(())
@@ -358,6 +420,8 @@ fn hash32(hasher: &RandomState, key: &[u8]) -> u32 {
 struct Shard {
     chunks: Vec<Vec<Node>>,
     heads: HashMap<u32, u32, MixHash>,
+    /// The metadata of each node that has some, by node index.
+    metas: HashMap<u32, Arc<[u8]>, MixHash>,
     newest: u32,
     oldest: u32,
     free: u32,
@@ -375,6 +439,7 @@ impl Shard {
         Shard {
             chunks: Vec::new(),
             heads: HashMap::with_hasher(MixHash),
+            metas: HashMap::with_hasher(MixHash),
             newest: NIL,
             oldest: NIL,
             free: NIL,
@@ -413,16 +478,68 @@ impl Shard {
         None
     }
 
-    fn get(&mut self, key: &[u8], hash: u32) -> Option<Arc<[u8]>> {
+    fn get(&mut self, key: &[u8], hash: u32) -> Option<(Arc<[u8]>, Option<Arc<[u8]>>)> {
         let index = self.find(key, hash)?;
         self.unlink(index);
         self.link_newest(index);
-        self.node(index)?.data.clone()
+        let data = self.node(index)?.data.clone()?;
+        Some((data, self.metas.get(&index).cloned()))
     }
 
-    /// Stores an object, replacing one with the same key and evicting from the cold end until
-    /// it fits. Returns false if it cannot fit at all.
-    fn insert(&mut self, hasher: &RandomState, key: &[u8], data: Arc<[u8]>, charge: u64) -> bool {
+    /// Replaces the metadata of the object at `key` if it is version `version`.
+    fn replace_meta(
+        &mut self,
+        key: &[u8],
+        hash: u32,
+        version: ObjectVersion,
+        meta: Arc<[u8]>,
+    ) -> bool {
+        let Some(index) = self.find(key, hash) else {
+            return false;
+        };
+        let current = self.node(index).and_then(|node| node.data.as_deref());
+        if current.map(stored_version) != Some(version) {
+            return false;
+        }
+        let added = meta_charge(&meta);
+        let old = self.metas.insert(index, meta);
+        let freed = old.as_deref().map_or(0, meta_charge);
+        // A few bytes over the bound at most; the next insert evicts back under it.
+        self.bytes = self.bytes.saturating_sub(freed).saturating_add(added);
+        true
+    }
+
+    /// Removes the object at `key`, or with `prefix` every object whose key starts with it.
+    fn purge(&mut self, hasher: &RandomState, key: &[u8], prefix: bool) -> u64 {
+        let victims: Vec<(u32, u32)> = if prefix {
+            let mut victims = Vec::new();
+            let mut index = self.newest;
+            while let Some(node) = self.node(index) {
+                if node.key().starts_with(key) {
+                    victims.push((index, hash32(hasher, node.key())));
+                }
+                index = node.older;
+            }
+            victims
+        } else {
+            let hash = hash32(hasher, key);
+            self.find(key, hash).map(|index| (index, hash)).into_iter().collect()
+        };
+        for &(index, hash) in &victims {
+            self.remove(index, hash);
+        }
+        victims.len() as u64
+    }
+
+    /// Stores an object (its bytes and its metadata), replacing one with the same key and
+    /// evicting from the cold end until it fits. Returns false if it cannot fit at all.
+    fn insert(
+        &mut self,
+        hasher: &RandomState,
+        key: &[u8],
+        (data, meta): (Arc<[u8]>, Arc<[u8]>),
+        charge: u64,
+    ) -> bool {
         if charge > self.capacity {
             return false;
         }
@@ -450,6 +567,9 @@ impl Shard {
             return false;
         };
         self.heads.insert(hash, index);
+        if !meta.is_empty() {
+            self.metas.insert(index, meta);
+        }
         self.link_newest(index);
         self.bytes += charge;
         self.objects += 1;
@@ -515,8 +635,10 @@ impl Shard {
         }
         if let Some(data) = data {
             // The trailer bytes are part of ENTRY_OVERHEAD (see `charge`).
-            let charge =
-                (data.len().saturating_sub(VERSION_BYTES) as u64).saturating_add(ENTRY_OVERHEAD);
+            let meta = self.metas.remove(&index);
+            let charge = (data.len().saturating_sub(VERSION_BYTES) as u64)
+                .saturating_add(ENTRY_OVERHEAD)
+                .saturating_add(meta.as_deref().map_or(0, meta_charge));
             self.bytes = self.bytes.saturating_sub(charge);
             self.objects = self.objects.saturating_sub(1);
         }

@@ -14,10 +14,10 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ipc::{CacheRequest, Member, MemberState, Op, Region, StatsBlock};
+use ipc::{CacheRequest, Member, MemberState, ObjectVersion, Op, Region, StatsBlock};
 
 use crate::metrics::{Counter, Gauge};
-use crate::{Availability, BackendStats, CacheBackend, CacheProcessConfig, Error};
+use crate::{Availability, BackendStats, CacheBackend, CacheProcessConfig, Error, ObjectMeta};
 
 /// How long a worker waits for a request before it checks the stop flag again.
 const CLAIM_INTERVAL: Duration = Duration::from_millis(100);
@@ -255,6 +255,8 @@ fn worker_loop(shared: &Shared<'_>) {
         let outcome = match request.op() {
             Op::Get => serve_get(shared, request),
             Op::Put { len } => serve_put(shared, request, len, &mut fill_buffer),
+            Op::UpdateMeta { version } => serve_update(shared, request, version),
+            Op::Purge { prefix } => serve_purge(shared, request, prefix),
         };
         let now = shared
             .in_flight
@@ -301,7 +303,7 @@ fn refuse_queued(shared: &Shared<'_>) {
         };
         tracing::debug!(key = request.path(), "refused while draining");
         let answered = match request.op() {
-            Op::Get => request.error(),
+            Op::Get | Op::UpdateMeta { .. } | Op::Purge { .. } => request.error(),
             Op::Put { .. } => request.decline(),
         };
         if let Err(error) = answered {
@@ -342,8 +344,9 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
     // Counted before the proxy can see the answer, so a reader of the stats who has the
     // answer also sees the count.
     stats.add(Counter::Hits.id(), 1);
+    let meta = object.encoded_meta();
     let mut writer = request
-        .found_object(object.len(), object.version(), object.modified())
+        .found_with_meta(object.len(), object.version(), object.modified(), &meta)
         .map_err(|error| fail(error.into()))?;
     // The requested range: the whole object, or the part a client-paced transfer asks next.
     let end = writer.next_offset() + writer.len();
@@ -373,6 +376,59 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
     writer.finish().map_err(|error| fail(error.into()))
 }
 
+/// The metadata a PUT or UPDATE carries, checked (`None`: it carries none).
+fn request_meta(request: &CacheRequest<'_>) -> Result<Option<ObjectMeta>, Error> {
+    match request.meta() {
+        [] => Ok(None),
+        bytes => Ok(Some(ObjectMeta::decode(bytes)?)),
+    }
+}
+
+/// Replaces an object's metadata (a revalidation found it unchanged).
+fn serve_update(
+    shared: &Shared<'_>,
+    request: CacheRequest<'_>,
+    version: ObjectVersion,
+) -> Result<(), Failure> {
+    let path = request.path().to_string();
+    let fail = |error: Error| Failure {
+        path: path.clone(),
+        error,
+        proxy_left: false,
+    };
+    let updated = request_meta(&request).and_then(|meta| match meta {
+        Some(meta) => shared.backend.update_meta(&path, version, &meta),
+        None => Ok(false),
+    });
+    match updated {
+        Ok(updated) => request.updated(updated).map_err(|error| fail(error.into())),
+        Err(error) => {
+            let _ = request.updated(false);
+            Err(fail(error))
+        }
+    }
+}
+
+/// Removes an object, or the objects under a prefix, and says how many went.
+fn serve_purge(shared: &Shared<'_>, request: CacheRequest<'_>, prefix: bool) -> Result<(), Failure> {
+    let path = request.path().to_string();
+    let fail = |error: Error| Failure {
+        path: path.clone(),
+        error,
+        proxy_left: false,
+    };
+    match shared.backend.purge(&path, prefix) {
+        Ok(removed) => {
+            tracing::info!(key = %path, prefix, removed, "purged");
+            request.purged(removed).map_err(|error| fail(error.into()))
+        }
+        Err(error) => {
+            let _ = request.error();
+            Err(fail(error))
+        }
+    }
+}
+
 /// Marks a transfer error that is the proxy's abort (it dropped the GET) as such.
 fn proxy_or_own(mut failure: Failure) -> Failure {
     failure.proxy_left = matches!(failure.error, Error::Ipc(ipc::Error::Aborted));
@@ -395,7 +451,14 @@ fn serve_put(
         error,
         proxy_left: false,
     };
-    let mut fill = match shared.backend.put(&path, len) {
+    let meta = match request_meta(&request) {
+        Ok(meta) => meta,
+        Err(error) => {
+            let _ = request.decline();
+            return Err(fail(error));
+        }
+    };
+    let mut fill = match shared.backend.put_with_meta(&path, len, meta.as_ref()) {
         Ok(Some(fill)) => fill,
         Ok(None) => return request.decline().map_err(|error| fail(error.into())),
         Err(error) => {

@@ -79,6 +79,10 @@ pub struct DirectorySettings {
     /// With `writable`, the byte bound of the stored files.
     #[serde(with = "settings::size::option")]
     pub max_size: Option<u64>,
+    /// How long the files put in place (not fills, which carry the origin's freshness) stay
+    /// fresh; absent: they never go stale.
+    #[serde(with = "settings::duration::option")]
+    pub ttl: Option<Duration>,
 }
 
 /// `cache.memory`.
@@ -179,6 +183,7 @@ impl CacheSettings {
                     content: d.content,
                     writable: d.writable,
                     max_size: d.max_size,
+                    ttl: d.ttl,
                 }
             }
             BackendKind::Memory => {

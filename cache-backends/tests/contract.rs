@@ -51,6 +51,7 @@ fn directory_listing() -> Subject {
         content: Some(listing_file),
         writable: false,
         max_size: None,
+        ttl: None,
     })
     .unwrap();
     Subject {
@@ -67,6 +68,7 @@ fn directory_writable() -> Subject {
     let options = DirectoryOptions {
         writable: true,
         max_size: Some(1 << 30),
+        ttl: None,
     };
     let backend = DirectoryBackend::open(dir.path(), options).unwrap();
     put_all(&backend, &fixture());

@@ -105,6 +105,7 @@ fn fill_files_in_progress_are_never_served() {
     let options = DirectoryOptions {
         writable: true,
         max_size: None,
+        ttl: None,
     };
     let backend = DirectoryBackend::open(dir.path(), options).unwrap();
     let mut fill = backend.put("/object", 4).unwrap().unwrap();
@@ -147,6 +148,7 @@ fn stale_fills_are_removed_at_open() {
     let options = DirectoryOptions {
         writable: true,
         max_size: None,
+        ttl: None,
     };
     let _writable = DirectoryBackend::open(dir.path(), options).unwrap();
     assert!(!stale.exists());
@@ -160,6 +162,7 @@ fn writable_root_evicts_least_recently_used_files_beyond_max_size() {
     let options = DirectoryOptions {
         writable: true,
         max_size: Some(1000),
+        ttl: None,
     };
     let backend = DirectoryBackend::open(dir.path(), options).unwrap();
     let stats = backend.stats();
@@ -204,6 +207,7 @@ fn writable_root_over_its_bound_at_open_evicts_the_oldest() {
     let options = DirectoryOptions {
         writable: true,
         max_size: Some(250),
+        ttl: None,
     };
     let backend = DirectoryBackend::open(dir.path(), options).unwrap();
     let stats = backend.stats();
@@ -217,6 +221,7 @@ fn puts_cannot_escape_the_root() {
     let options = DirectoryOptions {
         writable: true,
         max_size: None,
+        ttl: None,
     };
     let backend = DirectoryBackend::open(&tree.root(), options).unwrap();
     for path in ["/../evil", "//evil", "/a/../../evil"] {
@@ -240,24 +245,28 @@ fn read_only_backends_decline_puts_and_bad_configs_are_errors() {
             content: None,
             writable: false,
             max_size: None,
+            ttl: None,
         },
         BackendConfig::Directory {
             root: Some(dir.path().into()),
             content: Some(dir.path().join("c")),
             writable: false,
             max_size: None,
+            ttl: None,
         },
         BackendConfig::Directory {
             root: None,
             content: Some(dir.path().join("c")),
             writable: true,
             max_size: None,
+            ttl: None,
         },
         BackendConfig::Directory {
             root: Some(dir.path().into()),
             content: None,
             writable: false,
             max_size: Some(10),
+            ttl: None,
         },
     ];
     for config in bad {
@@ -278,8 +287,8 @@ fn listing_errors_name_the_line() {
     let dir = TempDir::new().unwrap();
     let listing = dir.path().join("content.txt");
     std::fs::write(&listing, "/ok file\nno-slash file\n").unwrap();
-    let error = DirectoryBackend::open_listing(&listing).err().unwrap();
+    let error = DirectoryBackend::open_listing(&listing, None).err().unwrap();
     assert!(error.to_string().contains("line 2"), "{error}");
     std::fs::write(&listing, "/only-a-path\n").unwrap();
-    assert!(DirectoryBackend::open_listing(&listing).is_err());
+    assert!(DirectoryBackend::open_listing(&listing, None).is_err());
 }

@@ -249,6 +249,31 @@ pub mod duration {
             super::parse_duration(v).map_err(E::custom)
         }
     }
+
+    /// The same for an optional duration.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+        use std::time::Duration;
+
+        #[derive(Serialize, Deserialize)]
+        #[serde(transparent)]
+        struct Text(#[serde(with = "super")] Duration);
+
+        /// Writes the duration as humantime text, or nothing.
+        pub fn serialize<S: Serializer>(
+            value: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            value.map(Text).serialize(serializer)
+        }
+
+        /// Reads an optional duration.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            Ok(Option::<Text>::deserialize(deserializer)?.map(|t| t.0))
+        }
+    }
 }
 
 #[cfg(test)]

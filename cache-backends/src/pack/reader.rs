@@ -646,7 +646,12 @@ impl CacheBackend for PackBackend {
         })))
     }
 
-    fn put(&self, _path: &str, _len: u64) -> Result<Option<Box<dyn Fill>>, Error> {
+    fn put_with_meta(
+        &self,
+        _path: &str,
+        _len: u64,
+        _meta: Option<&crate::ObjectMeta>,
+    ) -> Result<Option<Box<dyn Fill>>, Error> {
         Ok(None)
     }
 
@@ -718,6 +723,16 @@ impl CachedObject for PackObject {
 
     fn modified(&self) -> Option<SystemTime> {
         self.pack.modified
+    }
+
+    fn encoded_meta(&self) -> std::borrow::Cow<'_, [u8]> {
+        let (len, crc) = self.entry().map_or((0, 0), |entry| (entry.len, entry.crc));
+        let meta = crate::ObjectMeta {
+            // The content's checksum names the bytes, whichever pack holds them.
+            etag: Some(format!("\"{crc:08x}-{len:x}\"")),
+            ..crate::ObjectMeta::for_content(self.pack.modified, len, None, SystemTime::now())
+        };
+        std::borrow::Cow::Owned(meta.encode())
     }
 
     fn version(&self) -> ObjectVersion {

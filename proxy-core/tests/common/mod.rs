@@ -65,6 +65,7 @@ fn run_cache_child() -> Result<(), BoxError> {
             content: None,
             writable: false,
             max_size: None,
+            ttl: None,
         },
         "memory" => BackendConfig::Memory {
             capacity: 512 << 20,
