@@ -118,14 +118,20 @@ impl HeaderFramer for HttpFramer {
 }
 
 /// What a hit or a miss says about the object, for the response head.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ObjectHead {
     /// The whole object's length.
     pub len: u64,
-    /// Its version as a cache names it (an ETag), if any.
+    /// Its version as a cache names it (an ETag made of it when `etag` is not given), if any.
     pub version: Option<u64>,
+    /// The stored entity tag (quotes included), which wins over one made of `version`.
+    pub etag: Option<String>,
     /// When it was last modified, if known.
     pub modified: Option<SystemTime>,
+    /// The stored Content-Type; `None`: guessed from the path's extension.
+    pub content_type: Option<String>,
+    /// Its age in seconds (`Age`), for a copy a cache stored from an origin.
+    pub age: Option<u64>,
     /// Whether a cache served it (`X-Cache`); `None` for a plain file server.
     pub cache: Option<CacheStatus>,
 }
@@ -193,7 +199,7 @@ impl HttpExchange {
 
     /// The answer to a found object: 304, 206, 416 or 200, with its validators.
     pub(crate) fn object(&mut self, object: &ObjectHead) -> Answer {
-        let etag = object.version.map(etag_of);
+        let etag = object.etag.clone().or_else(|| object.version.map(etag_of));
         if let Some(etag) = &etag {
             if not_modified(&self.request, etag, object.modified) {
                 let mut out = Vec::new();
@@ -239,9 +245,14 @@ impl HttpExchange {
             Some(etag) => self.with_validators(status, etag, object.modified),
             None => self.head(status),
         };
-        head = head
-            .content_length(len)
-            .content_type_for(&self.request.path);
+        head = head.content_length(len);
+        head = match &object.content_type {
+            Some(content_type) => head.content_type(content_type),
+            None => head.content_type_for(&self.request.path),
+        };
+        if let Some(age) = object.age {
+            head = head.age(age);
+        }
         // Ranges are honoured for objects with a validator (an If-Range needs one).
         if etag.is_some() {
             head = head.accept_ranges();

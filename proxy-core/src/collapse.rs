@@ -63,6 +63,8 @@ enum Phase {
     Broken,
     /// The origin answered 404/410.
     NotFound,
+    /// The origin answered 304 to the leader's revalidation: the stored copy is current again.
+    Refreshed,
     /// The fetch failed before the body.
     Error,
     /// The leader will not share this fetch (too large to buffer, or it found the object in
@@ -80,8 +82,10 @@ pub enum Answer {
     },
     /// FILE_NOT_FOUND.
     NotFound,
-    /// ERROR.
+    /// ERROR (or, for a follower holding a stale copy, maybe that copy: stale-if-error).
     Error,
+    /// The stored copy was revalidated: serve it from the cache.
+    Refreshed,
     /// Serve yourself: the leader gave up sharing, or did not answer in time.
     OnYourOwn,
 }
@@ -215,6 +219,11 @@ impl Leader<'_> {
         self.end(Phase::NotFound);
     }
 
+    /// The origin said the stored copy is current (304) and its metadata was refreshed.
+    pub fn refreshed(self) {
+        self.end(Phase::Refreshed);
+    }
+
     /// The fetch failed before the body.
     pub fn error(self) {
         self.end(Phase::Error);
@@ -281,6 +290,7 @@ impl Follower {
                 // Broken before this follower sent its header: it can still answer ERROR.
                 Phase::Broken => return Answer::Error,
                 Phase::NotFound => return Answer::NotFound,
+                Phase::Refreshed => return Answer::Refreshed,
                 Phase::Error => return Answer::Error,
                 Phase::Abandoned => return Answer::OnYourOwn,
             }

@@ -210,11 +210,12 @@ pub fn run_fill(
     slot: CacheSlot,
     path: &CanonicalPath,
     len: u64,
+    meta: &[u8],
     feed: &FillFeed,
     feed_timeout: Duration,
     cache_timeout: Duration,
 ) -> bool {
-    let stored = fill(region, slot, path, len, feed, feed_timeout, cache_timeout);
+    let stored = fill(region, slot, path, len, meta, feed, feed_timeout, cache_timeout);
     match &stored {
         Ok(()) => stats.incr(Counter::FillsStored),
         Err(reason) => {
@@ -227,18 +228,20 @@ pub fn run_fill(
     stored.is_ok()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fill(
     region: &Region,
     slot: CacheSlot,
     path: &CanonicalPath,
     len: u64,
+    meta: &[u8],
     feed: &FillFeed,
     feed_timeout: Duration,
     cache_timeout: Duration,
 ) -> Result<(), String> {
     let lease = region.acquire(cache_timeout).map_err(|e| e.to_string())?;
     let mut stream = lease
-        .put(slot, path.as_str(), len)
+        .put_with_meta(slot, path.as_str(), len, meta)
         .map_err(|e| e.to_string())?;
     loop {
         match feed.next(feed_timeout) {

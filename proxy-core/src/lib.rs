@@ -53,6 +53,7 @@
 pub mod collapse;
 mod error;
 pub mod fill;
+pub mod freshness;
 pub mod metrics;
 pub mod origin;
 mod paced;
@@ -185,7 +186,10 @@ impl Proxy {
             http_max_requests_per_connection: config.settings.http_max_requests_per_connection,
             ..ServerConfig::default()
         };
-        let ctx = Arc::new(Context {
+        let ctx = Arc::new_cyclic(|myself| Context {
+            myself: myself.clone(),
+            rules: freshness::Rules::of(&config.settings),
+            background_refreshes: std::sync::atomic::AtomicUsize::new(0),
             router: routing::Router::new(region.config().cache_slots, SUSPECT_PAUSE),
             stats: stats::Stats::new(Arc::clone(&region), Member::Proxy(config.slot)),
             flights: collapse::Flights::new(),

@@ -26,12 +26,23 @@ pub enum Counter {
     LookupMisses,
     /// Cache lookups that failed or timed out, or skipped a down cache.
     LookupErrors,
+    /// Cache lookups that served a stale copy (stale-while-revalidate, stale-if-error).
+    LookupStale,
+    /// Cache lookups that served a copy the origin had just revalidated (304).
+    LookupRevalidated,
     /// Origin fetches answered 200.
     OriginOk,
     /// Origin fetches answered 404/410.
     OriginNotFound,
     /// Origin fetches that failed.
     OriginError,
+    /// Origin fetches that carried validators (If-None-Match, If-Modified-Since); their answers
+    /// are also counted (ok, not_modified, not_found, error).
+    OriginConditional,
+    /// Origin fetches answered 304.
+    OriginNotModified,
+    /// Stale copies refreshed in the background (stale-while-revalidate).
+    BackgroundRefreshes,
     /// Requests served by the origin because their cache was down or failed.
     Fallbacks,
     /// Requests that waited on another request's origin fetch.
@@ -85,9 +96,14 @@ impl Counter {
         Counter::LookupHits,
         Counter::LookupMisses,
         Counter::LookupErrors,
+        Counter::LookupStale,
+        Counter::LookupRevalidated,
         Counter::OriginOk,
         Counter::OriginNotFound,
         Counter::OriginError,
+        Counter::OriginConditional,
+        Counter::OriginNotModified,
+        Counter::BackgroundRefreshes,
         Counter::Fallbacks,
         Counter::Collapsed,
         Counter::ResponseBytes,
@@ -140,6 +156,11 @@ impl Counter {
             Counter::Resumed => CounterId::at::<25>(),
             Counter::SendTimeouts => CounterId::at::<18>(),
             Counter::HeaderTimeouts => CounterId::at::<19>(),
+            Counter::LookupStale => CounterId::at::<20>(),
+            Counter::LookupRevalidated => CounterId::at::<21>(),
+            Counter::OriginConditional => CounterId::at::<22>(),
+            Counter::OriginNotModified => CounterId::at::<23>(),
+            Counter::BackgroundRefreshes => CounterId::at::<26>(),
             Counter::Http(status) => http_cell(status),
         }
     }
@@ -287,6 +308,14 @@ pub const SCHEMA: &[Family] = &[
                 labels: &[Label::fixed("result", "error")],
                 cell: Cell::Counter(Counter::LookupErrors.id()),
             },
+            Series {
+                labels: &[Label::fixed("result", "stale")],
+                cell: Cell::Counter(Counter::LookupStale.id()),
+            },
+            Series {
+                labels: &[Label::fixed("result", "revalidated")],
+                cell: Cell::Counter(Counter::LookupRevalidated.id()),
+            },
         ],
     },
     Family {
@@ -306,7 +335,29 @@ pub const SCHEMA: &[Family] = &[
                 labels: &[Label::fixed("result", "error")],
                 cell: Cell::Counter(Counter::OriginError.id()),
             },
+            Series {
+                labels: &[Label::fixed("result", "not_modified")],
+                cell: Cell::Counter(Counter::OriginNotModified.id()),
+            },
         ],
+    },
+    Family {
+        name: "gfcache_origin_conditional_fetches_total",
+        help: "Origin fetches that carried validators (revalidations); their answers are counted in gfcache_origin_fetches_total.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::OriginConditional.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_background_refreshes_total",
+        help: "Stale copies served at once and refreshed from the origin in the background (stale-while-revalidate).",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::BackgroundRefreshes.id()),
+        }],
     },
     Family {
         name: "gfcache_origin_fallbacks_total",

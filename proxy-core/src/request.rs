@@ -7,10 +7,19 @@
 //! skipped: for the next cache in rendezvous order when the caches share their data (a
 //! failover), else for the origin (a fallback). After the OK header a failure can only close the
 //! connection.
+//!
+//! Freshness (the [`freshness`](crate::freshness) module decides): a copy the origin filled is
+//! served while fresh; once stale it is revalidated with a conditional request first (collapsed
+//! like a miss: one origin request however many clients ask), or served at once while one
+//! background request refreshes it (stale-while-revalidate), or served while the origin fails
+//! (stale-if-error).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
+
+use cache_backends::ObjectMeta;
 
 use gfprotocol::http::CacheStatus;
 use gfprotocol::{Delivery, Failure, ObjectHead, Request, ResponseHeader, ResponseWriter};
@@ -19,8 +28,9 @@ use ipc::{ByteRange, CacheSlot, Lookup, ObjectVersion, Region};
 use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
 use crate::error::{Error, Side};
 use crate::fill::{run_fill, FillBudget, FillFeed, FILL_BACKLOG};
+use crate::freshness::{self, Rules, Storable, Verdict};
 use crate::metrics::Counter;
-use crate::origin::{Origin, OriginAnswer, OriginBody};
+use crate::origin::{Origin, OriginAnswer, OriginBody, OriginHeaders};
 use crate::paced::{self, ChunkSent, Paced};
 use crate::path::CanonicalPath;
 use crate::routing::{Route, Router};
@@ -31,8 +41,18 @@ use crate::ProxyConfig;
 /// Bytes read from the origin at a time.
 const ORIGIN_READ_SIZE: usize = 64 * 1024;
 
+/// Background refreshes (stale-while-revalidate) in flight at most per proxy process; past it a
+/// stale copy is still served and the next request past the bound tries again.
+const MAX_BACKGROUND_REFRESHES: usize = 16;
+
 /// Everything a request needs, shared by the worker threads of one proxy process.
 pub(crate) struct Context {
+    /// This context, for the background refreshes that outlive the request that started them.
+    pub(crate) myself: Weak<Context>,
+    /// The freshness settings.
+    pub(crate) rules: Rules,
+    /// Background refreshes running.
+    pub(crate) background_refreshes: AtomicUsize,
     pub(crate) region: Arc<Region>,
     pub(crate) config: ProxyConfig,
     pub(crate) router: Router,
@@ -104,9 +124,10 @@ fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Ou
     };
 
     // 3-6. Acquire a segment, GET from that cache, stream from the segment, release.
-    match from_cache(ctx, slot, &path, response) {
+    match from_cache(ctx, slot, &path, response, LookupMode::Check) {
         CacheResult::Served(outcome) => outcome,
         CacheResult::Miss => from_origin(ctx, &path, Some(slot), epoch, response),
+        CacheResult::Stale(copy) => revalidate(ctx, &path, copy, epoch, response),
         CacheResult::Failed(error) => {
             tracing::debug!(slot = slot.as_raw(), key = %path, %error, "cache failed");
             ctx.stats.incr(Counter::LookupErrors);
@@ -125,10 +146,14 @@ fn failover(
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
     for slot in ctx.router.failover_order(&ctx.region, path.as_str(), owner) {
-        match from_cache(ctx, slot, path, response) {
+        match from_cache(ctx, slot, path, response, LookupMode::Check) {
             CacheResult::Served(outcome) => {
                 ctx.stats.incr(Counter::Failovers);
                 return outcome;
+            }
+            CacheResult::Stale(copy) => {
+                ctx.stats.incr(Counter::Failovers);
+                return revalidate(ctx, path, copy, epoch, response);
             }
             // The caches share their data: what one lacks, all lack.
             CacheResult::Miss => return from_origin(ctx, path, None, epoch, response),
@@ -148,8 +173,93 @@ enum CacheResult {
     Served(Outcome),
     /// The cache does not hold the object.
     Miss,
+    /// The cache holds a copy that must be revalidated with the origin before it is used.
+    Stale(StaleCopy),
     /// The cache could not answer before the OK header went out: skip it.
     Failed(Error),
+}
+
+/// How a lookup treats the freshness of the copy it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LookupMode {
+    /// Serve it if fresh (or within stale-while-revalidate); else report it stale.
+    Check,
+    /// Serve it: the origin just said it is current (a 304).
+    Revalidated,
+    /// Serve it although stale: the origin failed and stale-if-error allows it.
+    StaleOnError,
+}
+
+impl LookupMode {
+    /// The lookup result a served copy counts as.
+    fn counter(self) -> Counter {
+        match self {
+            LookupMode::Check => Counter::LookupHits,
+            LookupMode::Revalidated => Counter::LookupRevalidated,
+            LookupMode::StaleOnError => Counter::LookupStale,
+        }
+    }
+}
+
+/// A stored copy found stale: where it is, what it says of itself, and which bytes it names.
+#[derive(Clone, Debug)]
+pub(crate) struct StaleCopy {
+    slot: CacheSlot,
+    meta: ObjectMeta,
+    version: ObjectVersion,
+}
+
+/// The metadata a cache answered with: `None` for content without any (never stale). Bytes that
+/// do not decode make a copy that is revalidated at once and never served stale.
+fn stored_meta(bytes: &[u8]) -> Option<ObjectMeta> {
+    if bytes.is_empty() {
+        return None;
+    }
+    match ObjectMeta::decode(bytes) {
+        Ok(meta) => Some(meta),
+        Err(error) => {
+            tracing::debug!(%error, "undecodable object metadata: revalidating");
+            Some(ObjectMeta {
+                fresh_for: Some(0),
+                must_revalidate: true,
+                ..ObjectMeta::fresh_forever(SystemTime::UNIX_EPOCH)
+            })
+        }
+    }
+}
+
+/// The response head of a stored copy: its validators, type and age.
+fn stored_head(
+    len: u64,
+    version: Option<u64>,
+    modified: Option<SystemTime>,
+    meta: Option<&ObjectMeta>,
+    now: SystemTime,
+) -> ObjectHead {
+    let Some(meta) = meta else {
+        return ObjectHead {
+            len,
+            version,
+            modified,
+            cache: Some(CacheStatus::Hit),
+            ..ObjectHead::default()
+        };
+    };
+    ObjectHead {
+        len,
+        version,
+        etag: meta.etag.clone(),
+        modified: meta
+            .last_modified
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .or(modified),
+        content_type: meta.content_type.clone(),
+        // Only a copy with a lifetime came from an origin and has an age worth telling.
+        age: meta
+            .fresh_for
+            .map(|_| freshness::current_age(meta, now)),
+        cache: Some(CacheStatus::Hit),
+    }
 }
 
 /// Acquires a segment, GETs `path` from cache `slot` and streams a hit to the client straight
@@ -161,6 +271,7 @@ fn from_cache(
     slot: CacheSlot,
     path: &CanonicalPath,
     response: &mut ResponseWriter<'_>,
+    mode: LookupMode,
 ) -> CacheResult {
     let timeout = ctx.config.settings.cache_timeout;
     let lease = match ctx.region.acquire(timeout) {
@@ -192,12 +303,38 @@ fn from_cache(
     let version = stream.version();
     let may_release = version != ObjectVersion::NONE;
     let client_buffer = usize::try_from(ctx.config.settings.client_buffer).unwrap_or(usize::MAX);
-    let head = ObjectHead {
-        len: object_len,
-        version: may_release.then_some(version.as_raw()),
-        modified: stream.modified(),
-        cache: Some(CacheStatus::Hit),
-    };
+    let meta = stored_meta(stream.meta());
+    let now = SystemTime::now();
+    let mut served_as = mode.counter();
+    if let (Some(meta), LookupMode::Check, Some(_)) = (&meta, mode, &ctx.origin) {
+        match freshness::verdict(meta, now, &ctx.rules) {
+            Verdict::Fresh => {}
+            Verdict::ServeAndRefresh => {
+                served_as = Counter::LookupStale;
+                refresh_in_background(ctx, path, slot, meta, version);
+            }
+            Verdict::Revalidate => {
+                let meta = meta.clone();
+                return CacheResult::Stale(StaleCopy {
+                    slot,
+                    meta,
+                    version,
+                });
+            }
+        }
+    }
+    if meta.as_ref().is_some_and(|meta| meta.status != 200) {
+        // A stored 404 or 410 (negative caching).
+        ctx.stats.incr(served_as);
+        return CacheResult::Served(reply(response, ResponseHeader::FileNotFound));
+    }
+    let head = stored_head(
+        object_len,
+        may_release.then_some(version.as_raw()),
+        stream.modified(),
+        meta.as_ref(),
+        now,
+    );
     // Where the stream's bytes start in the object, and how many it carries.
     let first = wanted.offset;
     let mut body_len = stream.body_len();
@@ -225,7 +362,7 @@ fn from_cache(
             if chunk.is_none() && body_len > 0 {
                 return CacheResult::Failed(short_object(slot));
             }
-            ctx.stats.incr(Counter::LookupHits);
+            ctx.stats.incr(served_as);
             match response.send_object(&head) {
                 Err(error) => return CacheResult::Served(client_gone(&error, response)),
                 // HEAD, 304, 416: nothing more to send.
@@ -362,67 +499,145 @@ fn from_origin(
     let Some(origin) = &ctx.origin else {
         return reply(response, ResponseHeader::FileNotFound);
     };
+    let fetch = Fetch {
+        origin,
+        path,
+        fill_slot,
+        stale: None,
+    };
     match ctx.flights.join(path, epoch) {
         Joined::Follower(follower) => {
             ctx.stats.incr(Counter::Collapsed);
-            follow(ctx, origin, path, fill_slot, follower, response)
+            follow(ctx, &fetch, follower, response)
         }
         Joined::Leader(leader) => {
             if leader.is_stale() {
                 // A flight for this path may have filled the cache since our lookup.
                 if let Some(slot) = fill_slot {
-                    match from_cache(ctx, slot, path, response) {
+                    match from_cache(ctx, slot, path, response, LookupMode::Check) {
                         CacheResult::Served(outcome) => {
                             leader.abandon();
                             return outcome;
                         }
                         CacheResult::Miss => {}
+                        CacheResult::Stale(copy) => {
+                            return fetch.with_stale(copy).run(ctx, Some(leader), response);
+                        }
                         CacheResult::Failed(error) => {
                             tracing::debug!(%error, "cache failed on the second look");
                             ctx.stats.incr(Counter::LookupErrors);
                             ctx.stats.incr(Counter::Fallbacks);
-                            return fetch(ctx, origin, path, None, Some(leader), response);
+                            return fetch.without_fill().run(ctx, Some(leader), response);
                         }
                     }
                 }
             }
-            fetch(ctx, origin, path, fill_slot, Some(leader), response)
+            fetch.run(ctx, Some(leader), response)
         }
+    }
+}
+
+/// A stale copy: revalidate it with the origin (collapsed with every other request for the
+/// path), then serve it, its replacement, or (the origin failing) maybe the stale copy.
+fn revalidate(
+    ctx: &Context,
+    path: &CanonicalPath,
+    copy: StaleCopy,
+    epoch: u64,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    let Some(origin) = &ctx.origin else {
+        // Only a proxy with an origin finds copies stale.
+        return serve_copy(ctx, path, &copy, LookupMode::Revalidated, response);
+    };
+    let fetch = Fetch {
+        origin,
+        path,
+        fill_slot: Some(copy.slot),
+        stale: Some(copy),
+    };
+    match ctx.flights.join(path, epoch) {
+        Joined::Follower(follower) => {
+            ctx.stats.incr(Counter::Collapsed);
+            follow(ctx, &fetch, follower, response)
+        }
+        Joined::Leader(leader) => fetch.run(ctx, Some(leader), response),
+    }
+}
+
+/// One origin fetch of a request: what to fetch, where to fill it, and the stale copy it
+/// revalidates, if any.
+struct Fetch<'a> {
+    origin: &'a Origin,
+    path: &'a CanonicalPath,
+    fill_slot: Option<CacheSlot>,
+    stale: Option<StaleCopy>,
+}
+
+impl Fetch<'_> {
+    fn with_stale(self, copy: StaleCopy) -> Self {
+        Fetch {
+            fill_slot: Some(copy.slot),
+            stale: Some(copy),
+            ..self
+        }
+    }
+
+    fn without_fill(self) -> Self {
+        Fetch {
+            fill_slot: None,
+            ..self
+        }
+    }
+
+    fn run(
+        &self,
+        ctx: &Context,
+        leader: Option<Leader<'_>>,
+        response: &mut ResponseWriter<'_>,
+    ) -> Outcome {
+        fetch(ctx, self, leader, response)
+    }
+
+    /// The stale copy, if the origin's failure lets it be served now (stale-if-error).
+    fn stale_on_error(&self, ctx: &Context) -> Option<&StaleCopy> {
+        let now = SystemTime::now();
+        self.stale
+            .as_ref()
+            .filter(|copy| freshness::may_serve_on_error(&copy.meta, now, &ctx.rules))
     }
 }
 
 /// Serves a collapsed request from its leader's fetch.
 fn follow(
     ctx: &Context,
-    origin: &Origin,
-    path: &CanonicalPath,
-    fill_slot: Option<CacheSlot>,
+    fetch: &Fetch<'_>,
     follower: Follower,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
+    let path = fetch.path;
     let len = match follower.wait_answer(ctx.config.settings.collapse_timeout) {
         Answer::Body { len } => len,
         Answer::NotFound => return reply(response, ResponseHeader::FileNotFound),
-        Answer::Error => return fail(response, Failure::Origin),
+        Answer::Refreshed => {
+            if let Some(copy) = &fetch.stale {
+                return serve_copy(ctx, path, copy, LookupMode::Revalidated, response);
+            }
+            drop(follower);
+            return alone(ctx, fetch, response);
+        }
+        Answer::Error => {
+            if let Some(copy) = fetch.stale_on_error(ctx) {
+                return serve_copy(ctx, path, copy, LookupMode::StaleOnError, response);
+            }
+            return fail(response, Failure::Origin);
+        }
         Answer::OnYourOwn => {
             drop(follower);
-            // The leader may have found the object in the cache, or filled it, meanwhile.
-            if let Some(slot) = fill_slot {
-                match from_cache(ctx, slot, path, response) {
-                    CacheResult::Served(outcome) => return outcome,
-                    CacheResult::Miss => {}
-                    CacheResult::Failed(error) => {
-                        tracing::debug!(%error, "cache failed on the second look");
-                        ctx.stats.incr(Counter::LookupErrors);
-                        ctx.stats.incr(Counter::Fallbacks);
-                        return fetch(ctx, origin, path, None, None, response);
-                    }
-                }
-            }
-            return fetch(ctx, origin, path, fill_slot, None, response);
+            return alone(ctx, fetch, response);
         }
     };
-    if let Err(error) = response.send_object(&miss_head(len)) {
+    if let Err(error) = response.send_object(&miss_head(len, None)) {
         return client_gone(&error, response);
     }
     let mut sent: u64 = 0;
@@ -447,43 +662,145 @@ fn follow(
     Outcome::Miss
 }
 
-/// Fetches `path` from the origin and streams it to the client, sharing it with the leader's
-/// followers and filling cache `fill_slot`.
+/// A follower whose leader did not share: the leader may have found the object in the cache,
+/// or filled or refreshed it, meanwhile; else fetch without a flight.
+fn alone(ctx: &Context, fetch: &Fetch<'_>, response: &mut ResponseWriter<'_>) -> Outcome {
+    let Some(slot) = fetch.fill_slot else {
+        return fetch_alone(ctx, fetch, None, response);
+    };
+    match from_cache(ctx, slot, fetch.path, response, LookupMode::Check) {
+        CacheResult::Served(outcome) => outcome,
+        CacheResult::Miss => fetch_alone(ctx, fetch, None, response),
+        CacheResult::Stale(copy) => fetch_alone(ctx, fetch, Some(copy), response),
+        CacheResult::Failed(error) => {
+            tracing::debug!(%error, "cache failed on the second look");
+            ctx.stats.incr(Counter::LookupErrors);
+            ctx.stats.incr(Counter::Fallbacks);
+            let unfilled = Fetch {
+                fill_slot: None,
+                stale: None,
+                ..*fetch
+            };
+            fetch_alone(ctx, &unfilled, None, response)
+        }
+    }
+}
+
+fn fetch_alone(
+    ctx: &Context,
+    fetch: &Fetch<'_>,
+    stale: Option<StaleCopy>,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    let own = Fetch {
+        stale: stale.or_else(|| fetch.stale.clone()),
+        ..*fetch
+    };
+    own.run(ctx, None, response)
+}
+
+/// Fetches the path from the origin (conditionally, when it revalidates a stale copy) and
+/// serves what comes back: a 200 streamed to the client, shared with the leader's followers and
+/// filled when it may be stored; a 304 by refreshing the copy's metadata and serving it; a
+/// 404/410 (stored when negative caching is on); a failure (maybe by the stale copy).
 fn fetch(
     ctx: &Context,
-    origin: &Origin,
-    path: &CanonicalPath,
-    fill_slot: Option<CacheSlot>,
+    fetch: &Fetch<'_>,
     leader: Option<Leader<'_>>,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
-    let mut body = match origin.fetch(path, None) {
-        Ok(OriginAnswer::Found(body)) => *body,
-        Ok(OriginAnswer::NotFound(_)) => {
+    let path = fetch.path;
+    let validators = fetch
+        .stale
+        .as_ref()
+        .and_then(|copy| freshness::validators(&copy.meta));
+    if validators.is_some() {
+        ctx.stats.incr(Counter::OriginConditional);
+    }
+    let requested = SystemTime::now();
+    let answer = fetch.origin.fetch(path, validators.as_ref());
+    let received = SystemTime::now();
+    match answer {
+        Ok(OriginAnswer::Found(body)) => {
+            let storable = freshness::storable(body.headers(), requested, received, &ctx.rules);
+            found(ctx, fetch, *body, storable, leader, response)
+        }
+        Ok(OriginAnswer::NotModified(headers)) => {
+            ctx.stats.incr(Counter::OriginNotModified);
+            let Some(copy) = &fetch.stale else {
+                // Origin::fetch answers 304 only to a request that sent validators.
+                return fail(response, Failure::Origin);
+            };
+            refresh_copy(ctx, path, copy, &headers, requested, received);
+            if let Some(leader) = leader {
+                leader.refreshed();
+            }
+            serve_copy(ctx, path, copy, LookupMode::Revalidated, response)
+        }
+        Ok(OriginAnswer::NotFound(headers)) => {
             ctx.stats.incr(Counter::OriginNotFound);
+            if let Some(copy) = &fetch.stale {
+                // The origin no longer has it: neither may the cache.
+                purge_copy(ctx, path, copy.slot);
+            }
+            if let Some(slot) = fetch.fill_slot {
+                if let Storable::Yes(meta) =
+                    freshness::storable(&headers, requested, received, &ctx.rules)
+                {
+                    store_negative(ctx, path, slot, &meta);
+                }
+            }
             if let Some(leader) = leader {
                 leader.not_found();
             }
-            return reply(response, ResponseHeader::FileNotFound);
+            reply(response, ResponseHeader::FileNotFound)
         }
-        answer => {
-            // Only a conditional request is answered 304 (fetch refuses any other).
-            let error = answer.err().unwrap_or_else(|| Error::OriginStatus {
-                url: origin.url_for(path),
-                status: 304,
-            });
+        Err(error) => {
             warn_origin_failure(ctx, path, &with_causes(&error));
             ctx.stats.incr(Counter::OriginError);
             if let Some(leader) = leader {
                 leader.error();
             }
-            return fail(response, origin_failure(&error));
+            if let Some(copy) = fetch.stale_on_error(ctx) {
+                return serve_copy(ctx, path, copy, LookupMode::StaleOnError, response);
+            }
+            fail(response, origin_failure(&error))
+        }
+    }
+}
+
+/// Serves a 200 from the origin: stored (filled, shared with followers) when it may be, else
+/// streamed to this client only.
+fn found(
+    ctx: &Context,
+    fetch: &Fetch<'_>,
+    mut body: OriginBody,
+    storable: Storable,
+    leader: Option<Leader<'_>>,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    let path = fetch.path;
+    let (fill_slot, meta, leader) = match storable {
+        Storable::Yes(meta) => (fetch.fill_slot, Some(meta), leader),
+        // no-store or private: for this client only, never shared with followers.
+        Storable::No => {
+            if let Some(copy) = &fetch.stale {
+                purge_copy(ctx, path, copy.slot);
+            }
+            if let Some(leader) = leader {
+                leader.abandon();
+            }
+            (None, None, None)
         }
     };
+    let meta = meta.as_ref();
     match body.content_length() {
-        Some(len) => stream_origin(ctx, path, &mut body, len, fill_slot, leader, response),
+        Some(len) => stream_origin(ctx, path, &mut body, len, fill_slot, meta, leader, response),
         None => match body.read_to_end_bounded(ctx.config.settings.max_object_size) {
-            Ok(bytes) => send_buffered(ctx, path, Arc::from(bytes), fill_slot, leader, response),
+            Ok(bytes) => {
+                let bytes = Arc::from(bytes);
+                send_buffered(ctx, path, bytes, fill_slot, meta, leader, response)
+            }
             Err(error) => {
                 warn_origin_failure(ctx, path, &with_causes(&error));
                 ctx.stats.incr(Counter::OriginError);
@@ -496,14 +813,217 @@ fn fetch(
     }
 }
 
+/// Serves a stored copy the request path already decided on (revalidated, or stale while the
+/// origin fails). A copy that went meanwhile (evicted, purged) leaves nothing to serve but an
+/// error: the origin was just asked.
+fn serve_copy(
+    ctx: &Context,
+    path: &CanonicalPath,
+    copy: &StaleCopy,
+    mode: LookupMode,
+    response: &mut ResponseWriter<'_>,
+) -> Outcome {
+    match from_cache(ctx, copy.slot, path, response, mode) {
+        CacheResult::Served(outcome) => outcome,
+        CacheResult::Miss | CacheResult::Stale(_) => fail(response, Failure::Origin),
+        CacheResult::Failed(error) => {
+            tracing::debug!(%error, "cache failed serving a revalidated copy");
+            ctx.stats.incr(Counter::LookupErrors);
+            fail(response, Failure::Unavailable)
+        }
+    }
+}
+
+/// After a 304: the copy's metadata with the freshness the origin just gave, written back for
+/// the version that was revalidated (a copy replaced meanwhile keeps its own).
+fn refresh_copy(
+    ctx: &Context,
+    path: &CanonicalPath,
+    copy: &StaleCopy,
+    headers: &OriginHeaders,
+    requested: SystemTime,
+    received: SystemTime,
+) {
+    let Some(meta) = freshness::refreshed(&copy.meta, headers, requested, received, &ctx.rules)
+    else {
+        // The 304 says it may no longer be stored: serve it this once, then drop it.
+        purge_copy(ctx, path, copy.slot);
+        return;
+    };
+    let timeout = ctx.config.settings.cache_timeout;
+    let updated = ctx.region.acquire(timeout).and_then(|lease| {
+        lease.update_meta(copy.slot, path.as_str(), copy.version, &meta.encode(), timeout)
+    });
+    match updated {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!(key = %path, "the revalidated copy changed meanwhile"),
+        Err(error) => tracing::debug!(key = %path, %error, "refreshing the metadata failed"),
+    }
+}
+
+/// Removes the cache's copy of `path` (the origin dropped it, or forbids storing it now).
+fn purge_copy(ctx: &Context, path: &CanonicalPath, slot: CacheSlot) {
+    let timeout = ctx.config.settings.cache_timeout;
+    let purged = ctx
+        .region
+        .acquire(timeout)
+        .and_then(|lease| lease.purge(slot, path.as_str(), false, timeout));
+    if let Err(error) = purged {
+        tracing::debug!(key = %path, %error, "removing a stale copy failed");
+    }
+}
+
+/// Stores a 404/410 as an empty object whose metadata says so (negative caching).
+fn store_negative(ctx: &Context, path: &CanonicalPath, slot: CacheSlot, meta: &ObjectMeta) {
+    let timeout = ctx.config.settings.cache_timeout;
+    let stored = ctx.region.acquire(timeout).and_then(|lease| {
+        lease
+            .put_with_meta(slot, path.as_str(), 0, &meta.encode())?
+            .finish(timeout)
+    });
+    match stored {
+        Ok(()) => ctx.stats.incr(Counter::FillsStored),
+        Err(error) => {
+            tracing::debug!(key = %path, %error, "negative entry not stored");
+            ctx.stats.incr(Counter::FillsDropped);
+        }
+    }
+}
+
+/// Starts one background refresh of a copy served stale (stale-while-revalidate), unless one
+/// is running for the path already or too many are running.
+fn refresh_in_background(
+    ctx: &Context,
+    path: &CanonicalPath,
+    slot: CacheSlot,
+    meta: &ObjectMeta,
+    version: ObjectVersion,
+) {
+    let Some(ctx) = ctx.myself.upgrade() else {
+        return;
+    };
+    if ctx.background_refreshes.fetch_add(1, Ordering::AcqRel) >= MAX_BACKGROUND_REFRESHES {
+        ctx.background_refreshes.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let copy = StaleCopy {
+        slot,
+        meta: meta.clone(),
+        version,
+    };
+    let path = path.clone();
+    let worker = Arc::clone(&ctx);
+    let spawned = thread::Builder::new()
+        .name("gfproxy-refresh".into())
+        .spawn(move || {
+            refresh(&worker, &path, copy);
+            worker.background_refreshes.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(error) = spawned {
+        tracing::debug!(%error, "no refresh thread");
+        ctx.background_refreshes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The background refresh: one per path (a flight already running for it does the work), with
+/// no client: a 304 refreshes the metadata, a 200 fills the new object, a 404 drops the copy.
+fn refresh(ctx: &Context, path: &CanonicalPath, copy: StaleCopy) {
+    let Some(origin) = &ctx.origin else { return };
+    let Joined::Leader(leader) = ctx.flights.join(path, ctx.flights.epoch()) else {
+        return;
+    };
+    ctx.stats.incr(Counter::BackgroundRefreshes);
+    let validators = freshness::validators(&copy.meta);
+    if validators.is_some() {
+        ctx.stats.incr(Counter::OriginConditional);
+    }
+    let requested = SystemTime::now();
+    let answer = origin.fetch(path, validators.as_ref());
+    let received = SystemTime::now();
+    match answer {
+        Ok(OriginAnswer::NotModified(headers)) => {
+            ctx.stats.incr(Counter::OriginNotModified);
+            refresh_copy(ctx, path, &copy, &headers, requested, received);
+            leader.refreshed();
+        }
+        Ok(OriginAnswer::Found(mut body)) => {
+            leader.abandon();
+            let storable = freshness::storable(body.headers(), requested, received, &ctx.rules);
+            match (storable, body.content_length()) {
+                (Storable::Yes(meta), Some(len)) => {
+                    fill_unattended(ctx, path, copy.slot, &mut body, len, &meta)
+                }
+                _ => purge_copy(ctx, path, copy.slot),
+            }
+        }
+        Ok(OriginAnswer::NotFound(_)) => {
+            ctx.stats.incr(Counter::OriginNotFound);
+            purge_copy(ctx, path, copy.slot);
+            leader.abandon();
+        }
+        Err(error) => {
+            warn_origin_failure(ctx, path, &with_causes(&error));
+            ctx.stats.incr(Counter::OriginError);
+            leader.abandon();
+        }
+    }
+}
+
+/// Fills cache `slot` with an origin body no client waits for (a background refresh).
+fn fill_unattended(
+    ctx: &Context,
+    path: &CanonicalPath,
+    slot: CacheSlot,
+    body: &mut OriginBody,
+    len: u64,
+    meta: &ObjectMeta,
+) {
+    let Some(slot) = fill_target(ctx, Some(slot), len) else {
+        return;
+    };
+    let feed = FillFeed::new(FILL_BACKLOG, Arc::clone(&ctx.fill_budget));
+    let received = with_fill(ctx, path, len, Some(slot), Some(meta), Some(&feed), || {
+        let mut buf = vec![0u8; ORIGIN_READ_SIZE];
+        let mut received: u64 = 0;
+        while received < len {
+            let n = match body.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let keep = usize::try_from(len - received).map_or(n, |left| n.min(left));
+            let piece: Arc<[u8]> = Arc::from(buf.get(..keep).unwrap_or_default());
+            if !feed.push(piece) {
+                break;
+            }
+            received += keep as u64;
+        }
+        if received == len {
+            feed.complete();
+        } else {
+            feed.cancel();
+        }
+        received
+    });
+    match received == len {
+        true => ctx.stats.incr(Counter::OriginOk),
+        false => {
+            warn_origin_failure(ctx, path, &format!("refresh cut short after {received} of {len} bytes"));
+            ctx.stats.incr(Counter::OriginError);
+        }
+    }
+}
+
 /// Streams an origin body of announced length `len` to the client as it arrives, sharing it with
-/// the leader's followers and feeding the fill of cache `fill_slot` on its own thread.
+/// the leader's followers and feeding the fill of cache `fill_slot` (stored with `meta`) on its
+/// own thread.
+#[allow(clippy::too_many_arguments)]
 fn stream_origin(
     ctx: &Context,
     path: &CanonicalPath,
     body: &mut OriginBody,
     len: u64,
     fill_slot: Option<CacheSlot>,
+    meta: Option<&ObjectMeta>,
     leader: Option<Leader<'_>>,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
@@ -531,8 +1051,8 @@ fn stream_origin(
         feed: fill_target(ctx, fill_slot, len)
             .map(|_| FillFeed::new(FILL_BACKLOG, Arc::clone(&ctx.fill_budget))),
     };
-    let (received, client) = with_fill(ctx, path, len, fill_slot, tee.feed.as_ref(), || {
-        let pumped = pump(path, body, len, &tee, leader.as_ref(), response);
+    let (received, client) = with_fill(ctx, path, len, fill_slot, meta, tee.feed.as_ref(), || {
+        let pumped = pump(path, body, len, meta, &tee, leader.as_ref(), response);
         if let Some(feed) = &tee.feed {
             if pumped.0 == len {
                 feed.complete();
@@ -600,11 +1120,12 @@ fn pump(
     path: &CanonicalPath,
     body: &mut OriginBody,
     len: u64,
+    meta: Option<&ObjectMeta>,
     tee: &Tee<'_, '_>,
     leader: Option<&Leader<'_>>,
     response: &mut ResponseWriter<'_>,
 ) -> (u64, ClientState) {
-    let mut client = match response.send_object(&miss_head(len)) {
+    let mut client = match response.send_object(&miss_head(len, meta)) {
         Ok(_) => ClientState::Open,
         Err(error) => ClientState::Gone(error),
     };
@@ -653,18 +1174,24 @@ fn fill_target(ctx: &Context, fill_slot: Option<CacheSlot>, len: u64) -> Option<
 }
 
 /// Runs `serve` on this thread while a fill thread PUTs what `feed` receives into cache
-/// `fill_slot`; returns once both are done.
+/// `fill_slot`, with `meta`; returns once both are done. Without metadata (the answer may not
+/// be stored) nothing is filled.
 fn with_fill<T>(
     ctx: &Context,
     path: &CanonicalPath,
     len: u64,
     fill_slot: Option<CacheSlot>,
+    meta: Option<&ObjectMeta>,
     feed: Option<&FillFeed>,
     serve: impl FnOnce() -> T,
 ) -> T {
-    let (Some(slot), Some(feed)) = (fill_slot, feed) else {
+    let (Some(slot), Some(feed), Some(meta)) = (fill_slot, feed, meta) else {
+        if let Some(feed) = feed {
+            feed.cancel();
+        }
         return serve();
     };
+    let meta = meta.encode();
     thread::scope(|scope| {
         let filler = thread::Builder::new()
             .name("gfproxy-fill".into())
@@ -675,6 +1202,7 @@ fn with_fill<T>(
                     slot,
                     path,
                     len,
+                    &meta,
                     feed,
                     ctx.config.settings.origin_timeout,
                     ctx.config.settings.cache_timeout,
@@ -695,6 +1223,7 @@ fn send_buffered(
     path: &CanonicalPath,
     bytes: Arc<[u8]>,
     fill_slot: Option<CacheSlot>,
+    meta: Option<&ObjectMeta>,
     leader: Option<Leader<'_>>,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
@@ -710,9 +1239,9 @@ fn send_buffered(
         feed.complete();
         feed
     });
-    let sent = with_fill(ctx, path, len, fill_slot, feed.as_ref(), || {
+    let sent = with_fill(ctx, path, len, fill_slot, meta, feed.as_ref(), || {
         response
-            .send_object(&miss_head(len))
+            .send_object(&miss_head(len, meta))
             .and_then(|_| response.send_body(&bytes))
     });
     if let Some(leader) = leader {
@@ -739,13 +1268,18 @@ pub(crate) fn client_gone(error: &std::io::Error, response: &mut ResponseWriter<
     Outcome::Aborted
 }
 
-/// The head of an origin answer: no validators yet (the freshness work adds the origin's).
-fn miss_head(len: u64) -> ObjectHead {
+/// The head of an origin answer: the origin's validators and type, as stored (`meta`).
+fn miss_head(len: u64, meta: Option<&ObjectMeta>) -> ObjectHead {
     ObjectHead {
         len,
-        version: None,
-        modified: None,
+        etag: meta.and_then(|meta| meta.etag.clone()),
+        modified: meta
+            .and_then(|meta| meta.last_modified)
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+        content_type: meta.and_then(|meta| meta.content_type.clone()),
+        age: meta.map(|meta| meta.initial_age),
         cache: Some(CacheStatus::Miss),
+        ..ObjectHead::default()
     }
 }
 

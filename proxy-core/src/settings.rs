@@ -70,6 +70,22 @@ pub struct ProxySettings {
     pub http_keepalive_timeout: Duration,
     /// Requests on one HTTP connection at most; the last answer says `Connection: close`.
     pub http_max_requests_per_connection: u32,
+    /// How long an origin answer that says nothing of its freshness (no Cache-Control max-age
+    /// or s-maxage, no Expires) stays fresh. "0s": stored, but revalidated on every request.
+    #[serde(with = "settings::duration")]
+    pub default_ttl: Duration,
+    /// Store the origin's 404 and 410 answers this long (unless they say otherwise); absent:
+    /// they are never stored.
+    #[serde(with = "settings::duration::option")]
+    pub negative_ttl: Option<Duration>,
+    /// How long past expiry a copy is served at once while one background request refreshes
+    /// it, when the origin does not say (its `stale-while-revalidate` wins). "0s": never.
+    #[serde(with = "settings::duration")]
+    pub stale_while_revalidate: Duration,
+    /// How long past expiry a copy is served while the origin fails (5xx, refused, timeout),
+    /// when the origin does not say (its `stale-if-error` wins).
+    #[serde(with = "settings::duration")]
+    pub stale_if_error: Duration,
 }
 
 impl Default for ProxySettings {
@@ -96,9 +112,17 @@ impl Default for ProxySettings {
             http_listen: None,
             http_keepalive_timeout: server.http_keepalive_timeout,
             http_max_requests_per_connection: server.http_max_requests_per_connection,
+            default_ttl: Duration::ZERO,
+            negative_ttl: None,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::from_secs(3600),
         }
     }
 }
+
+/// The longest freshness setting: a copy fresh for more than ten years is a copy never
+/// revalidated, which `cache.directory.ttl` absent already says.
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The bounds of `client_buffer`: below a few pages a slow client costs a cache round trip
 /// per few kilobytes; above, memory per slow client grows for nothing.
@@ -165,6 +189,16 @@ impl ProxySettings {
             ("send_timeout", self.send_timeout),
         ] {
             problems.check_nonzero(key, value);
+        }
+        for (key, value) in [
+            ("default_ttl", Some(self.default_ttl)),
+            ("negative_ttl", self.negative_ttl),
+            ("stale_while_revalidate", Some(self.stale_while_revalidate)),
+            ("stale_if_error", Some(self.stale_if_error)),
+        ] {
+            if value.is_some_and(|value| value > MAX_TTL) {
+                problems.add(key, "must be at most 10 years");
+            }
         }
         if let Some(path) = &self.origin_ca_file {
             if path.as_os_str().is_empty() {

@@ -151,8 +151,9 @@ pub fn body_follows(method: Method, status: StatusCode) -> bool {
 pub struct ResponseHead<'a> {
     status: StatusCode,
     content_length: Option<u64>,
-    content_type: Option<&'static str>,
+    content_type: Option<&'a str>,
     last_modified: Option<SystemTime>,
+    age: Option<u64>,
     etag: Option<&'a str>,
     accept_ranges: bool,
     content_range: Option<ContentRange>,
@@ -168,6 +169,7 @@ impl<'a> ResponseHead<'a> {
             content_length: None,
             content_type: None,
             last_modified: None,
+            age: None,
             etag: None,
             accept_ranges: false,
             content_range: None,
@@ -190,9 +192,16 @@ impl<'a> ResponseHead<'a> {
         self
     }
 
-    /// `Content-Type` as given (e.g. [`TEXT_PLAIN`]).
-    pub fn content_type(mut self, content_type: &'static str) -> Self {
+    /// `Content-Type` as given (e.g. [`TEXT_PLAIN`], or an origin's, already checked to be
+    /// visible ASCII).
+    pub fn content_type(mut self, content_type: &'a str) -> Self {
         self.content_type = Some(content_type);
+        self
+    }
+
+    /// `Age`: seconds since the origin made this answer (RFC 9111 section 5.1).
+    pub fn age(mut self, seconds: u64) -> Self {
+        self.age = Some(seconds);
         self
     }
 
@@ -279,6 +288,9 @@ impl<'a> ResponseHead<'a> {
         }
         if let Some(etag) = self.etag {
             field(out, "ETag", etag);
+        }
+        if let Some(age) = self.age {
+            field(out, "Age", age);
         }
         if representation && self.accept_ranges {
             out.extend_from_slice(b"Accept-Ranges: bytes\r\n");

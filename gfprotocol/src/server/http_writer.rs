@@ -99,9 +99,7 @@ impl ResponseWriter<'_> {
                 return self
                     .send_object(&ObjectHead {
                         len: length,
-                        version: None,
-                        modified: None,
-                        cache: None,
+                        ..ObjectHead::default()
                     })
                     .map(drop)
             }

@@ -255,9 +255,11 @@ pub fn region_config(segments: u32, cache_slots: u32, proxy_slots: u32) -> Regio
     }
 }
 
-/// A proxy config for tests: port 0, generous cache timeout.
+/// A proxy config for tests: port 0, generous cache timeout, and origin answers that say
+/// nothing of their freshness kept an hour (the freshness tests set their own rules).
 pub fn proxy_config(origin: Option<String>) -> ProxyConfig {
     let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.settings.default_ttl = Duration::from_secs(3600);
     config.settings.threads = 8;
     config.settings.origin = origin;
     config.settings.origin_connect_timeout = Duration::from_secs(2);
