@@ -708,7 +708,12 @@ impl DirectoryInner {
                 .filter(|relative| relative.starts_with(wanted))
                 .cloned()
                 .collect(),
-            false => index.files.get_key_value(wanted).map(|(k, _)| k.clone()).into_iter().collect(),
+            false => index
+                .files
+                .get_key_value(wanted)
+                .map(|(k, _)| k.clone())
+                .into_iter()
+                .collect(),
         };
         for victim in &victims {
             match remove_beneath(dir, victim) {

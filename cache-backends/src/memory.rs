@@ -523,7 +523,10 @@ impl Shard {
             victims
         } else {
             let hash = hash32(hasher, key);
-            self.find(key, hash).map(|index| (index, hash)).into_iter().collect()
+            self.find(key, hash)
+                .map(|index| (index, hash))
+                .into_iter()
+                .collect()
         };
         for &(index, hash) in &victims {
             self.remove(index, hash);

@@ -410,7 +410,11 @@ fn serve_update(
 }
 
 /// Removes an object, or the objects under a prefix, and says how many went.
-fn serve_purge(shared: &Shared<'_>, request: CacheRequest<'_>, prefix: bool) -> Result<(), Failure> {
+fn serve_purge(
+    shared: &Shared<'_>,
+    request: CacheRequest<'_>,
+    prefix: bool,
+) -> Result<(), Failure> {
     let path = request.path().to_string();
     let fail = |error: Error| Failure {
         path: path.clone(),

@@ -287,7 +287,9 @@ fn listing_errors_name_the_line() {
     let dir = TempDir::new().unwrap();
     let listing = dir.path().join("content.txt");
     std::fs::write(&listing, "/ok file\nno-slash file\n").unwrap();
-    let error = DirectoryBackend::open_listing(&listing, None).err().unwrap();
+    let error = DirectoryBackend::open_listing(&listing, None)
+        .err()
+        .unwrap();
     assert!(error.to_string().contains("line 2"), "{error}");
     std::fs::write(&listing, "/only-a-path\n").unwrap();
     assert!(DirectoryBackend::open_listing(&listing, None).is_err());

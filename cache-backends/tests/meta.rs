@@ -48,17 +48,28 @@ fn writable(dir: &TempDir) -> DirectoryBackend {
 fn stores_replaces_and_purges(backend: &dyn CacheBackend) {
     fill(backend, "/a.txt", b"alpha", &origin_meta("\"1\""));
     let (meta, version) = meta_of(backend, "/a.txt").unwrap();
-    assert_eq!(meta, origin_meta("\"1\"").clone_with_stored_at(meta.stored_at));
+    assert_eq!(
+        meta,
+        origin_meta("\"1\"").clone_with_stored_at(meta.stored_at)
+    );
 
     let refreshed = origin_meta("\"2\"");
     let other = ObjectVersion::from_raw(version.as_raw() ^ 1);
     assert!(!backend.update_meta("/a.txt", other, &refreshed).unwrap());
-    assert_eq!(meta_of(backend, "/a.txt").unwrap().0.etag.as_deref(), Some("\"1\""));
+    assert_eq!(
+        meta_of(backend, "/a.txt").unwrap().0.etag.as_deref(),
+        Some("\"1\"")
+    );
     assert!(backend.update_meta("/a.txt", version, &refreshed).unwrap());
     let (meta, same_version) = meta_of(backend, "/a.txt").unwrap();
     assert_eq!(meta.etag.as_deref(), Some("\"2\""));
-    assert_eq!(same_version, version, "a metadata update keeps the bytes' version");
-    assert!(!backend.update_meta("/missing", version, &refreshed).unwrap());
+    assert_eq!(
+        same_version, version,
+        "a metadata update keeps the bytes' version"
+    );
+    assert!(!backend
+        .update_meta("/missing", version, &refreshed)
+        .unwrap());
 
     for path in ["/dir/one", "/dir/two", "/dir/sub/three", "/dirt"] {
         fill(backend, path, &pattern(100, 1), &origin_meta("\"x\""));
@@ -69,7 +80,10 @@ fn stores_replaces_and_purges(backend: &dyn CacheBackend) {
     assert_eq!(backend.purge("/dir/", true).unwrap(), 3);
     assert!(backend.get("/dir/one").unwrap().is_none());
     assert!(backend.get("/dir/sub/three").unwrap().is_none());
-    assert!(backend.get("/dirt").unwrap().is_some(), "a prefix ends where it says");
+    assert!(
+        backend.get("/dirt").unwrap().is_some(),
+        "a prefix ends where it says"
+    );
 }
 
 trait WithStoredAt {
@@ -100,7 +114,12 @@ fn writable_directory_stores_replaces_and_purges_metadata() {
 #[test]
 fn writable_directory_metadata_survives_a_restart() {
     let dir = TempDir::new().unwrap();
-    fill(&writable(&dir), "/kept/a.txt", b"alpha", &origin_meta("\"1\""));
+    fill(
+        &writable(&dir),
+        "/kept/a.txt",
+        b"alpha",
+        &origin_meta("\"1\""),
+    );
     let reopened = writable(&dir);
     let (meta, _) = meta_of(&reopened, "/kept/a.txt").unwrap();
     assert_eq!(meta.etag.as_deref(), Some("\"1\""));

@@ -215,7 +215,16 @@ pub fn run_fill(
     feed_timeout: Duration,
     cache_timeout: Duration,
 ) -> bool {
-    let stored = fill(region, slot, path, len, meta, feed, feed_timeout, cache_timeout);
+    let stored = fill(
+        region,
+        slot,
+        path,
+        len,
+        meta,
+        feed,
+        feed_timeout,
+        cache_timeout,
+    );
     match &stored {
         Ok(()) => stats.incr(Counter::FillsStored),
         Err(reason) => {

@@ -295,14 +295,23 @@ mod tests {
         headers.cache_control = None;
         assert_eq!(stored(&headers).fresh_for, Some(30));
         headers.expires = Some("0".into());
-        assert_eq!(stored(&headers).fresh_for, Some(0), "an invalid Expires is expired");
+        assert_eq!(
+            stored(&headers).fresh_for,
+            Some(0),
+            "an invalid Expires is expired"
+        );
         headers.expires = None;
         assert_eq!(stored(&headers).fresh_for, Some(0), "default_ttl");
     }
 
     #[test]
     fn no_store_and_private_are_never_stored_and_no_cache_always_revalidates() {
-        for cc in ["no-store", "private", "Private, max-age=60", "max-age=5, NO-STORE"] {
+        for cc in [
+            "no-store",
+            "private",
+            "Private, max-age=60",
+            "max-age=5, NO-STORE",
+        ] {
             let verdict = storable(&answer(cc), at(NOW), at(NOW), &rules());
             assert_eq!(verdict, Storable::No, "{cc}");
         }
@@ -329,7 +338,10 @@ mod tests {
     #[test]
     fn stale_windows_from_the_origin_or_the_settings() {
         let meta = stored(&answer("max-age=10, stale-while-revalidate=20"));
-        assert_eq!(verdict(&meta, at(NOW + 15), &rules()), Verdict::ServeAndRefresh);
+        assert_eq!(
+            verdict(&meta, at(NOW + 15), &rules()),
+            Verdict::ServeAndRefresh
+        );
         assert_eq!(verdict(&meta, at(NOW + 30), &rules()), Verdict::Revalidate);
         let meta = stored(&answer("max-age=10"));
         assert!(may_serve_on_error(&meta, at(NOW + 3000), &rules()));

@@ -255,9 +255,7 @@ fn stored_head(
             .or(modified),
         content_type: meta.content_type.clone(),
         // Only a copy with a lifetime came from an origin and has an age worth telling.
-        age: meta
-            .fresh_for
-            .map(|_| freshness::current_age(meta, now)),
+        age: meta.fresh_for.map(|_| freshness::current_age(meta, now)),
         cache: Some(CacheStatus::Hit),
     }
 }
@@ -852,7 +850,13 @@ fn refresh_copy(
     };
     let timeout = ctx.config.settings.cache_timeout;
     let updated = ctx.region.acquire(timeout).and_then(|lease| {
-        lease.update_meta(copy.slot, path.as_str(), copy.version, &meta.encode(), timeout)
+        lease.update_meta(
+            copy.slot,
+            path.as_str(),
+            copy.version,
+            &meta.encode(),
+            timeout,
+        )
     });
     match updated {
         Ok(true) => {}
@@ -1007,7 +1011,11 @@ fn fill_unattended(
     match received == len {
         true => ctx.stats.incr(Counter::OriginOk),
         false => {
-            warn_origin_failure(ctx, path, &format!("refresh cut short after {received} of {len} bytes"));
+            warn_origin_failure(
+                ctx,
+                path,
+                &format!("refresh cut short after {received} of {len} bytes"),
+            );
             ctx.stats.incr(Counter::OriginError);
         }
     }

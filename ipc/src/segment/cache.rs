@@ -169,8 +169,7 @@ impl<'r> CacheRequest<'r> {
                 ),
             },
             OP_PURGE => Op::Purge {
-                prefix: seg.header.answer.command_flags.load(Ordering::Relaxed) & PURGE_PREFIX
-                    != 0,
+                prefix: seg.header.answer.command_flags.load(Ordering::Relaxed) & PURGE_PREFIX != 0,
             },
             other => {
                 tracing::warn!(

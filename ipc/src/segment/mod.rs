@@ -249,10 +249,7 @@ impl<'r> Seg<'r> {
     fn read_meta(&self) -> Result<Vec<u8>> {
         let len = self.header.answer.meta_len.load(Ordering::Acquire) as usize;
         if len > crate::MAX_META_LEN {
-            return Err(self.protocol(format!(
-                "metadata length {len} > {}",
-                crate::MAX_META_LEN
-            )));
+            return Err(self.protocol(format!("metadata length {len} > {}", crate::MAX_META_LEN)));
         }
         let mut meta = vec![0u8; len];
         // SAFETY: `len <= MAX_META_LEN` (checked) bytes of the metadata area, which is

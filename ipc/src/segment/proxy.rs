@@ -116,7 +116,10 @@ impl<'r> Lease<'r> {
         let (range_offset, range_len) = range.to_words();
         request.range_offset.store(range_offset, Ordering::Relaxed);
         request.range_len.store(range_len, Ordering::Relaxed);
-        header.answer.object_version.store(version, Ordering::Relaxed);
+        header
+            .answer
+            .object_version
+            .store(version, Ordering::Relaxed);
         header.answer.modified_secs.store(0, Ordering::Relaxed);
         header.answer.command_flags.store(flags, Ordering::Relaxed);
         if let Err(err) = seg.write_meta(meta) {

@@ -577,7 +577,10 @@ fn metadata_rides_with_put_get_and_update_and_purge_counts() {
     };
     let slot = CacheSlot::from_raw(0);
     let put = region.acquire(T).unwrap();
-    put.put_with_meta(slot, "/a", 0, b"first").unwrap().finish(T).unwrap();
+    put.put_with_meta(slot, "/a", 0, b"first")
+        .unwrap()
+        .finish(T)
+        .unwrap();
     let stream = region.acquire(T).unwrap().get(slot, "/a", T).unwrap();
     assert_eq!(stream.meta(), b"first");
     drop(stream);
@@ -586,12 +589,18 @@ fn metadata_rides_with_put_get_and_update_and_purge_counts() {
     assert!(!lease.update_meta(slot, "/a", stale, b"lost", T).unwrap());
     let current = ObjectVersion::from_raw(7);
     let lease = region.acquire(T).unwrap();
-    assert!(lease.update_meta(slot, "/a", current, b"second", T).unwrap());
+    assert!(lease
+        .update_meta(slot, "/a", current, b"second", T)
+        .unwrap());
     let lease = region.acquire(T).unwrap();
     assert_eq!(lease.purge(slot, "/dir/", true, T).unwrap(), 3);
     let seen = cache.join().unwrap();
     assert_eq!(seen.len(), 5);
-    assert_eq!(region.segment_counts().free, 4, "every segment back in the pool");
+    assert_eq!(
+        region.segment_counts().free,
+        4,
+        "every segment back in the pool"
+    );
 }
 
 /// More metadata than a header holds is refused before anything is sent.

@@ -67,6 +67,13 @@ fn run_cache_child() -> Result<(), BoxError> {
             max_size: None,
             ttl: None,
         },
+        "writable-directory" => BackendConfig::Directory {
+            root: Some(path),
+            content: None,
+            writable: true,
+            max_size: None,
+            ttl: None,
+        },
         "memory" => BackendConfig::Memory {
             capacity: 512 << 20,
             max_object_size: 128 << 20,
@@ -144,6 +151,8 @@ pub enum Backend {
     MemoryWarm(PathBuf),
     /// A pack file.
     Pack(PathBuf),
+    /// A writable root the fills go into (metadata in sidecars beside them).
+    WritableDirectory(PathBuf),
 }
 
 /// A cache process; SIGKILLed and reaped on drop.
@@ -172,6 +181,9 @@ impl CacheChild {
                 .env(BACKEND_PATH, "-")
                 .env(WARM, dir),
             Backend::Pack(path) => command.env(BACKEND, "pack").env(BACKEND_PATH, path),
+            Backend::WritableDirectory(root) => command
+                .env(BACKEND, "writable-directory")
+                .env(BACKEND_PATH, root),
         };
         command.stdout(std::process::Stdio::null());
         let child = command.spawn().expect("spawn the cache process");

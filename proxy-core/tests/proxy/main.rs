@@ -5,6 +5,7 @@
 mod common;
 
 mod degraded;
+mod freshness;
 mod front_end;
 mod hits;
 mod misses;
