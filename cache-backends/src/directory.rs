@@ -65,6 +65,8 @@ pub struct DirectoryBackend {
 struct DirectoryInner {
     source: Source,
     ttl: Option<std::time::Duration>,
+    /// Metadata refreshed by the origin for files whose own cannot be rewritten (read-only).
+    refreshed: crate::meta::Overlay,
     store: Option<Mutex<StoreIndex>>,
     /// Objects and bytes of a read-only source, counted at open.
     fixed_size: (u64, u64),
@@ -117,6 +119,7 @@ impl DirectoryBackend {
                 path: root.to_path_buf(),
             },
             ttl: options.ttl,
+            refreshed: crate::meta::Overlay::default(),
             store: None,
             fixed_size,
             hits: AtomicU64::new(0),
@@ -190,6 +193,7 @@ impl DirectoryBackend {
             fixed_size: (files.len() as u64, bytes),
             source: Source::Listing { files },
             ttl,
+            refreshed: crate::meta::Overlay::default(),
             store: None,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -353,17 +357,20 @@ impl DirectoryInner {
         Ok(())
     }
 
-    /// The metadata of the object file `file` at `relative`: its sidecar's when the sidecar
-    /// names this very file, else made up from the file's facts.
-    fn meta_of(&self, relative: Option<&str>, metadata: &std::fs::Metadata) -> Vec<u8> {
+    /// The metadata of the object file at `path`: its sidecar's when the sidecar names this
+    /// very file (writable root), what the origin last refreshed (read-only), else made up from
+    /// the file's facts, fresh for `ttl` from its modification.
+    fn meta_of(&self, path: &str, metadata: &std::fs::Metadata) -> Vec<u8> {
+        let relative = relative_object_path(path);
         let stored = match (self.store.is_some(), self.root(), relative) {
             (true, Some((dir, _)), Some(relative)) => read_sidecar(dir, relative, metadata),
+            (false, _, _) => self.refreshed.get(path, file_version(metadata).as_raw()),
             _ => None,
         };
         stored.unwrap_or_else(|| {
-            let now = std::time::SystemTime::now();
-            ObjectMeta::for_content(metadata.modified().ok(), metadata.len(), self.ttl, now)
-                .encode()
+            let modified = metadata.modified().ok();
+            let placed = modified.unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            ObjectMeta::for_content(modified, metadata.len(), self.ttl, placed).encode()
         })
     }
 }
@@ -658,7 +665,7 @@ impl DirectoryInner {
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Box::new(FileObject {
-            meta: self.meta_of(relative, &metadata),
+            meta: self.meta_of(path, &metadata),
             file,
             len,
             version,
@@ -674,7 +681,10 @@ impl DirectoryInner {
         version: ObjectVersion,
         meta: &ObjectMeta,
     ) -> Result<bool, Error> {
-        let (Some(_), Some(relative)) = (&self.store, relative_object_path(path)) else {
+        if self.store.is_none() {
+            return Ok(self.refresh_read_only(path, version, meta));
+        }
+        let Some(relative) = relative_object_path(path) else {
             return Ok(false);
         };
         // Under the store lock: no fill can replace the file between the check and the write.
@@ -691,6 +701,20 @@ impl DirectoryInner {
         }
         self.write_sidecar(relative, metadata.ino(), metadata.len(), meta)?;
         Ok(true)
+    }
+
+    /// Records refreshed metadata of a read-only file in this process's overlay, if the file
+    /// at `path` is version `version`.
+    fn refresh_read_only(&self, path: &str, version: ObjectVersion, meta: &ObjectMeta) -> bool {
+        let current = match self.open_object(path) {
+            Ok(Some((file, _))) => file.metadata().ok().map(|m| file_version(&m)),
+            _ => None,
+        };
+        if current != Some(version) {
+            return false;
+        }
+        self.refreshed.insert(path, version.as_raw(), meta.encode());
+        true
     }
 
     /// Removes stored files (and their sidecars): the one at `path`, or with `prefix` every

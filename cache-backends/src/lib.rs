@@ -66,7 +66,10 @@ pub mod settings;
 pub use directory::{DirectoryBackend, DirectoryOptions, FILL_PREFIX};
 pub use memory::{MemoryBackend, ENTRY_OVERHEAD, MAX_SHARDS, META_OVERHEAD};
 pub use meta::{MetaError, ObjectMeta};
-pub use pack::{build_pack, check_pack, verify_pack, BuildReport, PackBackend, VerifyReport};
+pub use pack::{
+    build_pack, build_pack_with, check_pack, verify_pack, BuildOptions, BuildReport, PackBackend,
+    VerifyReport,
+};
 pub use settings::{BackendKind, CacheSettings, DirectorySettings, MemorySettings, PackSettings};
 
 use std::path::PathBuf;

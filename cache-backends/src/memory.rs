@@ -279,6 +279,9 @@ struct MemoryObject {
     key_len: usize,
 }
 
+/// A stored object's bytes (key, payload, trailer) and its metadata, if any.
+type StoredEntry = (Arc<[u8]>, Option<Arc<[u8]>>);
+
 /// What a stored metadata buffer is charged.
 fn meta_charge(meta: &[u8]) -> u64 {
     match meta.is_empty() {
@@ -478,7 +481,7 @@ impl Shard {
         None
     }
 
-    fn get(&mut self, key: &[u8], hash: u32) -> Option<(Arc<[u8]>, Option<Arc<[u8]>>)> {
+    fn get(&mut self, key: &[u8], hash: u32) -> Option<StoredEntry> {
         let index = self.find(key, hash)?;
         self.unlink(index);
         self.link_newest(index);

@@ -27,7 +27,8 @@ const HAS_SWR: u8 = 1 << 1;
 const HAS_SIE: u8 = 1 << 2;
 const MUST_REVALIDATE: u8 = 1 << 3;
 const HAS_LAST_MODIFIED: u8 = 1 << 4;
-const KNOWN_FLAGS: u8 = (1 << 5) - 1;
+const LOCAL_ETAG: u8 = 1 << 5;
+const KNOWN_FLAGS: u8 = (1 << 6) - 1;
 
 /// What is known of one stored object besides its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,8 +50,11 @@ pub struct ObjectMeta {
     pub stale_if_error: Option<u64>,
     /// It must not be served stale at all (must-revalidate, proxy-revalidate, no-cache).
     pub must_revalidate: bool,
-    /// The origin's entity tag, quotes included (`"abc"`), if any.
+    /// The entity tag, quotes included (`"abc"`), if any.
     pub etag: Option<String>,
+    /// The entity tag is the cache's own (made up for content put in place): clients get it,
+    /// the origin is never asked about it.
+    pub local_etag: bool,
     /// Last-Modified, in seconds since the Unix epoch, if known.
     pub last_modified: Option<u64>,
     /// The origin's Content-Type, if any.
@@ -74,6 +78,7 @@ impl ObjectMeta {
             stale_if_error: None,
             must_revalidate: false,
             etag: None,
+            local_etag: false,
             last_modified: None,
             content_type: None,
         }
@@ -81,19 +86,21 @@ impl ObjectMeta {
 
     /// Metadata made up for content an operator put in place (a directory's file, a pack's
     /// entry): Last-Modified from `modified`, an ETag from the modification time and the size
-    /// (as nginx makes one), fresh for `ttl` from `now` (never stale without a TTL).
+    /// (as nginx makes one), fresh for `ttl` from `placed` (when it was put in place: the file's
+    /// mtime, the pack's build), never stale without a TTL.
     pub fn for_content(
         modified: Option<SystemTime>,
         len: u64,
         ttl: Option<Duration>,
-        now: SystemTime,
+        placed: SystemTime,
     ) -> ObjectMeta {
         let last_modified = modified.map(unix_secs);
         ObjectMeta {
             fresh_for: ttl.map(|ttl| ttl.as_secs()),
             etag: Some(format!("\"{:x}-{len:x}\"", last_modified.unwrap_or(0))),
+            local_etag: true,
             last_modified,
-            ..ObjectMeta::fresh_forever(now)
+            ..ObjectMeta::fresh_forever(placed)
         }
     }
 
@@ -109,6 +116,7 @@ impl ObjectMeta {
             (HAS_SIE, self.stale_if_error.is_some()),
             (MUST_REVALIDATE, self.must_revalidate),
             (HAS_LAST_MODIFIED, self.last_modified.is_some()),
+            (LOCAL_ETAG, self.local_etag),
         ] {
             if present {
                 flags |= bit;
@@ -163,6 +171,7 @@ impl ObjectMeta {
             stale_while_revalidate: present(HAS_SWR, swr),
             stale_if_error: present(HAS_SIE, sie),
             must_revalidate: flags & MUST_REVALIDATE != 0,
+            local_etag: flags & LOCAL_ETAG != 0,
             last_modified: present(HAS_LAST_MODIFIED, last_modified),
             etag: reader.text("ETag")?,
             content_type: reader.text("Content-Type")?,
@@ -174,6 +183,51 @@ impl ObjectMeta {
             )));
         }
         Ok(meta)
+    }
+}
+
+/// Refreshed metadata of content that cannot be rewritten (a read-only directory, a pack): an
+/// origin's 304 makes such a copy fresh again for this process, by path and version, so that it
+/// is revalidated once per lifetime rather than on every request. Bounded: past
+/// [`Overlay::LIMIT`] entries it starts over (the copies are revalidated again, nothing is
+/// served wrong).
+#[derive(Debug, Default)]
+pub struct Overlay {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (u64, Vec<u8>)>>,
+    len: std::sync::atomic::AtomicUsize,
+}
+
+impl Overlay {
+    /// Entries kept at most.
+    pub const LIMIT: usize = 100_000;
+
+    /// Records `meta` (encoded) for version `version` of `path`.
+    pub fn insert(&self, path: &str, version: u64, meta: Vec<u8>) {
+        let mut entries = self.lock();
+        if entries.len() >= Overlay::LIMIT {
+            entries.clear();
+        }
+        entries.insert(path.to_owned(), (version, meta));
+        self.len
+            .store(entries.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The metadata recorded for version `version` of `path`, if any.
+    pub fn get(&self, path: &str, version: u64) -> Option<Vec<u8>> {
+        // The common case, nothing ever revalidated: no lock.
+        if self.len.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let entries = self.lock();
+        let (stored_version, meta) = entries.get(path)?;
+        (*stored_version == version).then(|| meta.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Vec<u8>)>> {
+        // Every update is one map operation: a poisoned lock is still consistent.
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -252,6 +306,7 @@ mod tests {
             stale_if_error: None,
             must_revalidate: true,
             etag: Some("\"v1\"".into()),
+            local_etag: false,
             last_modified: Some(1_600_000_000),
             content_type: Some("text/plain; charset=utf-8".into()),
         }

@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use cache_backends::{
-    CacheBackend, DirectoryBackend, DirectoryOptions, MemoryBackend, ObjectMeta, ObjectVersion,
+    build_pack, build_pack_with, BuildOptions, CacheBackend, DirectoryBackend, DirectoryOptions,
+    MemoryBackend, ObjectMeta, ObjectVersion, PackBackend,
 };
 use common::{pattern, write_tree};
 use tempfile::TempDir;
@@ -175,10 +176,81 @@ fn read_only_content_gets_last_modified_an_etag_and_the_ttl() {
         .unwrap()
         .as_secs();
     assert_eq!(meta.last_modified, Some(secs));
-    // Read-only content is neither refreshed nor purged by the cache.
+    assert_eq!(
+        meta.stored_at, secs,
+        "fresh for the ttl from the file's modification"
+    );
+    assert!(
+        meta.local_etag,
+        "an ETag of our own, never sent to an origin"
+    );
+    // Read-only content is refreshed in this process only, and never purged.
+    let other = ObjectVersion::from_raw(version.as_raw() ^ 1);
     assert!(!backend
+        .update_meta("/page.html", other, &origin_meta("\"9\""))
+        .unwrap());
+    assert!(backend
         .update_meta("/page.html", version, &origin_meta("\"9\""))
         .unwrap());
+    assert_eq!(
+        meta_of(&backend, "/page.html").unwrap().0.etag.as_deref(),
+        Some("\"9\"")
+    );
     assert_eq!(backend.purge("/", true).unwrap(), 0);
     assert!(backend.get("/page.html").unwrap().is_some());
+}
+
+#[test]
+fn a_pack_built_with_a_ttl_gives_each_object_its_type_mtime_and_lifetime() {
+    let dir = TempDir::new().unwrap();
+    let tree = dir.path().join("tree");
+    write_tree(
+        &tree,
+        &[
+            ("/docs/a.css", b"body{}".to_vec()),
+            ("/b.bin", pattern(5000, 3)),
+        ],
+    );
+    let pack_path = dir.path().join("content.pack");
+    let options = BuildOptions {
+        ttl: Some(Duration::from_secs(600)),
+    };
+    build_pack_with(&tree, &pack_path, &options).unwrap();
+    let pack = PackBackend::open(&pack_path).unwrap();
+    let (css, _) = meta_of(&pack, "/docs/a.css").unwrap();
+    assert_eq!(css.fresh_for, Some(600));
+    assert_eq!(css.content_type.as_deref(), Some("text/css"));
+    let source_mtime = std::fs::metadata(tree.join("docs/a.css"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        css.last_modified,
+        Some(cache_backends::meta::unix_secs(source_mtime))
+    );
+    let built = std::fs::metadata(&pack_path).unwrap().modified().unwrap();
+    assert_eq!(css.stored_at, cache_backends::meta::unix_secs(built));
+    let (bin, _) = meta_of(&pack, "/b.bin").unwrap();
+    assert_eq!(
+        bin.content_type.as_deref(),
+        Some("application/octet-stream")
+    );
+    // Without --ttl, nothing goes stale.
+    build_pack(&tree, &pack_path).unwrap();
+    let pack = PackBackend::open(&pack_path).unwrap();
+    assert_eq!(meta_of(&pack, "/docs/a.css").unwrap().0.fresh_for, None);
+    // A pack never changes: a refresh lives in the process, for that version only.
+    let reopened = PackBackend::open(&pack_path).unwrap();
+    let (_, current) = meta_of(&reopened, "/docs/a.css").unwrap();
+    let other = ObjectVersion::from_raw(current.as_raw() ^ 1);
+    assert!(!reopened
+        .update_meta("/docs/a.css", other, &origin_meta("\"x\""))
+        .unwrap());
+    assert!(reopened
+        .update_meta("/docs/a.css", current, &origin_meta("\"x\""))
+        .unwrap());
+    assert_eq!(
+        meta_of(&reopened, "/docs/a.css").unwrap().0.etag.as_deref(),
+        Some("\"x\"")
+    );
 }

@@ -145,10 +145,10 @@ fn other_versions_and_other_files_are_named_errors() {
     let dir = TempDir::new().unwrap();
     let pack = build_fixture(&dir);
     let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let other_version = dir.path().join("v2.pack");
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let other_version = dir.path().join("v3.pack");
     write_pack_file(&other_version, &bytes);
-    assert!(open_error(&other_version).contains("version 2"));
+    assert!(open_error(&other_version).contains("version 3"));
 
     let text = dir.path().join("text.pack");
     write_pack_file(&text, "not a pack at all\n".repeat(1000).as_bytes());

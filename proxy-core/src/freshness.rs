@@ -130,6 +130,7 @@ pub fn storable(
         stale_if_error: cc.stale_if_error,
         must_revalidate: cc.must_revalidate || cc.no_cache,
         etag: headers.etag.clone().filter(|etag| etag.len() <= 512),
+        local_etag: false,
         last_modified: headers.last_modified.as_deref().and_then(parse_http_date),
         content_type: headers.content_type.clone(),
     })
@@ -164,9 +165,10 @@ pub fn refreshed(
     received: SystemTime,
     rules: &Rules,
 ) -> Option<ObjectMeta> {
+    let origin_etag = stored.etag.clone().filter(|_| !stored.local_etag);
     let as_200 = OriginHeaders {
         status: stored.status,
-        etag: headers.etag.clone().or_else(|| stored.etag.clone()),
+        etag: headers.etag.clone().or(origin_etag),
         content_type: stored.content_type.clone(),
         ..headers.clone()
     };
@@ -174,6 +176,10 @@ pub fn refreshed(
         Storable::Yes(mut meta) => {
             if meta.last_modified.is_none() {
                 meta.last_modified = stored.last_modified;
+            }
+            if meta.etag.is_none() && stored.local_etag {
+                meta.etag = stored.etag.clone();
+                meta.local_etag = true;
             }
             Some(meta)
         }
@@ -234,7 +240,8 @@ pub fn may_serve_on_error(meta: &ObjectMeta, now: SystemTime, rules: &Rules) -> 
 /// The validators of a stored copy, for a conditional request; `None` when it has none.
 pub fn validators(meta: &ObjectMeta) -> Option<Validators> {
     let validators = Validators {
-        etag: meta.etag.clone(),
+        // A made-up ETag means nothing to the origin.
+        etag: meta.etag.clone().filter(|_| !meta.local_etag),
         last_modified: meta.last_modified.map(http_date),
     };
     (!validators.is_empty()).then_some(validators)

@@ -51,6 +51,10 @@ struct Args {
     /// cache.directory.max_size (e.g. 1GiB).
     #[arg(long, value_parser = settings::parse_size)]
     max_size: Option<u64>,
+    /// cache.directory.ttl: how long files put in place stay fresh (e.g. 10m); never stale
+    /// without it.
+    #[arg(long, value_parser = settings::parse_duration)]
+    ttl: Option<Duration>,
     /// cache.memory.capacity (e.g. 256MiB).
     #[arg(long, value_parser = settings::parse_size)]
     capacity: Option<u64>,
@@ -88,6 +92,7 @@ impl Args {
                     content: self.content.clone(),
                     writable: self.writable,
                     max_size: self.max_size,
+                    ttl: self.ttl,
                 });
             }
             Kind::Memory => {

@@ -77,6 +77,18 @@ struct Args {
     /// proxy.max_object_size (e.g. 64MiB).
     #[arg(long, value_parser = settings::parse_size)]
     max_object_size: Option<u64>,
+    /// proxy.default_ttl: freshness of an origin answer that says nothing (e.g. 5m).
+    #[arg(long, value_parser = settings::parse_duration)]
+    default_ttl: Option<Duration>,
+    /// proxy.negative_ttl: store 404 and 410 answers this long.
+    #[arg(long, value_parser = settings::parse_duration)]
+    negative_ttl: Option<Duration>,
+    /// proxy.stale_while_revalidate.
+    #[arg(long, value_parser = settings::parse_duration)]
+    stale_while_revalidate: Option<Duration>,
+    /// proxy.stale_if_error.
+    #[arg(long, value_parser = settings::parse_duration)]
+    stale_if_error: Option<Duration>,
     /// How long in-flight transfers may take after SIGTERM (supervisor.shutdown_timeout).
     #[arg(long, value_parser = settings::parse_duration)]
     shutdown_timeout: Option<Duration>,
@@ -94,6 +106,10 @@ impl Args {
         set(&mut s.cache_timeout, self.cache_timeout);
         set(&mut s.origin_timeout, self.origin_timeout);
         set(&mut s.max_object_size, self.max_object_size);
+        set(&mut s.default_ttl, self.default_ttl);
+        set(&mut s.stale_while_revalidate, self.stale_while_revalidate);
+        set(&mut s.stale_if_error, self.stale_if_error);
+        s.negative_ttl = self.negative_ttl.or(s.negative_ttl);
         s.origin = self.origin.clone();
         s
     }

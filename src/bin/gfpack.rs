@@ -32,6 +32,10 @@ enum Command {
         /// The pack file to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// How long the objects stay fresh after the build (e.g. 10m, 1d); without it they
+        /// never go stale. A proxy with an origin revalidates them once stale.
+        #[arg(long, value_parser = settings::parse_duration)]
+        ttl: Option<std::time::Duration>,
     },
     /// Lists the objects: length, CRC32C and path, one per line.
     Ls {
@@ -61,8 +65,9 @@ enum Outcome {
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Build { dir, output } => {
-            let report = cache_backends::build_pack(&dir, &output)?;
+        Command::Build { dir, output, ttl } => {
+            let options = cache_backends::BuildOptions { ttl };
+            let report = cache_backends::build_pack_with(&dir, &output, &options)?;
             for (file, reason) in &report.skipped {
                 eprintln!("gfpack: skipped {}: {reason}", file.display());
             }

@@ -316,10 +316,11 @@ impl Setup {
             Backend::Memory => "backend = \"memory\"\nmemory = { capacity = \"16MiB\", max_object_size = \"4MiB\" }".to_string(),
             Backend::Pack(path) => format!("backend = \"pack\"\npack = {{ path = {:?} }}", path.display().to_string()),
         };
+        // The test origins say nothing of freshness: their answers are kept an hour.
         let origin = self
             .origin
             .as_ref()
-            .map(|o| format!("origin = {o:?}\n"))
+            .map(|o| format!("origin = {o:?}\ndefault_ttl = \"1h\"\n"))
             .unwrap_or_default();
         let http = self
             .http_port

@@ -39,6 +39,23 @@ pub const PACK_MODE: u32 = 0o444;
 /// are followed only when they resolve inside `dir`, and symlinked directories are not entered.
 /// An earlier `output` inside `dir` is not packed into the new one.
 pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
+    build_pack_with(dir, output, &BuildOptions::default())
+}
+
+/// How to build a pack beyond its content.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// How long its objects stay fresh after the build (`None`: they never go stale). A proxy
+    /// with an origin revalidates them once stale.
+    pub ttl: Option<std::time::Duration>,
+}
+
+/// [`build_pack`] with options.
+pub fn build_pack_with(
+    dir: &Path,
+    output: &Path,
+    options: &BuildOptions,
+) -> Result<BuildReport, Error> {
     let root: OwnedFd = nix::fcntl::open(
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -70,11 +87,12 @@ pub fn build_pack(dir: &Path, output: &Path) -> Result<BuildReport, Error> {
         buffer: vec![0u8; 1 << 20],
     };
     writer
-        .write(&format::encode_header())
+        .write(&format::encode_header(options.ttl.map(|ttl| ttl.as_secs())))
         .map_err(&write_error)?;
     let mut index = Vec::with_capacity(objects.len());
     for relative in &objects {
-        let entry = writer.copy_object(dir, &root, relative)?;
+        let mut entry = writer.copy_object(dir, &root, relative)?;
+        entry.content_type = Some(gfprotocol::http::content_type_of(&entry.path).to_owned());
         report.objects += 1;
         report.bytes += entry.len;
         index.push(entry);
@@ -162,6 +180,11 @@ impl PackWriter {
                     "vanished or changed type during the build",
                 ))
             })?;
+        let modified = file
+            .metadata()
+            .ok()
+            .and_then(|meta| meta.modified().ok())
+            .map(crate::meta::unix_secs);
         let mut crc = 0u32;
         loop {
             let read = match file.read(&mut self.buffer) {
@@ -180,6 +203,8 @@ impl PackWriter {
             offset,
             len: self.position - offset,
             crc,
+            modified,
+            content_type: None,
         })
     }
 

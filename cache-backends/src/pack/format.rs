@@ -1,4 +1,6 @@
-//! The pack file format, version 1 (docs/pack-format.md is the reference).
+//! The pack file format, version 2, which also reads version 1 (docs/pack-format.md is the
+//! reference). Version 2 adds the pack's freshness lifetime to the header and each object's
+//! modification time and Content-Type to its index entry.
 //!
 //! ```text
 //! [header: 4096 bytes][object 0, at a 4096 multiple][pad][object 1]...[index][footer: 48 bytes]
@@ -12,8 +14,12 @@
 pub const MAGIC: [u8; 8] = *b"GFPACK\0\0";
 /// Last bytes of a pack's footer, before its checksum.
 pub const FOOTER_MAGIC: [u8; 8] = *b"GFPKEND\0";
-/// The format version this code reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this code writes.
+pub const VERSION: u32 = 2;
+/// The oldest format version this code reads.
+pub const OLDEST_VERSION: u32 = 1;
+/// Longest Content-Type an index entry holds.
+pub const MAX_CONTENT_TYPE_LEN: usize = 255;
 /// Objects start at multiples of this.
 pub const PAGE_SIZE: u64 = 4096;
 /// Header length (one page).
@@ -26,10 +32,21 @@ pub const ENTRY_FIXED_LEN: u64 = 2 + 8 + 8 + 4;
 /// Smallest possible pack: a header and a footer around an empty index.
 pub const MIN_PACK_LEN: u64 = HEADER_LEN + FOOTER_LEN;
 
-/// Header layout: magic 0..8, version 8..12, flags 12..16, page size 16..20, CRC32C of 0..20 at
-/// 20..24, zeros to the end of the page.
-const HEADER_FIELDS_LEN: usize = 20;
-const HEADER_USED_LEN: usize = 24;
+/// Header layout: magic 0..8, version 8..12, flags 12..16, page size 16..20; version 2 then has
+/// the TTL in seconds plus one (0: none) at 20..28; the CRC32C of the fields follows them (at
+/// 20..24 in version 1, 28..32 in version 2), then zeros to the end of the page.
+const HEADER_FIELDS_LEN_V1: usize = 20;
+const HEADER_FIELDS_LEN: usize = 28;
+
+/// What a header says beside its checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The format version (1 or 2).
+    pub version: u32,
+    /// How long the pack's objects stay fresh, in seconds (`gfpack build --ttl`); `None`: they
+    /// never go stale.
+    pub ttl: Option<u64>,
+}
 
 /// What is wrong with a pack (the caller adds the file name).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +86,10 @@ pub struct IndexEntry {
     pub len: u64,
     /// CRC32C of its bytes.
     pub crc: u32,
+    /// The source file's modification time, seconds since the Unix epoch (version 2).
+    pub modified: Option<u64>,
+    /// Its Content-Type (version 2).
+    pub content_type: Option<String>,
 }
 
 /// `value` rounded up to a multiple of [`PAGE_SIZE`], `None` on overflow.
@@ -78,22 +99,24 @@ pub fn align_up(value: u64) -> Option<u64> {
         .map(|value| value / PAGE_SIZE * PAGE_SIZE)
 }
 
-/// The header page.
-pub fn encode_header() -> Vec<u8> {
+/// The header page of a version 2 pack whose objects stay fresh for `ttl` seconds.
+pub fn encode_header(ttl: Option<u64>) -> Vec<u8> {
     let mut header = vec![0u8; HEADER_LEN as usize];
-    let mut fields = Vec::with_capacity(HEADER_USED_LEN);
+    let mut fields = Vec::with_capacity(HEADER_FIELDS_LEN + 4);
     fields.extend_from_slice(&MAGIC);
     fields.extend_from_slice(&VERSION.to_le_bytes());
     fields.extend_from_slice(&0u32.to_le_bytes());
     fields.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    let ttl_word = ttl.map_or(0, |ttl| ttl.saturating_add(1));
+    fields.extend_from_slice(&ttl_word.to_le_bytes());
     let crc = crc32c::crc32c(&fields);
     fields.extend_from_slice(&crc.to_le_bytes());
-    header[..HEADER_USED_LEN].copy_from_slice(&fields);
+    header[..fields.len()].copy_from_slice(&fields);
     header
 }
 
-/// Checks the header page.
-pub fn decode_header(header: &[u8]) -> Result<(), FormatError> {
+/// Checks the header page and says what it holds.
+pub fn decode_header(header: &[u8]) -> Result<Header, FormatError> {
     if header.len() as u64 != HEADER_LEN {
         return fail(format!(
             "header is {} bytes, expected {HEADER_LEN}",
@@ -104,13 +127,19 @@ pub fn decode_header(header: &[u8]) -> Result<(), FormatError> {
         return fail("not a gfpack file (bad magic)");
     }
     let version = read_u32(header, 8)?;
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return fail(format!(
-            "format version {version} is not supported (this gfcache reads version {VERSION})"
+            "format version {version} is not supported (this gfcache reads versions \
+             {OLDEST_VERSION} to {VERSION})"
         ));
     }
-    let stored_crc = read_u32(header, HEADER_FIELDS_LEN)?;
-    let fields = header.get(..HEADER_FIELDS_LEN).unwrap_or_default();
+    let fields_len = match version {
+        1 => HEADER_FIELDS_LEN_V1,
+        _ => HEADER_FIELDS_LEN,
+    };
+    let used_len = fields_len + 4;
+    let stored_crc = read_u32(header, fields_len)?;
+    let fields = header.get(..fields_len).unwrap_or_default();
     if crc32c::crc32c(fields) != stored_crc {
         return fail("header checksum mismatch");
     }
@@ -125,17 +154,21 @@ pub fn decode_header(header: &[u8]) -> Result<(), FormatError> {
         ));
     }
     if let Some(position) = header
-        .get(HEADER_USED_LEN..)
+        .get(used_len..)
         .unwrap_or_default()
         .iter()
         .position(|&byte| byte != 0)
     {
         return fail(format!(
             "header byte {} is not zero (reserved)",
-            position + HEADER_USED_LEN
+            position + used_len
         ));
     }
-    Ok(())
+    let ttl = match version {
+        1 => None,
+        _ => read_u64(header, HEADER_FIELDS_LEN_V1)?.checked_sub(1),
+    };
+    Ok(Header { version, ttl })
 }
 
 /// Footer layout: index offset 0..8, index length 8..16, object count 16..24, index CRC32C
@@ -202,16 +235,50 @@ pub fn check_footer_placement(footer: &Footer, file_len: u64) -> Result<(), Form
     Ok(())
 }
 
-/// Appends one index entry.
+/// Appends one version 2 index entry.
 pub fn encode_entry(entry: &IndexEntry, out: &mut Vec<u8>) -> Result<(), FormatError> {
     let path_len = u16::try_from(entry.path.len())
         .map_err(|_| FormatError(format!("path of {} bytes is too long", entry.path.len())))?;
+    let content_type = entry.content_type.as_deref().unwrap_or_default();
+    let type_len = u8::try_from(content_type.len())
+        .ok()
+        .filter(|_| crate::meta::is_visible_ascii(content_type))
+        .ok_or_else(|| FormatError(format!("content type {content_type:?} cannot be stored")))?;
     out.extend_from_slice(&path_len.to_le_bytes());
     out.extend_from_slice(entry.path.as_bytes());
     out.extend_from_slice(&entry.offset.to_le_bytes());
     out.extend_from_slice(&entry.len.to_le_bytes());
     out.extend_from_slice(&entry.crc.to_le_bytes());
+    out.extend_from_slice(
+        &entry
+            .modified
+            .map_or(0, |m| m.saturating_add(1))
+            .to_le_bytes(),
+    );
+    out.push(type_len);
+    out.extend_from_slice(content_type.as_bytes());
     Ok(())
+}
+
+/// Reads the fields version 2 adds to an entry at `cursor`: the modification time and the
+/// Content-Type. Returns them and the bytes they took.
+fn decode_entry_v2(
+    index: &[u8],
+    cursor: usize,
+) -> Result<(Option<u64>, Option<String>, usize), FormatError> {
+    let modified = read_u64(index, cursor)?.checked_sub(1);
+    let type_len = usize::from(read_array::<1>(index, cursor + 8)?[0]);
+    let start = cursor + 9;
+    let bytes = start
+        .checked_add(type_len)
+        .and_then(|end| index.get(start..end))
+        .ok_or_else(|| FormatError("content type runs past the end of the index".into()))?;
+    let content_type = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|text| crate::meta::is_visible_ascii(text))
+        .ok_or_else(|| FormatError("content type is not visible ASCII".into()))?;
+    let content_type = (!content_type.is_empty()).then(|| content_type.to_owned());
+    Ok((modified, content_type, 9 + type_len))
 }
 
 /// Decodes an index of `count` entries that must use exactly all of `index`'s bytes, and checks
@@ -220,6 +287,7 @@ pub fn encode_entry(entry: &IndexEntry, out: &mut Vec<u8>) -> Result<(), FormatE
 /// index offset).
 pub fn decode_index(
     index: &[u8],
+    version: u32,
     count: u64,
     objects_end: u64,
 ) -> Result<Vec<IndexEntry>, FormatError> {
@@ -244,6 +312,15 @@ pub fn decode_index(
         let len = read_u64(index, cursor + 8)?;
         let crc = read_u32(index, cursor + 16)?;
         cursor += 20;
+        let (modified, content_type) = match version {
+            1 => (None, None),
+            _ => {
+                let (modified, content_type, used) = decode_entry_v2(index, cursor)
+                    .map_err(|error| bad(&format!("{path}: {}", error.0)))?;
+                cursor += used;
+                (modified, content_type)
+            }
+        };
         if let Some(previous) = entries.last() {
             if previous.path.as_str() >= path {
                 return Err(bad(&format!(
@@ -274,6 +351,8 @@ pub fn decode_index(
             offset,
             len,
             crc,
+            modified,
+            content_type,
         });
     }
     if cursor != index.len() {
@@ -312,11 +391,50 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_other_versions() {
-        let mut header = encode_header();
-        assert_eq!(decode_header(&header), Ok(()));
-        header[8] = 2;
+        let mut header = encode_header(Some(600));
+        assert_eq!(
+            decode_header(&header),
+            Ok(Header {
+                version: 2,
+                ttl: Some(600)
+            })
+        );
+        assert_eq!(decode_header(&encode_header(None)).unwrap().ttl, None);
+        header[8] = 3;
         let error = decode_header(&header).unwrap_err();
-        assert!(error.0.contains("version 2"), "{error}");
+        assert!(error.0.contains("version 3"), "{error}");
+    }
+
+    /// Packs written before version 2 still open: their header has no TTL and their entries no
+    /// modification time or type.
+    #[test]
+    fn version_1_headers_and_entries_still_decode() {
+        let mut fields = Vec::new();
+        fields.extend_from_slice(&MAGIC);
+        fields.extend_from_slice(&1u32.to_le_bytes());
+        fields.extend_from_slice(&0u32.to_le_bytes());
+        fields.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        let crc = crc32c::crc32c(&fields);
+        fields.extend_from_slice(&crc.to_le_bytes());
+        let mut header = vec![0u8; HEADER_LEN as usize];
+        header[..fields.len()].copy_from_slice(&fields);
+        assert_eq!(
+            decode_header(&header),
+            Ok(Header {
+                version: 1,
+                ttl: None
+            })
+        );
+        let mut index = Vec::new();
+        index.extend_from_slice(&2u16.to_le_bytes());
+        index.extend_from_slice(b"/a");
+        index.extend_from_slice(&4096u64.to_le_bytes());
+        index.extend_from_slice(&3u64.to_le_bytes());
+        index.extend_from_slice(&7u32.to_le_bytes());
+        let entries = decode_index(&index, 1, 1, 8192).unwrap();
+        assert_eq!(entries[0].modified, None);
+        assert_eq!(entries[0].content_type, None);
+        assert_eq!(entries[0].crc, 7);
     }
 
     #[test]
@@ -344,6 +462,8 @@ mod tests {
             offset,
             len,
             crc: 0,
+            modified: Some(1_700_000_000),
+            content_type: Some("text/plain".into()),
         };
         let encode = |entries: &[IndexEntry]| {
             let mut out = Vec::new();
@@ -357,14 +477,17 @@ mod tests {
             entry("/b", 8192, 0),
             entry("/c", 8192, 5),
         ];
-        assert_eq!(decode_index(&encode(&good), 3, 8197).unwrap(), good);
+        assert_eq!(
+            decode_index(&encode(&good), VERSION, 3, 8197).unwrap(),
+            good
+        );
         let unsorted = [entry("/b", 4096, 1), entry("/a", 8192, 1)];
-        assert!(decode_index(&encode(&unsorted), 2, 9000).is_err());
+        assert!(decode_index(&encode(&unsorted), VERSION, 2, 9000).is_err());
         let overlapping = [entry("/a", 4096, 5000), entry("/b", 8192, 1)];
-        assert!(decode_index(&encode(&overlapping), 2, 9000).is_err());
+        assert!(decode_index(&encode(&overlapping), VERSION, 2, 9000).is_err());
         let past_end = [entry("/a", 4096, 5000)];
-        assert!(decode_index(&encode(&past_end), 1, 9000).is_err());
+        assert!(decode_index(&encode(&past_end), VERSION, 1, 9000).is_err());
         let escaping = [entry("/../a", 4096, 1)];
-        assert!(decode_index(&encode(&escaping), 1, 9000).is_err());
+        assert!(decode_index(&encode(&escaping), VERSION, 1, 9000).is_err());
     }
 }

@@ -9,7 +9,7 @@ mod reader;
 
 use std::path::Path;
 
-pub use builder::{build_pack, BuildReport, PACK_MODE};
+pub use builder::{build_pack, build_pack_with, BuildOptions, BuildReport, PACK_MODE};
 pub use reader::{PackBackend, PackObjectInfo};
 
 use crate::Error;

@@ -45,6 +45,8 @@ pub struct PackBackend {
     path: PathBuf,
     current: RwLock<Current>,
     watch: Mutex<Watch>,
+    /// Metadata the origin refreshed (a pack never changes: the overlay holds it instead).
+    refreshed: crate::meta::Overlay,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -75,8 +77,10 @@ struct Snapshot {
     stamp: Stamp,
     /// Links to the file when it was opened: fewer later means it was replaced or removed.
     links: u64,
-    /// The pack file's modification time: the Last-Modified of every object in it.
+    /// The pack file's modification time: the Last-Modified of the objects of a version 1 pack.
     modified: Option<SystemTime>,
+    /// How long its objects stay fresh (`gfpack build --ttl`).
+    ttl: Option<Duration>,
     entries: Vec<PackEntry>,
     index_offset: u64,
     payload_bytes: u64,
@@ -214,6 +218,7 @@ impl PackBackend {
                 last_path_check: now,
                 last_open: now,
             }),
+            refreshed: crate::meta::Overlay::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -347,6 +352,7 @@ impl Snapshot {
                 })
                 .collect(),
             index_offset: layout.index_offset,
+            ttl: layout.ttl.map(Duration::from_secs),
             payload_bytes,
             change: OnceLock::new(),
         })
@@ -496,6 +502,7 @@ fn open_checked(path: &Path) -> Result<(File, FileStat), Error> {
 struct Layout {
     entries: Vec<IndexEntry>,
     index_offset: u64,
+    ttl: Option<u64>,
 }
 
 /// Reads (with `pread`, never through a map) and validates the header, the footer and the
@@ -516,7 +523,7 @@ fn read_layout(file: &File, file_len: u64) -> Result<Layout, FormatError> {
         Ok(bytes)
     };
     let header = read(0, format::HEADER_LEN, "header")?;
-    format::decode_header(&header)?;
+    let header = format::decode_header(&header)?;
     let footer_offset = file_len.saturating_sub(format::FOOTER_LEN);
     let footer = format::decode_footer(&read(footer_offset, format::FOOTER_LEN, "footer")?)?;
     format::check_footer_placement(&footer, file_len)?;
@@ -524,10 +531,16 @@ fn read_layout(file: &File, file_len: u64) -> Result<Layout, FormatError> {
     if crc32c::crc32c(&index) != footer.index_crc {
         return Err(FormatError("index checksum mismatch".into()));
     }
-    let entries = format::decode_index(&index, footer.object_count, footer.index_offset)?;
+    let entries = format::decode_index(
+        &index,
+        header.version,
+        footer.object_count,
+        footer.index_offset,
+    )?;
     Ok(Layout {
         entries,
         index_offset: footer.index_offset,
+        ttl: header.ttl,
     })
 }
 
@@ -640,10 +653,28 @@ impl CacheBackend for PackBackend {
             });
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(Box::new(PackObject {
+        let mut object = PackObject {
             pack: snapshot,
             position,
-        })))
+            refreshed: None,
+        };
+        object.refreshed = self.refreshed.get(path, object.version().as_raw());
+        Ok(Some(Box::new(object)))
+    }
+
+    fn update_meta(
+        &self,
+        path: &str,
+        version: ObjectVersion,
+        meta: &crate::ObjectMeta,
+    ) -> Result<bool, Error> {
+        match self.get(path)? {
+            Some(object) if object.version() == version => {
+                self.refreshed.insert(path, version.as_raw(), meta.encode());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn put_with_meta(
@@ -705,6 +736,8 @@ impl CacheBackend for PackBackend {
 struct PackObject {
     pack: Arc<Snapshot>,
     position: usize,
+    /// The metadata the origin last refreshed for it, if any.
+    refreshed: Option<Vec<u8>>,
 }
 
 impl PackObject {
@@ -726,11 +759,24 @@ impl CachedObject for PackObject {
     }
 
     fn encoded_meta(&self) -> std::borrow::Cow<'_, [u8]> {
-        let (len, crc) = self.entry().map_or((0, 0), |entry| (entry.len, entry.crc));
+        if let Some(refreshed) = &self.refreshed {
+            return std::borrow::Cow::Borrowed(refreshed);
+        }
+        let Some(entry) = self.entry() else {
+            return std::borrow::Cow::Borrowed(&[]);
+        };
+        let modified = entry
+            .modified
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .or(self.pack.modified);
+        // Fresh for the TTL from the build (the pack file's modification).
+        let built = self.pack.modified.unwrap_or(SystemTime::UNIX_EPOCH);
+        let content = crate::ObjectMeta::for_content(modified, entry.len, self.pack.ttl, built);
         let meta = crate::ObjectMeta {
             // The content's checksum names the bytes, whichever pack holds them.
-            etag: Some(format!("\"{crc:08x}-{len:x}\"")),
-            ..crate::ObjectMeta::for_content(self.pack.modified, len, None, SystemTime::now())
+            etag: Some(format!("\"{:08x}-{:x}\"", entry.crc, entry.len)),
+            content_type: entry.content_type.clone(),
+            ..content
         };
         std::borrow::Cow::Owned(meta.encode())
     }

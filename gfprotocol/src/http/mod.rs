@@ -64,6 +64,6 @@ pub use request::{
     DEFAULT_MAX_HEADERS, DEFAULT_MAX_TARGET,
 };
 pub use response::{
-    body_follows, write_error_response, write_text_response, CacheStatus, ResponseHead, StatusCode,
-    DEFAULT_CONTENT_TYPE, TEXT_PLAIN,
+    body_follows, content_type_of, write_error_response, write_text_response, CacheStatus,
+    ResponseHead, StatusCode, DEFAULT_CONTENT_TYPE, TEXT_PLAIN,
 };

@@ -12,6 +12,14 @@ pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// The Content-Type of an object whose extension says nothing.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
+/// The Content-Type of a path from its extension (mime_guess's first guess), or
+/// [`DEFAULT_CONTENT_TYPE`].
+pub fn content_type_of(path: &str) -> &'static str {
+    mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or(DEFAULT_CONTENT_TYPE)
+}
+
 /// The statuses gfcache answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StatusCode {
@@ -184,11 +192,9 @@ impl<'a> ResponseHead<'a> {
         self
     }
 
-    /// `Content-Type` from the extension of `path` (mime_guess's first guess), or
-    /// [`DEFAULT_CONTENT_TYPE`].
+    /// `Content-Type` from the extension of `path` ([`content_type_of`]).
     pub fn content_type_for(mut self, path: &str) -> Self {
-        let guess = mime_guess::from_path(path).first_raw();
-        self.content_type = Some(guess.unwrap_or(DEFAULT_CONTENT_TYPE));
+        self.content_type = Some(content_type_of(path));
         self
     }
 

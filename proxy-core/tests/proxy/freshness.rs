@@ -144,16 +144,16 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
 
 fn answer(request: tiny_http::Request, state: &(Mutex<OriginState>, Condvar)) {
     let path = request.url().to_owned();
-    let if_none_match = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("If-None-Match"))
-        .map(|h| h.value.as_str().to_owned());
-    let conditional = if_none_match.is_some()
-        || request
+    let field = |name: &'static str| {
+        request
             .headers()
             .iter()
-            .any(|h| h.field.equiv("If-Modified-Since"));
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str().to_owned())
+    };
+    let if_none_match = field("If-None-Match");
+    let if_modified_since = field("If-Modified-Since");
+    let conditional = if_none_match.is_some() || if_modified_since.is_some();
     let (lock, changed) = state;
     let mut guard = lock.lock().expect("origin state");
     let counts = match conditional {
@@ -175,7 +175,19 @@ fn answer(request: tiny_http::Request, state: &(Mutex<OriginState>, Condvar)) {
         return;
     };
     drop(guard);
-    let not_modified = resource.etag.is_some() && if_none_match == resource.etag;
+    let last_modified = resource
+        .headers
+        .iter()
+        .find(|(name, _)| name == "Last-Modified")
+        .and_then(|(_, value)| httpdate::parse_http_date(value).ok());
+    let unmodified_since = match (&if_none_match, &if_modified_since, last_modified) {
+        (None, Some(since), Some(modified)) => httpdate::parse_http_date(since)
+            .ok()
+            .is_some_and(|since| modified <= since),
+        _ => false,
+    };
+    let not_modified =
+        (resource.etag.is_some() && if_none_match == resource.etag) || unmodified_since;
     let (status, body) = match not_modified {
         true => (304, Vec::new()),
         false => (resource.status, resource.body.to_vec()),
@@ -554,4 +566,45 @@ fn http_answers_carry_the_origin_validators_type_and_age() {
     assert!((100..200).contains(&age), "age {age}");
     let (not_modified, _) = http_get(http, "/styled", "If-None-Match: \"css-1\"\r\n");
     assert!(not_modified.starts_with("HTTP/1.1 304"), "{not_modified}");
+}
+
+#[test]
+fn a_pack_built_with_a_ttl_is_revalidated_once_stale_and_kept_fresh_by_the_304() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).expect("tree");
+    std::fs::write(tree.join("p.txt"), b"packed").expect("file");
+    let modified = std::fs::metadata(tree.join("p.txt"))
+        .and_then(|meta| meta.modified())
+        .expect("mtime");
+    let pack = dir.path().join("content.pack");
+    let options = cache_backends::BuildOptions {
+        ttl: Some(Duration::ZERO),
+    };
+    cache_backends::build_pack_with(&tree, &pack, &options).expect("build the pack");
+    let origin = FreshOrigin::start();
+    let last_modified = httpdate::fmt_http_date(modified);
+    origin.set(
+        "/p.txt",
+        b"packed",
+        Some("\"the-origin-s-own\""),
+        &[
+            ("Cache-Control", "max-age=3600"),
+            ("Last-Modified", &last_modified),
+        ],
+    );
+    let mut config = common::proxy_config(Some(origin.url()));
+    config.settings.default_ttl = Duration::ZERO;
+    let rig = Rig::start(16, &[Backend::Pack(pack)], config);
+    // Stale from the start (--ttl 0s): revalidated with If-Modified-Since (the pack's made-up
+    // ETag is never sent), kept by the 304, then fresh for the hour it gave.
+    for _ in 0..3 {
+        assert_eq!(fetch_body(&rig, "/p.txt"), b"packed");
+    }
+    assert_eq!(
+        (origin.full("/p.txt"), origin.conditional("/p.txt")),
+        (0, 1)
+    );
+    assert_eq!(rig.counter(Counter::LookupRevalidated), 1);
+    assert_eq!(rig.counter(Counter::LookupHits), 2);
 }
