@@ -254,6 +254,8 @@ listen = "127.0.0.1:$(free_port)"
 http_listen = "$gfcache_http"
 threads = $threads
 origin = "$origin"
+# As nginx's proxy_cache_valid 200 1d and Varnish's -t 86400: the origin sends no Cache-Control.
+default_ttl = "1d"
 max_object_size = "128MiB"
 
 [ipc]
