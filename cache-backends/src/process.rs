@@ -320,13 +320,20 @@ struct Failure {
     proxy_left: bool,
 }
 
+impl Failure {
+    /// Makes the failures of the request for `path`.
+    fn of(path: &str) -> impl Fn(Error) -> Failure + '_ {
+        move |error| Failure {
+            path: path.to_owned(),
+            error,
+            proxy_left: false,
+        }
+    }
+}
+
 fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failure> {
     let path = request.path().to_string();
-    let fail = |error: Error| Failure {
-        path: path.clone(),
-        error,
-        proxy_left: false,
-    };
+    let fail = Failure::of(&path);
     let stats = shared.stats();
     let object = match shared.backend.get(&path) {
         Ok(Some(object)) => object,
@@ -391,11 +398,7 @@ fn serve_update(
     version: ObjectVersion,
 ) -> Result<(), Failure> {
     let path = request.path().to_string();
-    let fail = |error: Error| Failure {
-        path: path.clone(),
-        error,
-        proxy_left: false,
-    };
+    let fail = Failure::of(&path);
     let updated = request_meta(&request).and_then(|meta| match meta {
         Some(meta) => shared.backend.update_meta(&path, version, &meta),
         None => Ok(false),
@@ -416,11 +419,7 @@ fn serve_purge(
     prefix: bool,
 ) -> Result<(), Failure> {
     let path = request.path().to_string();
-    let fail = |error: Error| Failure {
-        path: path.clone(),
-        error,
-        proxy_left: false,
-    };
+    let fail = Failure::of(&path);
     match shared.backend.purge(&path, prefix) {
         Ok(removed) => {
             tracing::info!(key = %path, prefix, removed, "purged");
@@ -450,11 +449,7 @@ fn serve_put(
     buffer: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let path = request.path().to_string();
-    let fail = |error: Error| Failure {
-        path: path.clone(),
-        error,
-        proxy_left: false,
-    };
+    let fail = Failure::of(&path);
     let meta = match request_meta(&request) {
         Ok(meta) => meta,
         Err(error) => {
