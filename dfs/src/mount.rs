@@ -208,6 +208,9 @@ impl Engine {
             self.mark_everything();
             return;
         }
+        if is_read_only(&event.kind) {
+            return; // reading a file (ours for a checksum, or anyone's) changes nothing
+        }
         let settled = matches!(
             event.kind,
             notify::EventKind::Access(notify::event::AccessKind::Close(
@@ -482,6 +485,15 @@ impl Engine {
             }
             Err(error) => Err(error),
         }
+    }
+}
+
+fn is_read_only(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        notify::EventKind::Access(_) => true,
+        _ => false,
     }
 }
 
