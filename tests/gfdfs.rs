@@ -728,3 +728,90 @@ fn python_grpcio_client_round_trips_and_refusals() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("python roundtrip ok"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The blocking client (what the proxy's dfs:// origin builds on)
+
+/// Events of `watcher` up to and including the first that satisfies `last`.
+fn events_until(
+    watcher: &dfs::blocking::Watcher,
+    last: impl Fn(&dfs::blocking::WatchEvent) -> bool,
+) -> Vec<dfs::blocking::WatchEvent> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(event) = watcher.recv_timeout(Duration::from_millis(100)) {
+            let done = last(&event);
+            seen.push(event);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("timed out; events so far: {seen:?}");
+}
+
+#[test]
+fn the_blocking_client_streams_fetches_and_follows_changes_across_a_restart() {
+    use dfs::blocking::{Client, WatchKind};
+    let temp = test_dir();
+    let root = temp.path().join("root");
+    let mut server = Server::start(&root, "127.0.0.1:0", &[]);
+    let addr = server.addr();
+    let data = random_bytes(3 << 20, 5);
+    let local = temp.path().join("f.bin");
+    std::fs::write(&local, &data).expect("write");
+    let stored = gfdfs(&[
+        "store",
+        local.to_str().expect("utf-8"),
+        "--as",
+        "/b/f.bin",
+        "--server",
+        &addr,
+    ]);
+    assert!(stored.status.success(), "{stored:?}");
+
+    let mut client = Client::connect(&addr, Duration::from_secs(10)).expect("connect");
+    let meta = client.stat("/b/f.bin").expect("stat");
+    assert_eq!(meta.size, data.len() as u64);
+    let mut reader = client.fetch("b/f.bin").expect("fetch");
+    assert_eq!(reader.meta(), meta);
+    let mut fetched = Vec::new();
+    reader.read_to_end(&mut fetched).expect("read");
+    assert!(fetched == data);
+    assert!(matches!(
+        client.stat("missing"),
+        Err(dfs::Error::NotFound(_))
+    ));
+    assert!(
+        matches!(client.fetch("../x"), Err(dfs::Error::Status(s)) if s.code() == tonic_code_invalid())
+    );
+
+    let watcher = client.watch();
+    let listing = events_until(&watcher, |e| e.kind == WatchKind::Synced);
+    assert!(listing.iter().any(|e| e.kind == WatchKind::Create
+        && e.path == "b/f.bin"
+        && e.checksum == meta.checksum));
+    assert!(gfdfs(&["delete", "b/f.bin", "--server", &addr])
+        .status
+        .success());
+    events_until(&watcher, |e| {
+        e.kind == WatchKind::Delete && e.path == "b/f.bin"
+    });
+
+    server.kill();
+    events_until(&watcher, |e| e.kind == WatchKind::Disconnected);
+    let _server = Server::start(&root, &addr, &[]);
+    let listing = events_until(&watcher, |e| e.kind == WatchKind::Synced);
+    assert!(
+        listing
+            .iter()
+            .any(|e| e.kind == WatchKind::Delete && e.path == "b/f.bin"),
+        "{listing:?}"
+    );
+}
+
+/// INVALID_ARGUMENT, as the status the blocking client passes through.
+fn tonic_code_invalid() -> dfs::StatusCode {
+    dfs::StatusCode::InvalidArgument
+}

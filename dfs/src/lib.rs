@@ -71,4 +71,6 @@ pub mod proto {
 pub use error::{Error, Result};
 pub use path::{DfsPath, STATE_DIR};
 pub use server::ServerConfig;
+/// The gRPC status codes an [`Error::Status`] carries.
+pub use tonic::Code as StatusCode;
 pub use version::{file_meta, nanos_of, now_nanos, time_of, FileMeta, Version};
