@@ -52,11 +52,12 @@ best() {
     python3 -c 'import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))' "$1" "$2"
 }
 
-# start_gfdfs_server ROOT NAME: starts a gfdfs server on a free port; prints its address.
+# start_gfdfs_server ROOT NAME: starts a gfdfs server on a free port; sets $addr (not in a
+# command substitution: its pid must reach $pids for the cleanup).
 start_gfdfs_server() {
     "$gfdfs" server --root "$1" --listen 127.0.0.1:0 >"$work/$2.out" 2>"$work/$2.err" &
     pids+=($!)
-    wait_for_line "$work/$2.out" '^listening on ' | sed 's/^listening on //'
+    addr=$(wait_for_line "$work/$2.out" '^listening on ' | sed 's/^listening on //')
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +72,8 @@ cp "$big" "$work/gfroot/big.bin"
 "$gfserver" --root "$work/gfroot" --listen 127.0.0.1:0 >"$work/gfserver.out" 2>"$work/gfserver.err" &
 pids+=($!)
 gf_addr=$(wait_for_line "$work/gfserver.out" '^listening on ' | sed 's/^listening on //')
-dfs_addr=$(start_gfdfs_server "$work/dfsroot" dfs)
+start_gfdfs_server "$work/dfsroot" dfs
+dfs_addr=$addr
 
 get_best=0 store_best=0 fetch_best=0
 for i in $(seq 1 "$tries"); do
@@ -92,12 +94,15 @@ done
 echo "64 MiB: GetFile ${get_best} MB/s, gfdfs store ${store_best} MB/s, fetch ${fetch_best} MB/s" >&2
 
 # ---------------------------------------------------------------------------------------------
-# Propagation: mount A -> mount B
+# Propagation: mount A -> mount B, on a server of their own (the 64 MiB files above would
+# have the mounts busy downloading them during the first edits)
 
+start_gfdfs_server "$work/proproot" prop
+prop_addr=$addr
 mount_a=$work/mount-a mount_b=$work/mount-b
-"$gfdfs" mount "$mount_a" --server "$dfs_addr" 2>"$work/mount-a.log" &
+"$gfdfs" mount "$mount_a" --server "$prop_addr" 2>"$work/mount-a.log" &
 pids+=($!)
-"$gfdfs" mount "$mount_b" --server "$dfs_addr" 2>"$work/mount-b.log" &
+"$gfdfs" mount "$mount_b" --server "$prop_addr" 2>"$work/mount-b.log" &
 pids+=($!)
 wait_for_line "$work/mount-a.log" 'server listing received' >/dev/null
 wait_for_line "$work/mount-b.log" 'server listing received' >/dev/null
@@ -145,7 +150,8 @@ for i in range(int(sys.argv[2])):
     with open(os.path.join(sys.argv[1], f"f{i:04d}"), "wb") as f:
         f.write(os.urandom(1024))
 PY
-small_addr=$(start_gfdfs_server "$work/smallroot" small)
+start_gfdfs_server "$work/smallroot" small
+small_addr=$addr
 start=$(now_ns)
 "$gfdfs" mount "$work/mount-c" --server "$small_addr" 2>"$work/mount-c.log" &
 pids+=($!)

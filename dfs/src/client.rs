@@ -13,7 +13,7 @@ use crate::path::STATE_DIR;
 use crate::progress::Progress;
 use crate::proto::dfs_client::DfsClient;
 use crate::proto::{self, StoreOutcome};
-use crate::server::{CHUNK, MAX_MESSAGE, WINDOW};
+use crate::server::{CHUNK, FRAME, MAX_MESSAGE, WINDOW};
 use crate::version::{file_meta, time_of, FileMeta};
 use crate::wire;
 
@@ -121,6 +121,7 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
+            .max_frame_size(FRAME)
             .initial_stream_window_size(Some(WINDOW))
             .initial_connection_window_size(Some(WINDOW * 2));
         let channel = endpoint

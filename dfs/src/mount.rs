@@ -65,6 +65,9 @@ enum ServerMessage {
     Disconnected,
 }
 
+/// How recent an mtime must be for the checksum to be read again although size and mtime
+/// match the last agreement (see `local_meta`).
+const RACY_WINDOW_NS: i64 = 100_000_000;
 const RETRY: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -368,7 +371,10 @@ impl Engine {
             return Ok(None);
         };
         if let Some(agreed) = self.synced.get(path) {
-            if agreed.size == size && agreed.mtime == mtime {
+            // File times are coarse (a kernel tick): a file written twice within one tick
+            // keeps its mtime, so a recent mtime proves nothing and the content is read.
+            let settled = mtime < now_nanos() - RACY_WINDOW_NS;
+            if agreed.size == size && agreed.mtime == mtime && settled {
                 return Ok(Some(*agreed));
             }
         }
