@@ -771,7 +771,7 @@ fn the_blocking_client_streams_fetches_and_follows_changes_across_a_restart() {
     ]);
     assert!(stored.status.success(), "{stored:?}");
 
-    let mut client = Client::connect(&addr, Duration::from_secs(10)).expect("connect");
+    let client = Client::connect(&addr, Duration::from_secs(10)).expect("connect");
     let meta = client.stat("/b/f.bin").expect("stat");
     assert_eq!(meta.size, data.len() as u64);
     let mut reader = client.fetch("b/f.bin").expect("fetch");

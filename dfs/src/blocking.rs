@@ -1,7 +1,9 @@
 //! A blocking client for threaded (non-tokio) programs, such as the proxy's `dfs://` origin.
 //!
-//! Each [`Client`] owns a small current-thread tokio runtime and drives the async client on
-//! the calling thread; nothing runs in the background except a [`Watcher`]'s own thread.
+//! A [`Client`] owns a small tokio runtime (one worker thread, which drives the connection)
+//! and blocks the calling thread until each call is done. It is `Clone`, `Send` and `Sync`,
+//! and every method takes `&self`: one client (one HTTP/2 connection, calls multiplexed over
+//! it) can serve all the threads of a program. A [`Watcher`] runs on a thread of its own.
 //! Every call is bounded by the `timeout` given to [`Client::connect`] (a fetch: for each
 //! chunk, so a large file may take longer in total as long as it keeps moving); a call that
 //! runs out of time fails with [`Error::DeadlineExceeded`].
@@ -10,7 +12,7 @@
 //! use std::io::Read;
 //! use std::time::Duration;
 //!
-//! let mut client = dfs::blocking::Client::connect("127.0.0.1:7070", Duration::from_secs(5))?;
+//! let client = dfs::blocking::Client::connect("127.0.0.1:7070", Duration::from_secs(5))?;
 //! let meta = client.stat("/docs/readme.txt")?;
 //! let mut reader = client.fetch("/docs/readme.txt")?; // streams; not the whole file in memory
 //! assert_eq!(reader.meta().size, meta.size);
@@ -36,6 +38,7 @@ use crate::proto::EventKind;
 use crate::version::FileMeta;
 
 /// A blocking connection to a gfdfs server. See the module docs.
+#[derive(Clone)]
 pub struct Client {
     runtime: Arc<Runtime>,
     inner: async_client::Client,
@@ -44,7 +47,9 @@ pub struct Client {
 }
 
 fn runtime() -> Result<Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gfdfs-client")
         .enable_all()
         .build()
         .map_err(|e| Error::io("<tokio runtime>", e))
@@ -80,20 +85,23 @@ impl Client {
     }
 
     /// One file's size, mtime and checksum; [`Error::NotFound`] when missing.
-    pub fn stat(&mut self, path: &str) -> Result<FileMeta> {
-        bounded(&self.runtime, self.timeout, self.inner.stat(path))
+    pub fn stat(&self, path: &str) -> Result<FileMeta> {
+        let mut inner = self.inner.clone();
+        bounded(&self.runtime, self.timeout, inner.stat(path))
     }
 
     /// Every file, by path (without a leading `/`).
-    pub fn list(&mut self) -> Result<Vec<(String, FileMeta)>> {
-        bounded(&self.runtime, self.timeout, self.inner.list())
+    pub fn list(&self) -> Result<Vec<(String, FileMeta)>> {
+        let mut inner = self.inner.clone();
+        bounded(&self.runtime, self.timeout, inner.list())
     }
 
     /// Starts fetching `path`: the reader knows the version at once ([`FetchReader::meta`])
     /// and streams the data; at the end it checks size and checksum (a mismatch is an
     /// `InvalidData` read error).
-    pub fn fetch(&mut self, path: &str) -> Result<FetchReader> {
-        let download = bounded(&self.runtime, self.timeout, self.inner.fetch(path))?;
+    pub fn fetch(&self, path: &str) -> Result<FetchReader> {
+        let mut inner = self.inner.clone();
+        let download = bounded(&self.runtime, self.timeout, inner.fetch(path))?;
         Ok(FetchReader {
             runtime: self.runtime.clone(),
             timeout: self.timeout,

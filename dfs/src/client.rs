@@ -9,7 +9,6 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
 use crate::error::{Error, Result};
-use crate::path::STATE_DIR;
 use crate::progress::Progress;
 use crate::proto::dfs_client::DfsClient;
 use crate::proto::{self, StoreOutcome};
@@ -401,6 +400,9 @@ fn refuse_non_regular(dest: &Path) -> Result<()> {
     }
 }
 
+/// The name prefix of a download's temporary file (a name no [`crate::DfsPath`] accepts).
+pub(crate) const TEMP_PREFIX: &str = ".gfdfs-tmp-";
+
 /// A temporary file beside its destination, named so that a gfdfs mount ignores it
 /// (`.gfdfs-…`); removed on drop unless persisted.
 pub(crate) struct TempFile {
@@ -415,7 +417,7 @@ impl TempFile {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let path = dir.join(format!("{STATE_DIR}-tmp-{:016x}", fastrand::u64(..)));
+        let path = dir.join(format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..)));
         let file = std::fs::File::create_new(&path).map_err(|e| Error::io(&path, e))?;
         Ok(TempFile {
             path,

@@ -40,7 +40,7 @@
 //! })?;
 //! std::fs::remove_file(&local)?;
 //!
-//! let mut blocking = dfs::blocking::Client::connect(&addr, std::time::Duration::from_secs(5))?;
+//! let blocking = dfs::blocking::Client::connect(&addr, std::time::Duration::from_secs(5))?;
 //! assert_eq!(blocking.stat("greeting")?.size, 5);
 //! # Ok(())
 //! # }

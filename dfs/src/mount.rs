@@ -27,7 +27,7 @@ use notify::Watcher;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::Client;
+use crate::client::{Client, TEMP_PREFIX};
 use crate::error::{Error, Result};
 use crate::path::DfsPath;
 use crate::progress::TerminalProgress;
@@ -82,6 +82,7 @@ pub async fn run(
         .dir
         .canonicalize()
         .map_err(|e| Error::io(&config.dir, e))?;
+    remove_leftover_downloads(&dir);
     let (local_tx, mut local_rx) = mpsc::unbounded_channel();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -490,6 +491,27 @@ impl Engine {
                 Ok(())
             }
             Err(error) => Err(error),
+        }
+    }
+}
+
+/// Removes the temporary files of downloads that a killed mount left (never visible under a
+/// synced name, now garbage).
+fn remove_leftover_downloads(dir: &Path) {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 }
