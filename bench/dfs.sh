@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# gfdfs: whole-file transfers against gfserver's GetFile, propagation between two mounts, and
+# the initial sync of a mount, in one run on this machine.
+#
+#   transfer     a 64 MiB file: `gfdfs store` and `gfdfs fetch` (to a file) against
+#                `gfclient get -o` from gfserver on the same file; best of TRIES each, MB/s,
+#                and the ratios gfdfs / GetFile (goal >= 0.8). Every store is of a new path,
+#                so none is skipped by its checksum.
+#   propagation  EDITS edits of one small file in mount A, each timed from the write until
+#                mount B holds the same bytes (polled every 0.5 ms): p50, p99, max (goal p50
+#                <= 200 ms).
+#   initial sync SMALL_FILES files of 1 KiB on a server, a mount started on an empty
+#                directory: files/s until all are there (the mount's start and connect
+#                included).
+#
+# usage: bench/dfs.sh
+# env:   TRIES (3)  EDITS (100)  SMALL_FILES (1000)
+#        GF_BIN_DIR (prebuilt binaries; default: cargo build --release)
+#        CARGO (cargo; e.g. "flock /tmp/gfcache-cargo.lock cargo" on a shared machine)
+#        KEEP_WORK (set: keep the work directory with the logs)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
+
+tries=${TRIES:-3}
+edits=${EDITS:-100}
+small_files=${SMALL_FILES:-1000}
+cargo=${CARGO:-cargo}
+
+if [[ -z ${GF_BIN_DIR:-} ]]; then
+    (cd "$root" && $cargo build --release --bin gfdfs --bin gfserver --bin gfclient)
+    GF_BIN_DIR=$root/target/release
+fi
+gfdfs=$GF_BIN_DIR/gfdfs
+gfserver=$GF_BIN_DIR/gfserver
+gfclient=$GF_BIN_DIR/gfclient
+
+work=$(mktemp -d)
+pids=()
+config=
+trap bench_cleanup EXIT
+
+now_ns() { date +%s%N; }
+
+# mb_per_s BYTES START_NS END_NS
+mb_per_s() {
+    python3 -c 'import sys; b, s, e = map(int, sys.argv[1:]); print(b / ((e - s) / 1e9) / 1e6)' "$@"
+}
+
+# best A B: the larger number.
+best() {
+    python3 -c 'import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))' "$1" "$2"
+}
+
+# start_gfdfs_server ROOT NAME: starts a gfdfs server on a free port; sets $addr (not in a
+# command substitution: its pid must reach $pids for the cleanup).
+start_gfdfs_server() {
+    "$gfdfs" server --root "$1" --listen 127.0.0.1:0 >"$work/$2.out" 2>"$work/$2.err" &
+    pids+=($!)
+    addr=$(wait_for_line "$work/$2.out" '^listening on ' | sed 's/^listening on //')
+}
+
+# ---------------------------------------------------------------------------------------------
+# Transfer: 64 MiB
+
+big=$work/big.bin
+head -c $((64 << 20)) /dev/urandom >"$big"
+size=$(stat -c %s "$big")
+mkdir -p "$work/gfroot"
+cp "$big" "$work/gfroot/big.bin"
+
+"$gfserver" --root "$work/gfroot" --listen 127.0.0.1:0 >"$work/gfserver.out" 2>"$work/gfserver.err" &
+pids+=($!)
+gf_addr=$(wait_for_line "$work/gfserver.out" '^listening on ' | sed 's/^listening on //')
+start_gfdfs_server "$work/dfsroot" dfs
+dfs_addr=$addr
+
+get_best=0 store_best=0 fetch_best=0
+for i in $(seq 1 "$tries"); do
+    rm -f "$work/get.out" "$work/fetch.out"
+    start=$(now_ns)
+    "$gfclient" get --server "$gf_addr" -o "$work/get.out" /big.bin
+    get_best=$(best "$get_best" "$(mb_per_s "$size" "$start" "$(now_ns)")")
+
+    start=$(now_ns)
+    "$gfdfs" store "$big" --as "big-$i.bin" --server "$dfs_addr" 2>/dev/null
+    store_best=$(best "$store_best" "$(mb_per_s "$size" "$start" "$(now_ns)")")
+
+    start=$(now_ns)
+    "$gfdfs" fetch "big-$i.bin" -o "$work/fetch.out" --server "$dfs_addr"
+    fetch_best=$(best "$fetch_best" "$(mb_per_s "$size" "$start" "$(now_ns)")")
+    cmp -s "$big" "$work/fetch.out" || { echo "fetched bytes differ" >&2; exit 1; }
+done
+echo "64 MiB: GetFile ${get_best} MB/s, gfdfs store ${store_best} MB/s, fetch ${fetch_best} MB/s" >&2
+
+# ---------------------------------------------------------------------------------------------
+# Propagation: mount A -> mount B, on a server of their own (the 64 MiB files above would
+# have the mounts busy downloading them during the first edits)
+
+start_gfdfs_server "$work/proproot" prop
+prop_addr=$addr
+mount_a=$work/mount-a mount_b=$work/mount-b
+"$gfdfs" mount "$mount_a" --server "$prop_addr" 2>"$work/mount-a.log" &
+pids+=($!)
+"$gfdfs" mount "$mount_b" --server "$prop_addr" 2>"$work/mount-b.log" &
+pids+=($!)
+wait_for_line "$work/mount-a.log" 'server listing received' >/dev/null
+wait_for_line "$work/mount-b.log" 'server listing received' >/dev/null
+
+propagation=$(python3 - "$mount_a" "$mount_b" "$edits" <<'PY'
+import json, os, statistics, sys, time
+a, b, edits = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def wait_same(path, data, limit=30.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.0005)
+    return False
+
+latencies = []
+for i in range(edits):
+    data = f"edit {i} {os.urandom(8).hex()}\n".encode() * 20
+    start = time.monotonic()
+    with open(os.path.join(a, "edited.txt"), "wb") as f:
+        f.write(data)
+    if not wait_same(os.path.join(b, "edited.txt"), data):
+        sys.exit(f"edit {i} did not reach mount B")
+    latencies.append((time.monotonic() - start) * 1000)
+latencies.sort()
+pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+print(json.dumps({"edits": edits, "p50_ms": pick(0.50), "p99_ms": pick(0.99),
+                  "max_ms": latencies[-1], "mean_ms": statistics.mean(latencies)}))
+PY
+)
+echo "propagation: $propagation" >&2
+
+# ---------------------------------------------------------------------------------------------
+# Initial sync: SMALL_FILES files into an empty mount
+
+mkdir -p "$work/smallroot/small"
+python3 - "$work/smallroot/small" "$small_files" <<'PY'
+import os, sys
+for i in range(int(sys.argv[2])):
+    with open(os.path.join(sys.argv[1], f"f{i:04d}"), "wb") as f:
+        f.write(os.urandom(1024))
+PY
+start_gfdfs_server "$work/smallroot" small
+small_addr=$addr
+start=$(now_ns)
+"$gfdfs" mount "$work/mount-c" --server "$small_addr" 2>"$work/mount-c.log" &
+pids+=($!)
+initial=$(python3 - "$work/mount-c/small" "$small_files" "$start" <<'PY'
+import json, os, sys, time
+target, count, start_ns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+deadline = time.monotonic() + 300
+while time.monotonic() < deadline:
+    try:
+        done = sum(1 for e in os.scandir(target) if e.is_file() and not e.name.startswith(".gfdfs"))
+    except OSError:
+        done = 0
+    if done >= count:
+        seconds = (time.time_ns() - start_ns) / 1e9
+        print(json.dumps({"files": count, "seconds": seconds, "files_per_s": count / seconds}))
+        sys.exit(0)
+    time.sleep(0.002)
+sys.exit("the initial sync did not finish")
+PY
+)
+echo "initial sync: $initial" >&2
+
+# ---------------------------------------------------------------------------------------------
+# Result
+
+mkdir -p "$root/bench/results"
+out=$root/bench/results/dfs-$(date -u +%Y%m%dT%H%M%SZ).json
+python3 - "$out" "$(machine_json)" "$get_best" "$store_best" "$fetch_best" "$propagation" \
+    "$initial" "$tries" <<'PY'
+import datetime, json, sys
+out, machine = sys.argv[1], json.loads(sys.argv[2])
+get, store, fetch = map(float, sys.argv[3:6])
+result = {
+    "bench": "dfs",
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "machine": machine,
+    "transfer_64mib": {
+        "tries": int(sys.argv[8]),
+        "getfile_mb_per_s": get,
+        "store_mb_per_s": store,
+        "fetch_mb_per_s": fetch,
+        "store_ratio": store / get,
+        "fetch_ratio": fetch / get,
+    },
+    "propagation": json.loads(sys.argv[6]),
+    "initial_sync": json.loads(sys.argv[7]),
+}
+with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+    f.write("\n")
+print(json.dumps(result, indent=2))
+PY
+echo "wrote $out" >&2
