@@ -112,6 +112,13 @@ impl Client {
         })
     }
 
+    /// Follows the changes of the server at `addr` like [`Client::watch`], without connecting
+    /// first: a server that is down now is followed once it is up (the proxy's `dfs://`
+    /// origin starts before its server may be).
+    pub fn watch_addr(addr: &str, timeout: Duration) -> Watcher {
+        Watcher::start(addr.to_string(), timeout)
+    }
+
     /// Follows the server's changes on a thread of its own, reconnecting with backoff (up to
     /// 2 s between tries) for as long as the [`Watcher`] lives.
     pub fn watch(&self) -> Watcher {

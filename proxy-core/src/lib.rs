@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 pub mod collapse;
+pub mod dfs_origin;
 mod error;
 pub mod fill;
 pub mod freshness;

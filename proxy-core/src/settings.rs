@@ -22,8 +22,8 @@ pub struct ProxySettings {
     /// Worker threads at most: the pool grows past `threads` while every worker is busy (slow
     /// readers hold theirs), and the extra workers exit when idle.
     pub max_threads: usize,
-    /// Origin base URL (`http://` or `https://`, no query, fragment or credentials); None: a
-    /// miss is FILE_NOT_FOUND.
+    /// Origin base URL (`http://` or `https://`, no query, fragment or credentials), or a gfdfs
+    /// server (`dfs://HOST:PORT`); None: a miss is FILE_NOT_FOUND.
     pub origin: Option<String>,
     /// A PEM file of root certificates the origin client trusts beside the web PKI roots: for
     /// an HTTPS origin behind an internal CA.
@@ -212,7 +212,11 @@ impl ProxySettings {
                 problems.add("origin_ca_file", error.to_string());
             }
         }
-        if let Some(config) = self.origin_config() {
+        if let Some(base) = self.dfs_origin() {
+            if let Err(message) = crate::dfs_origin::check_base(base) {
+                problems.add("origin", message);
+            }
+        } else if let Some(config) = self.origin_config() {
             match origin::check_base(&config.base) {
                 Err(message) => problems.add("origin", message),
                 // The client the proxy will build at start, built now so that its failure is a
@@ -230,6 +234,9 @@ impl ProxySettings {
 
     /// The origin client's settings, when an origin is configured.
     pub fn origin_config(&self) -> Option<origin::OriginConfig> {
+        if self.dfs_origin().is_some() {
+            return None;
+        }
         self.origin.as_ref().map(|base| origin::OriginConfig {
             base: base.clone(),
             connect_timeout: self.origin_connect_timeout,
@@ -237,6 +244,13 @@ impl ProxySettings {
             max_redirects: self.max_redirects,
             ca_file: self.origin_ca_file.clone(),
         })
+    }
+
+    /// The origin, when it is a gfdfs server (`dfs://HOST:PORT`).
+    pub fn dfs_origin(&self) -> Option<&str> {
+        self.origin
+            .as_deref()
+            .filter(|base| base.starts_with(crate::dfs_origin::SCHEME))
     }
 
     /// Resolves the relative file paths against `base` (the supervisor resolves them against

@@ -1,0 +1,269 @@
+//! The gfdfs origin (`proxy.origin = "dfs://HOST:PORT"`): a miss fetches the file over gRPC
+//! (`Fetch`, streamed), and the answer is made to look like an HTTP one so that the request
+//! path, freshness and collapsing treat both origins alike: 200 with Content-Length, an ETag of
+//! the file's CRC32C and size, its mtime as Last-Modified; a missing file is a 404. A
+//! revalidation is a `Stat`: the same checksum is a 304.
+//!
+//! Invalidation comes from the server: [`follow_changes`] subscribes to `Watch` and purges every
+//! created, modified or deleted path from the caches, so clients see a store or a delete within
+//! the watch's delay. When the server is down the connection is retried on the next fetch, and
+//! the cached copies keep being served (fresh, or stale-if-error).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dfs::blocking::{Client, FetchReader, WatchKind};
+use ipc::{CacheSlot, Member, MemberState, Region};
+
+use crate::error::Error;
+use crate::origin::{OriginHeaders, Validators};
+use crate::path::CanonicalPath;
+
+/// The scheme of a gfdfs origin URL.
+pub const SCHEME: &str = "dfs://";
+
+/// How often the change follower looks at the stop flag.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+
+/// Checks a `dfs://HOST:PORT` origin and gives its `HOST:PORT`.
+pub fn check_base(base: &str) -> Result<&str, String> {
+    let addr = base
+        .strip_prefix(SCHEME)
+        .ok_or_else(|| format!("origin {base:?} is not a dfs:// URL"))?
+        .trim_end_matches('/');
+    let valid = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !valid || addr.contains('/') || addr.contains('@') {
+        return Err(format!(
+            "origin {base:?}: expected dfs://HOST:PORT (a gfdfs server), nothing more"
+        ));
+    }
+    Ok(addr)
+}
+
+/// A gfdfs server as an origin. Connects on first use and again after a failure, so a server
+/// that is down at start or restarts costs failed fetches, not a proxy that cannot start.
+pub struct DfsOrigin {
+    addr: String,
+    timeout: Duration,
+    client: Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for DfsOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DfsOrigin").field("addr", &self.addr).finish()
+    }
+}
+
+/// What the gfdfs server answered.
+pub enum DfsAnswer {
+    /// The file: its length, its headers, and the bytes as they stream.
+    Found {
+        /// Bytes.
+        len: u64,
+        /// Its validators as HTTP headers.
+        headers: OriginHeaders,
+        /// The bytes.
+        body: FetchReader,
+    },
+    /// The checksum matches the validator: unchanged.
+    NotModified(OriginHeaders),
+    /// No such file.
+    NotFound(OriginHeaders),
+}
+
+impl DfsOrigin {
+    /// An origin for the server at `base` (`dfs://HOST:PORT`); `timeout` bounds the connect and
+    /// each call (each chunk of a fetch).
+    pub fn new(base: &str, timeout: Duration) -> Result<DfsOrigin, Error> {
+        let addr = check_base(base).map_err(Error::Config)?;
+        Ok(DfsOrigin {
+            addr: addr.to_owned(),
+            timeout,
+            client: Mutex::new(None),
+        })
+    }
+
+    /// The `dfs://` URL of `path`, for messages.
+    pub fn url_for(&self, path: &CanonicalPath) -> String {
+        format!("{SCHEME}{}{}", self.addr, path.as_str())
+    }
+
+    /// Fetches `path`; with validators, first asks whether the stored copy is still current.
+    pub fn fetch(
+        &self,
+        path: &CanonicalPath,
+        validators: Option<&Validators>,
+    ) -> Result<DfsAnswer, Error> {
+        let client = self.client()?;
+        if let Some(etag) = validators.and_then(|v| v.etag.as_deref()) {
+            match client.stat(path.as_str()) {
+                Ok(meta) if etag_of(meta.checksum, meta.size) == etag => {
+                    return Ok(DfsAnswer::NotModified(headers(200, meta.size, meta.mtime, meta.checksum)));
+                }
+                Ok(_) => {}
+                Err(dfs::Error::NotFound(_)) => return Ok(DfsAnswer::NotFound(not_found())),
+                Err(error) => return Err(self.failed(path, error)),
+            }
+        }
+        match client.fetch(path.as_str()) {
+            Ok(body) => {
+                let meta = body.meta();
+                Ok(DfsAnswer::Found {
+                    len: meta.size,
+                    headers: headers(200, meta.size, meta.mtime, meta.checksum),
+                    body,
+                })
+            }
+            Err(dfs::Error::NotFound(_)) => Ok(DfsAnswer::NotFound(not_found())),
+            Err(error) => Err(self.failed(path, error)),
+        }
+    }
+
+    fn client(&self) -> Result<Client, Error> {
+        let mut slot = self
+            .client
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        let client = Client::connect(&self.addr, self.timeout).map_err(|error| {
+            Error::OriginTransport {
+                url: format!("{SCHEME}{}", self.addr),
+                source: Box::new(error),
+            }
+        })?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// A failed call: the connection is dropped (the next fetch connects again).
+    fn failed(&self, path: &CanonicalPath, error: dfs::Error) -> Error {
+        if !matches!(error, dfs::Error::InvalidPath { .. }) {
+            *self
+                .client
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        }
+        Error::OriginTransport {
+            url: self.url_for(path),
+            source: Box::new(error),
+        }
+    }
+
+    /// Follows the server's changes on a thread of its own until `stop` is set, purging each
+    /// changed or deleted path from every cache of `region`.
+    pub fn follow_changes(
+        &self,
+        region: Arc<Region>,
+        cache_timeout: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let addr = self.addr.clone();
+        let timeout = self.timeout;
+        std::thread::Builder::new()
+            .name("gfproxy-dfs-watch".into())
+            .spawn(move || follow_changes(&addr, timeout, &region, cache_timeout, &stop))
+    }
+}
+
+/// The ETag of a gfdfs file: its checksum and size name its bytes.
+fn etag_of(checksum: u32, size: u64) -> String {
+    format!("\"{checksum:08x}-{size:x}\"")
+}
+
+fn headers(status: u16, size: u64, mtime_nanos: i64, checksum: u32) -> OriginHeaders {
+    let mtime = u64::try_from(mtime_nanos).map_or(UNIX_EPOCH, |nanos| {
+        UNIX_EPOCH + Duration::from_nanos(nanos)
+    });
+    OriginHeaders {
+        status,
+        etag: Some(etag_of(checksum, size)),
+        last_modified: Some(httpdate::fmt_http_date(mtime)),
+        date: Some(httpdate::fmt_http_date(SystemTime::now())),
+        ..OriginHeaders::default()
+    }
+}
+
+fn not_found() -> OriginHeaders {
+    OriginHeaders {
+        status: 404,
+        ..OriginHeaders::default()
+    }
+}
+
+/// The watch loop: a connection that drops is followed again by the watcher itself, whose
+/// listing after the reconnect names every file (and tombstone) once more, so whatever changed
+/// meanwhile is purged too.
+fn follow_changes(
+    addr: &str,
+    timeout: Duration,
+    region: &Region,
+    cache_timeout: Duration,
+    stop: &AtomicBool,
+) {
+    let watcher = Client::watch_addr(addr, timeout);
+    while !stop.load(Ordering::Acquire) {
+        let Some(event) = watcher.recv_timeout(WATCH_POLL) else {
+            continue;
+        };
+        match event.kind {
+            WatchKind::Create | WatchKind::Modify | WatchKind::Delete => {
+                let path = format!("/{}", event.path.trim_start_matches('/'));
+                let removed = purge_everywhere(region, &path, cache_timeout);
+                tracing::debug!(key = %path, kind = ?event.kind, removed, "dfs change: purged");
+            }
+            WatchKind::Synced => tracing::debug!(server = addr, "dfs watch in sync"),
+            WatchKind::Disconnected => {
+                tracing::info!(server = addr, "dfs watch disconnected; reconnecting")
+            }
+        }
+    }
+}
+
+/// Removes `path` from every cache that is up; returns how many copies went.
+pub(crate) fn purge_everywhere(region: &Region, path: &str, timeout: Duration) -> u64 {
+    let mut removed = 0;
+    for raw in 0..region.config().cache_slots {
+        let slot = CacheSlot::from_raw(raw);
+        if !matches!(
+            region.member_state(Member::Cache(slot)),
+            MemberState::Ready | MemberState::Draining
+        ) {
+            continue;
+        }
+        let purged = region
+            .acquire(timeout)
+            .and_then(|lease| lease.purge(slot, path, false, timeout));
+        match purged {
+            Ok(count) => removed += count,
+            Err(error) => tracing::debug!(slot = raw, key = path, %error, "purge failed"),
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dfs_origin_names_host_and_port_only() {
+        assert_eq!(check_base("dfs://127.0.0.1:7070"), Ok("127.0.0.1:7070"));
+        assert_eq!(check_base("dfs://dfs.internal:7070/"), Ok("dfs.internal:7070"));
+        for bad in [
+            "dfs://",
+            "dfs://host",
+            "dfs://host:0",
+            "dfs://host:70000",
+            "dfs://host:7070/dir",
+            "dfs://user@host:7070",
+            "http://host:7070",
+        ] {
+            assert!(check_base(bad).is_err(), "{bad}");
+        }
+    }
+}

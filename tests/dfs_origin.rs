@@ -1,0 +1,155 @@
+//! The cache tier in front of gfdfs: `proxy.origin = "dfs://HOST:PORT"`, with a real `gfdfs
+//! server` and a real gfsupervisor run. A miss is fetched over gRPC and filled; a store or a
+//! delete in the DFS reaches GetFile and HTTP clients through the Watch stream's purges; when
+//! the DFS is down the cached copies are still served.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Backend, Reply, Run, Setup};
+
+const GFDFS: &str = env!("CARGO_BIN_EXE_gfdfs");
+
+/// A `gfdfs server` on 127.0.0.1 port 0, killed on drop.
+struct DfsServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl DfsServer {
+    fn start(root: &Path) -> DfsServer {
+        let mut child = Command::new(GFDFS)
+            .args(["server", "--root"])
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn gfdfs server");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = BufReader::new(stdout)
+            .lines()
+            .next()
+            .expect("a line from the server")
+            .expect("utf-8");
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?} names no address"));
+        DfsServer { child, addr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DfsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn gfdfs(server: &DfsServer, args: &[&str]) {
+    let out = Command::new(GFDFS)
+        .args(args)
+        .args(["--server", &server.addr.to_string()])
+        .output()
+        .expect("run gfdfs");
+    assert!(
+        out.status.success(),
+        "gfdfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn store(server: &DfsServer, dir: &Path, path: &str, bytes: &[u8]) {
+    let local = dir.join("upload");
+    std::fs::write(&local, bytes).expect("write the upload");
+    gfdfs(server, &["store", local.to_str().expect("utf-8"), "--as", path]);
+}
+
+/// Polls until `path` answers `expected`; returns how long it took.
+fn until_served(run: &Run, path: &str, expected: &Reply, what: &str) -> Duration {
+    let started = Instant::now();
+    wait_for(what, Duration::from_secs(20), || {
+        (run.get(path).ok().as_ref() == Some(expected)).then_some(())
+    });
+    started.elapsed()
+}
+
+#[test]
+fn a_dfs_origin_serves_fills_and_follows_stores_and_deletes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("dfs-root");
+    std::fs::create_dir(&root).expect("dfs root");
+    let mut server = DfsServer::start(&root);
+    store(&server, dir.path(), "/docs/a.txt", b"first version\r\n");
+    store(&server, dir.path(), "/b.bin", &[0u8, 1, 2, 255]);
+
+    let mut setup = Setup::new(Backend::Memory).with_http();
+    setup.origin = Some(format!("dfs://{}", server.addr));
+    let run = Run::start(setup);
+
+    // A miss through gRPC, then a hit (one fill; the second GET does not reach the DFS).
+    assert_eq!(
+        run.get("/docs/a.txt").expect("get"),
+        Reply::Ok(b"first version\r\n".to_vec())
+    );
+    wait_for("the fill", Duration::from_secs(20), || {
+        let text = run.metrics_text();
+        (common::metric_value(&text, "gfcache_fills_total{result=\"stored\"}") >= Some(1.0))
+            .then_some(())
+    });
+    assert_eq!(
+        run.get("/b.bin").expect("get"),
+        Reply::Ok(vec![0u8, 1, 2, 255])
+    );
+    assert_eq!(run.get("/missing").expect("get"), Reply::FileNotFound);
+    let http = run.http.expect("http listener");
+    let (status, body) = common::http_get(http, "/docs/a.txt").expect("http get");
+    assert_eq!((status, body.as_str()), (200, "first version\r\n"));
+
+    // A store in the DFS reaches the clients through the watch stream's purge.
+    store(&server, dir.path(), "/docs/a.txt", b"second version");
+    let took = until_served(
+        &run,
+        "/docs/a.txt",
+        &Reply::Ok(b"second version".to_vec()),
+        "the stored version",
+    );
+    eprintln!("a store reached the clients in {took:?}");
+    let (_, body) = common::http_get(http, "/docs/a.txt").expect("http get");
+    assert_eq!(body, "second version");
+
+    // A delete too.
+    gfdfs(&server, &["delete", "/docs/a.txt"]);
+    let took = until_served(&run, "/docs/a.txt", &Reply::FileNotFound, "the delete");
+    eprintln!("a delete reached the clients in {took:?}");
+
+    // The DFS goes down: what is cached is still served.
+    server.kill();
+    assert_eq!(
+        run.get("/b.bin").expect("get"),
+        Reply::Ok(vec![0u8, 1, 2, 255])
+    );
+    common::stop_and_check_nothing_left(run);
+}
+
+#[test]
+fn a_dfs_origin_that_is_no_url_is_a_config_error_naming_the_key() {
+    let mut setup = Setup::new(Backend::Memory);
+    setup.origin = Some("dfs://host-without-port".into());
+    let run = Run::prepare(setup);
+    let out = common::gfsupervisor(&["check-config"], &run.config);
+    assert!(!out.status.success());
+    let text = common::output_text(&out);
+    assert!(text.contains("origin"), "{text}");
+    assert!(text.contains("dfs://HOST:PORT"), "{text}");
+}
