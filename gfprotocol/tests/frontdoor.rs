@@ -174,7 +174,9 @@ fn idle_and_half_header_connections_do_not_delay_other_clients() {
     }
     for (stream, opened) in silent.iter_mut().chain(half.iter_mut()) {
         let (answer, closed) =
-            read_until_closed(stream, *opened + header_timeout + Duration::from_secs(1));
+            // The slack covers a loaded machine (the suite runs in parallel on two cores), not
+            // the design: an idle connection costs no worker, so it is closed at its deadline.
+            read_until_closed(stream, *opened + header_timeout + Duration::from_secs(5));
         assert!(
             closed,
             "a connection without a header was not closed in time"
