@@ -457,16 +457,21 @@ fn fetch(
     leader: Option<Leader<'_>>,
     response: &mut ResponseWriter<'_>,
 ) -> Outcome {
-    let mut body = match origin.fetch(path) {
+    let mut body = match origin.fetch(path, None) {
         Ok(OriginAnswer::Found(body)) => *body,
-        Ok(OriginAnswer::NotFound) => {
+        Ok(OriginAnswer::NotFound(_)) => {
             ctx.stats.incr(Counter::OriginNotFound);
             if let Some(leader) = leader {
                 leader.not_found();
             }
             return reply(response, ResponseHeader::FileNotFound);
         }
-        Err(error) => {
+        answer => {
+            // Only a conditional request is answered 304 (fetch refuses any other).
+            let error = answer.err().unwrap_or_else(|| Error::OriginStatus {
+                url: origin.url_for(path),
+                status: 304,
+            });
             warn_origin_failure(ctx, path, &with_causes(&error));
             ctx.stats.incr(Counter::OriginError);
             if let Some(leader) = leader {
