@@ -8,6 +8,7 @@ mod degraded;
 mod front_end;
 mod hits;
 mod misses;
+mod pieces;
 mod process;
 mod slow;
 mod tls;
