@@ -622,6 +622,7 @@ fn pump(
             break;
         };
         let mut filled = 0;
+        let mut client_left = false;
         while filled < want {
             let into = space.get_mut(filled..).unwrap_or_default();
             let n = match body.read(into) {
@@ -645,17 +646,21 @@ fn pump(
             if let ClientState::Gone(_) = client {
                 // Keep fetching only for requests that wait on this fetch.
                 if !leader.is_some_and(Leader::has_followers) {
-                    return (received, client);
+                    client_left = true;
+                    break;
                 }
             }
             filled += n;
         }
-        if filled == 0 {
-            break;
-        }
         // Back into the pool: free again once the tee's holders are done with it (at once if
         // nobody else wants the bytes, or for a short piece, whose bytes are copied out).
         pool.keep(&buffer);
+        if client_left {
+            return (received, client);
+        }
+        if filled == 0 {
+            break;
+        }
         if tee.wants_pieces() {
             let piece = if filled == buffer.len() {
                 buffer
