@@ -105,12 +105,10 @@ impl Error {
         let Error::OriginTransport { source, .. } = self else {
             return false;
         };
+        // The origin client reports every timeout as an io::Error of kind TimedOut.
         source
-            .downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_timeout)
-            || source
-                .downcast_ref::<io::Error>()
-                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
     }
 
     /// Whether another source (the origin instead of a cache) or a later attempt may succeed:

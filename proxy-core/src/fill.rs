@@ -3,7 +3,9 @@
 //! The fill is a side show that must never slow the client. The request thread hands each piece
 //! of the body to a [`FillFeed`] (an `Arc` clone, no copy, and never a wait) and goes on sending
 //! to the client; a fill thread ([`run_fill`]) takes the pieces from the feed and PUTs them into
-//! the cache at the cache's pace. If the cache declines, fails, takes longer than
+//! the cache at the cache's pace. (A body of one piece is filled by the request thread itself
+//! once the client has it.) The pieces are buffers of a [`PiecePool`], reused once the client,
+//! the fill and the followers are done with them. If the cache declines, fails, takes longer than
 //! `cache_timeout` for a chunk, or falls more than [`FILL_BACKLOG`] bytes behind, the fill is
 //! dropped and nothing else happens. The bytes queued by all the fills of a proxy process are
 //! bounded too ([`FillBudget`], [`FILL_BUDGET`]): a fill that would exceed the budget is dropped,
@@ -20,6 +22,14 @@ use ipc::{CacheSlot, Region};
 use crate::metrics::Counter;
 use crate::path::CanonicalPath;
 use crate::stats::Stats;
+
+/// Bytes of one piece of an origin body: the body is read into pieces of this size (the last
+/// one shorter), which the client, the fill and the flight's followers share.
+pub const PIECE_SIZE: usize = 256 * 1024;
+
+/// Most bytes of piece buffers a proxy process keeps for reuse: a 64 MiB body (the largest a
+/// flight keeps whole) and then some, so that back-to-back misses touch no fresh memory.
+pub const PIECE_POOL_LIMIT: usize = 96 << 20;
 
 /// Most bytes a fill may fall behind the client before it is dropped.
 pub const FILL_BACKLOG: u64 = 64 << 20;
@@ -65,6 +75,71 @@ impl FillBudget {
     }
 }
 
+/// Piece buffers of [`PIECE_SIZE`] bytes, reused once every holder has dropped them.
+///
+/// Every piece of an origin body used to be a fresh allocation; the kernel then zeroed each new
+/// page on first touch (page faults, `clear_page`), which cost more than the copies. The pool
+/// keeps one reference to each buffer it handed out: when the client, the fill and the
+/// followers have dropped theirs, the pool's is the last, and the buffer is free to be read
+/// into again. The buffers it keeps are bounded by its limit; past it, a piece is a plain
+/// allocation that is freed as before. What the pieces in use hold is bounded as before, by
+/// [`FILL_BACKLOG`], the [`FillBudget`] and the flights' own limit.
+#[derive(Debug)]
+pub struct PiecePool {
+    limit: usize,
+    /// Every buffer the pool keeps, in use or free; the oldest first (they come free in
+    /// about that order).
+    buffers: Mutex<VecDeque<Arc<[u8]>>>,
+}
+
+impl PiecePool {
+    /// A pool that keeps at most `limit` bytes of buffers.
+    pub const fn new(limit: usize) -> PiecePool {
+        PiecePool {
+            limit,
+            buffers: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The pool of this process.
+    pub fn process() -> &'static PiecePool {
+        static POOL: PiecePool = PiecePool::new(PIECE_POOL_LIMIT);
+        &POOL
+    }
+
+    /// A buffer of [`PIECE_SIZE`] bytes that nobody else holds (its old bytes still in it): a
+    /// free one of the pool's, else a new one. Give it back with [`PiecePool::keep`] before
+    /// sharing it.
+    pub fn take(&self) -> Arc<[u8]> {
+        let mut buffers = lock(&self.buffers);
+        let free = buffers
+            .iter()
+            .position(|buffer| Arc::strong_count(buffer) == 1 && Arc::weak_count(buffer) == 0);
+        if let Some(buffer) = free.and_then(|at| buffers.remove(at)) {
+            return buffer;
+        }
+        drop(buffers);
+        Arc::from(vec![0u8; PIECE_SIZE])
+    }
+
+    /// Keeps a reference to a full buffer from [`PiecePool::take`] (while the pool has room),
+    /// so that it can be taken again once every other holder dropped it.
+    pub fn keep(&self, buffer: &Arc<[u8]>) {
+        if buffer.len() != PIECE_SIZE {
+            return;
+        }
+        let mut buffers = lock(&self.buffers);
+        if (buffers.len() + 1) * PIECE_SIZE <= self.limit {
+            buffers.push_back(Arc::clone(buffer));
+        }
+    }
+
+    /// Bytes of buffers the pool keeps, in use or free.
+    pub fn kept_bytes(&self) -> usize {
+        lock(&self.buffers).len() * PIECE_SIZE
+    }
+}
+
 /// The pieces of a body on their way to a fill thread.
 #[derive(Debug)]
 pub struct FillFeed {
@@ -79,6 +154,9 @@ struct FeedState {
     pieces: VecDeque<Arc<[u8]>>,
     queued: u64,
     end: FeedEnd,
+    /// The consumer sleeps on `changed`: a new piece must wake it (and only then: a wake-up
+    /// nobody waits for is still a system call).
+    consumer_waiting: bool,
 }
 
 /// How the producer or the consumer ended the feed.
@@ -127,8 +205,11 @@ impl FillFeed {
         if len > 0 {
             state.queued += len;
             state.pieces.push_back(piece);
+            let wake = state.consumer_waiting;
             drop(state);
-            self.changed.notify_all();
+            if wake {
+                self.changed.notify_all();
+            }
         }
         true
     }
@@ -179,11 +260,13 @@ impl FillFeed {
             if state.end == FeedEnd::Complete {
                 return Ok(None);
             }
+            state.consumer_waiting = true;
             let (next, waited) = match self.changed.wait_timeout(state, timeout) {
                 Ok(pair) => pair,
                 Err(poisoned) => poisoned.into_inner(),
             };
             state = next;
+            state.consumer_waiting = false;
             if waited.timed_out() && state.pieces.is_empty() && state.end == FeedEnd::Open {
                 // The producer is bounded by the origin's deadline; this only guards against a
                 // producer that forgot to end the feed.
@@ -279,6 +362,61 @@ mod tests {
 
     fn budget(limit: u64) -> Arc<FillBudget> {
         Arc::new(FillBudget::new(limit))
+    }
+
+    #[test]
+    fn a_pool_buffer_comes_back_only_when_every_holder_dropped_it() {
+        let pool = PiecePool::new(2 * PIECE_SIZE);
+        let mut first = pool.take();
+        assert_eq!(first.len(), PIECE_SIZE);
+        Arc::get_mut(&mut first).expect("nobody else holds it")[0] = 7;
+        pool.keep(&first);
+        let follower = Arc::clone(&first);
+        drop(first);
+        // A follower still reads the first buffer: the next piece gets another one.
+        let mut second = pool.take();
+        assert!(!Arc::ptr_eq(&second, &follower));
+        assert!(Arc::get_mut(&mut second).is_some());
+        pool.keep(&second);
+        drop(second);
+        assert_eq!(pool.kept_bytes(), 2 * PIECE_SIZE);
+        // The second is free again; once the follower is done, so is the first.
+        let third = pool.take();
+        assert_eq!(pool.kept_bytes(), PIECE_SIZE);
+        pool.keep(&third);
+        drop(third);
+        let follower_ptr = Arc::as_ptr(&follower);
+        drop(follower);
+        let mut reused = Vec::new();
+        for _ in 0..2 {
+            let mut buffer = pool.take();
+            assert!(Arc::get_mut(&mut buffer).is_some());
+            reused.push(buffer);
+        }
+        assert!(reused
+            .iter()
+            .any(|b| std::ptr::addr_eq(Arc::as_ptr(b), follower_ptr)));
+        assert_eq!(
+            reused
+                .iter()
+                .find(|b| std::ptr::addr_eq(Arc::as_ptr(b), follower_ptr))
+                .map(|b| b[0]),
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn a_full_pool_hands_out_plain_buffers_and_keeps_no_more() {
+        let pool = PiecePool::new(PIECE_SIZE);
+        let held = pool.take();
+        pool.keep(&held);
+        let extra = pool.take();
+        assert!(!Arc::ptr_eq(&held, &extra));
+        pool.keep(&extra);
+        assert_eq!(pool.kept_bytes(), PIECE_SIZE);
+        // A short piece is never kept: it is a copy, not a pool buffer.
+        pool.keep(&Arc::from(&b"short"[..]));
+        assert_eq!(pool.kept_bytes(), PIECE_SIZE);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The HTTP origin: a blocking reqwest client with bounded connect, total and redirect budgets,
+//! The HTTP origin: a blocking ureq client with bounded connect, total and redirect budgets,
 //! and the mapping of its answers to GetFile outcomes.
 //!
 //! [`Origin::fetch`] GETs a path, conditionally when given the [`Validators`] of a stored copy,
@@ -6,15 +6,30 @@
 //! request only) or `NotFound` (404, 410), each with the origin's caching-relevant headers raw
 //! ([`OriginHeaders`]): what they mean is the freshness logic's business, not the client's.
 //!
+//! The client does its I/O on the calling thread: [`OriginBody::read`] is a `read(2)` on the
+//! origin's socket (through TLS for HTTPS) and a copy out of the client's input buffer, with no
+//! runtime thread and no channel between the socket and the reader. Idle connections are kept
+//! for the next fetch.
+//!
 //! HTTPS origins are verified against the built-in web PKI roots plus, when configured, the
 //! certificates of an extra PEM file ([`CaBundle`]), for origins behind an internal CA.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::error::Error;
 use crate::path::CanonicalPath;
+
+/// Bytes the client reads from the origin's socket at a time (its input buffer).
+const INPUT_BUFFER: usize = 256 * 1024;
+
+/// Idle origin connections kept for reuse (and at most as many per host): as many as requests
+/// a proxy serves at once in the common case, so that concurrent misses do not reconnect.
+const IDLE_CONNECTIONS: usize = 64;
 
 /// Settings of the origin client.
 #[derive(Clone, Debug)]
@@ -51,7 +66,7 @@ pub enum CaFileError {
         path: PathBuf,
         /// What the PEM or certificate parser reported.
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The file holds no `CERTIFICATE` block.
     #[error("origin CA file {} holds no PEM certificate", path.display())]
@@ -82,7 +97,7 @@ impl From<CaFileError> for Error {
 /// be usable as trust anchors.
 #[derive(Clone, Debug)]
 pub struct CaBundle {
-    certificates: Vec<reqwest::Certificate>,
+    certificates: Vec<Certificate<'static>>,
 }
 
 impl CaBundle {
@@ -93,27 +108,29 @@ impl CaBundle {
             path: path.to_path_buf(),
             source,
         })?;
-        let invalid = |source| CaFileError::Invalid {
+        let invalid = |source: Box<dyn std::error::Error + Send + Sync>| CaFileError::Invalid {
             path: path.to_path_buf(),
             source,
         };
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(invalid)?;
+        let mut certificates = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            // Keys and other blocks are no roots; a file of nothing else holds no certificate.
+            if let PemItem::Certificate(certificate) = item.map_err(|e| invalid(Box::new(e)))? {
+                certificates.push(certificate);
+            }
+        }
         if certificates.is_empty() {
             return Err(CaFileError::NoCertificate {
                 path: path.to_path_buf(),
             });
         }
-        // PEM parsing does not look inside the DER; building a TLS config does, so a damaged
-        // certificate is reported now, naming the file, rather than as an opaque client error.
-        certificates
-            .iter()
-            .cloned()
-            .fold(
-                reqwest::Client::builder().tls_built_in_root_certs(false),
-                reqwest::ClientBuilder::add_root_certificate,
-            )
-            .build()
-            .map_err(invalid)?;
+        // PEM parsing does not look inside the DER; making a trust anchor does, so a damaged
+        // certificate is reported now, naming the file, rather than ignored by the TLS setup.
+        let mut store = rustls::RootCertStore::empty();
+        for certificate in &certificates {
+            let der = rustls::pki_types::CertificateDer::from(certificate.der());
+            store.add(der).map_err(|e| invalid(Box::new(e)))?;
+        }
         Ok(CaBundle { certificates })
     }
 
@@ -126,7 +143,7 @@ impl CaBundle {
 /// Checks an origin base URL: absolute `http` or `https` with a host, no query, fragment or
 /// credentials.
 pub fn check_base(base: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(base).map_err(|e| format!("origin {base:?}: {e}"))?;
+    let parsed = url::Url::parse(base).map_err(|e| format!("origin {base:?}: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(format!(
             "origin {base:?} is not an http:// or https:// URL with a host"
@@ -145,11 +162,20 @@ pub fn check_base(base: &str) -> Result<(), String> {
 }
 
 /// A client for one origin. Cheap to share between threads.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Origin {
-    client: reqwest::blocking::Client,
+    agent: ureq::Agent,
     base: String,
     total_timeout: Duration,
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("base", &self.base)
+            .field("total_timeout", &self.total_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Validators of a stored copy, sent as `If-None-Match` / `If-Modified-Since`.
@@ -242,7 +268,7 @@ impl OriginHeaders {
         headers
     }
 
-    fn from_reqwest(status: u16, map: &reqwest::header::HeaderMap) -> OriginHeaders {
+    fn from_response(status: u16, map: &ureq::http::HeaderMap) -> OriginHeaders {
         OriginHeaders::collect(
             status,
             map.iter()
@@ -263,13 +289,25 @@ pub enum OriginAnswer {
 }
 
 /// The body of a 200 answer, read as it arrives.
-#[derive(Debug)]
 pub struct OriginBody {
-    response: reqwest::blocking::Response,
+    reader: ureq::BodyReader<'static>,
     headers: OriginHeaders,
     url: String,
     len: Option<u64>,
+    /// Bytes read so far.
+    received: u64,
     deadline: Instant,
+}
+
+impl std::fmt::Debug for OriginBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginBody")
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .field("len", &self.len)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Origin {
@@ -281,24 +319,36 @@ impl Origin {
         if config.total_timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(Error::Config("origin timeouts must be above zero".into()));
         }
-        let extra_roots = match &config.ca_file {
-            Some(path) => CaBundle::load(path)?.certificates,
-            None => Vec::new(),
+        let roots = match &config.ca_file {
+            // The client takes one set of roots: the built-in ones (as certificates) and the
+            // file's.
+            Some(path) => {
+                let extra = CaBundle::load(path)?.certificates;
+                let built_in = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                    .iter()
+                    .map(|der| Certificate::from_der(der.as_ref()));
+                RootCerts::Specific(Arc::new(built_in.chain(extra).collect()))
+            }
+            None => RootCerts::WebPki,
         };
-        let client = extra_roots
-            .into_iter()
-            .fold(
-                reqwest::blocking::Client::builder(),
-                reqwest::blocking::ClientBuilder::add_root_certificate,
-            )
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.total_timeout)
-            .redirect(reqwest::redirect::Policy::limited(config.max_redirects))
-            .no_proxy()
+        let max_redirects = u32::try_from(config.max_redirects)
+            .map_err(|_| Error::Config("origin_max_redirects is too large".into()))?;
+        let agent = ureq::Agent::config_builder()
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(max_redirects)
+            .max_redirects_will_error(true)
+            .timeout_connect(Some(config.connect_timeout))
+            // End to end, the body included; OriginBody::read checks the same deadline.
+            .timeout_global(Some(config.total_timeout))
+            .input_buffer_size(INPUT_BUFFER)
+            .max_idle_connections(IDLE_CONNECTIONS)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .build()
-            .map_err(|e| Error::Config(format!("origin client: {e}")))?;
+            .new_agent();
         Ok(Origin {
-            client,
+            agent,
             base: config.base.trim_end_matches('/').to_owned(),
             total_timeout: config.total_timeout,
         })
@@ -320,28 +370,28 @@ impl Origin {
     ) -> Result<OriginAnswer, Error> {
         let url = self.url_for(path);
         let deadline = Instant::now() + self.total_timeout;
-        // The per-request timeout is a total deadline in reqwest, body included.
-        let mut request = self.client.get(&url).timeout(self.total_timeout);
+        let mut request = self.agent.get(&url);
         let conditional = validators.filter(|v| !v.is_empty());
         if let Some(validators) = conditional {
             if let Some(etag) = &validators.etag {
-                request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+                request = request.header("If-None-Match", etag);
             }
             if let Some(modified) = &validators.last_modified {
-                request = request.header(reqwest::header::IF_MODIFIED_SINCE, modified);
+                request = request.header("If-Modified-Since", modified);
             }
         }
-        let response = request.send().map_err(|e| transport(&url, e))?;
+        let response = request.call().map_err(|e| transport(&url, e))?;
         let status = response.status().as_u16();
-        let headers = OriginHeaders::from_reqwest(status, response.headers());
+        let headers = OriginHeaders::from_response(status, response.headers());
         match status {
             200 => {
-                let len = response.content_length();
+                let len = response.body().content_length();
                 Ok(OriginAnswer::Found(Box::new(OriginBody {
-                    response,
+                    reader: response.into_body().into_reader(),
                     headers,
                     url,
                     len,
+                    received: 0,
                     deadline,
                 })))
             }
@@ -352,10 +402,19 @@ impl Origin {
     }
 }
 
-fn transport(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+/// An origin transport error. A timeout becomes an `io::Error` of kind `TimedOut` (the client's
+/// error inside), which is what `Error::is_origin_timeout` looks for.
+fn transport(url: &str, e: ureq::Error) -> Error {
+    let source: Box<dyn std::error::Error + Send + Sync> = match e {
+        ureq::Error::Io(io) => Box::new(io),
+        timeout @ ureq::Error::Timeout(_) => {
+            Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, timeout))
+        }
+        other => Box::new(other),
+    };
     Error::OriginTransport {
         url: url.to_owned(),
-        source: Box::new(e),
+        source,
     }
 }
 
@@ -380,10 +439,23 @@ impl OriginBody {
         if Instant::now() >= self.deadline {
             return Err(transport(
                 &self.url,
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "origin total timeout"),
+                ureq::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "origin total timeout",
+                )),
             ));
         }
-        self.response.read(buf).map_err(|e| transport(&self.url, e))
+        let n = self
+            .reader
+            .read(buf)
+            .map_err(|e| transport(&self.url, ureq::Error::from(e)))?;
+        self.received += n as u64;
+        if n > 0 && self.len == Some(self.received) {
+            // The client hands the connection back for reuse when a read finds the body
+            // complete; callers that stop at the Content-Length never make that read.
+            let _ = self.reader.read(&mut [0u8; 1]);
+        }
+        Ok(n)
     }
 
     /// Reads a body without a Content-Length whole, up to `limit` bytes.
@@ -682,6 +754,93 @@ mod tests {
         // One bad field poisons the joined header: half of it could mean something else.
         assert_eq!(headers.cache_control, None);
         assert_eq!(headers.content_type.as_deref(), Some("text/plain"));
+    }
+
+    /// A raw origin on 127.0.0.1:0 that answers every request on a connection with `body`
+    /// (keep-alive); the thread gives back how many connections it accepted.
+    fn keep_alive_origin(body: &'static [u8], requests: usize) -> (String, JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let thread = thread::spawn(move || {
+            let mut connections = 0;
+            let mut answered = 0;
+            while answered < requests {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    break;
+                };
+                connections += 1;
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                while answered < requests {
+                    if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        if stream
+                            .write_all(head.as_bytes())
+                            .and_then(|()| stream.write_all(body))
+                            .is_err()
+                        {
+                            break;
+                        }
+                        answered += 1;
+                        continue;
+                    }
+                    match std::io::Read::read(&mut stream, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+            }
+            connections
+        });
+        (format!("http://{addr}"), thread)
+    }
+
+    #[test]
+    fn a_body_read_to_its_length_hands_the_connection_back_for_the_next_fetch() {
+        let (base, origin) = keep_alive_origin(b"0123456789", 3);
+        let origin_client = client(&base);
+        for _ in 0..3 {
+            let answer = origin_client.fetch(&path("/a"), None).expect("fetch");
+            let OriginAnswer::Found(mut body) = answer else {
+                panic!("expected a body, got {answer:?}");
+            };
+            // Read exactly the Content-Length, as the miss path does, never past it.
+            let mut buf = [0u8; 10];
+            let mut got = 0;
+            while got < 10 {
+                let n = body.read(&mut buf[got..]).expect("read");
+                assert!(n > 0, "the body ended early");
+                got += n;
+            }
+            assert_eq!(&buf, b"0123456789");
+        }
+        assert_eq!(
+            origin.join().expect("origin"),
+            1,
+            "one connection for three fetches"
+        );
+    }
+
+    #[test]
+    fn an_origin_that_does_not_answer_in_time_is_a_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let origin_client = Origin::new(&OriginConfig {
+            base: format!("http://{addr}"),
+            connect_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_millis(300),
+            max_redirects: 0,
+            ca_file: None,
+        })
+        .expect("origin client");
+        // Accepted by the kernel's backlog, never answered.
+        match origin_client.fetch(&path("/a"), None) {
+            Err(error) => assert!(error.is_origin_timeout(), "not a timeout: {error}"),
+            Ok(answer) => panic!("expected a timeout, got {answer:?}"),
+        }
+        drop(listener);
     }
 
     #[test]

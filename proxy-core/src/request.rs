@@ -27,7 +27,7 @@ use ipc::{ByteRange, CacheSlot, Lookup, ObjectVersion, Region};
 
 use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIMIT};
 use crate::error::{Error, Side};
-use crate::fill::{run_fill, FillBudget, FillFeed, FILL_BACKLOG};
+use crate::fill::{run_fill, FillBudget, FillFeed, PiecePool, FILL_BACKLOG, PIECE_SIZE};
 use crate::freshness::{self, Rules, Storable, Verdict};
 use crate::metrics::Counter;
 use crate::origin::{Origin, OriginAnswer, OriginBody, OriginHeaders};
@@ -37,9 +37,6 @@ use crate::routing::{Route, Router};
 use crate::stats::{Outcome, Stats};
 use crate::warn_limit::WarnLimit;
 use crate::ProxyConfig;
-
-/// Bytes read from the origin at a time.
-const ORIGIN_READ_SIZE: usize = 64 * 1024;
 
 /// Background refreshes (stale-while-revalidate) in flight at most per proxy process; past it a
 /// stale copy is still served and the next request past the bound tries again.
@@ -987,7 +984,7 @@ fn fill_unattended(
     };
     let feed = FillFeed::new(FILL_BACKLOG, Arc::clone(&ctx.fill_budget));
     let received = with_fill(ctx, path, len, Some(slot), Some(meta), Some(&feed), || {
-        let mut buf = vec![0u8; ORIGIN_READ_SIZE];
+        let mut buf = vec![0u8; PIECE_SIZE];
         let mut received: u64 = 0;
         while received < len {
             let n = match body.read(&mut buf) {
@@ -1124,6 +1121,12 @@ impl Tee<'_, '_> {
 
 /// Reads the body and sends it to the client and the tee. Returns the bytes received from the
 /// origin and the client's state.
+///
+/// The body is read into pieces of [`PIECE_SIZE`] bytes (the last one shorter) taken from the
+/// process's [`PiecePool`]: each read goes on to the client as it arrives, and a piece, once
+/// full, to the tee, which shares it (a reference, not a copy) with the fill and the followers.
+/// Reading straight into the piece saves the copy from a read buffer into it, and reusing the
+/// pool's buffers saves the page faults of fresh memory.
 fn pump(
     path: &CanonicalPath,
     body: &mut OriginBody,
@@ -1137,36 +1140,65 @@ fn pump(
         Ok(_) => ClientState::Open,
         Err(error) => ClientState::Gone(error),
     };
-    let mut buf = vec![0u8; ORIGIN_READ_SIZE];
+    let pool = PiecePool::process();
     let mut received: u64 = 0;
-    while received < len {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(error) => {
-                tracing::debug!(key = %path, %error, "origin body broke off");
-                break;
-            }
+    let mut ended = false;
+    while received < len && !ended {
+        let want = usize::try_from(len - received).map_or(PIECE_SIZE, |left| left.min(PIECE_SIZE));
+        let mut buffer = pool.take();
+        let Some(space) = Arc::get_mut(&mut buffer).and_then(|b| b.get_mut(..want)) else {
+            // `take` hands out buffers nobody else holds, of PIECE_SIZE bytes.
+            break;
         };
-        let keep = usize::try_from(len - received).map_or(n, |left| n.min(left));
-        let bytes = buf.get(..keep).unwrap_or_default();
-        // One copy into a shared piece when someone besides the client wants the bytes.
-        let piece: Option<Arc<[u8]>> = tee.wants_pieces().then(|| Arc::from(bytes));
-        if let ClientState::Open = client {
-            if let Err(error) = response.send_body(piece.as_deref().unwrap_or(bytes)) {
-                client = ClientState::Gone(error);
+        let mut filled = 0;
+        let mut client_left = false;
+        while filled < want {
+            let into = space.get_mut(filled..).unwrap_or_default();
+            let n = match body.read(into) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(error) => {
+                    tracing::debug!(key = %path, %error, "origin body broke off");
+                    ended = true;
+                    break;
+                }
+            };
+            if let ClientState::Open = client {
+                let bytes = space.get(filled..filled + n).unwrap_or_default();
+                if let Err(error) = response.send_body(bytes) {
+                    client = ClientState::Gone(error);
+                }
             }
-        }
-        if let ClientState::Gone(_) = client {
-            // Keep fetching only for requests that wait on this fetch.
-            if !leader.is_some_and(Leader::has_followers) {
-                break;
+            if let ClientState::Gone(_) = client {
+                // Keep fetching only for requests that wait on this fetch.
+                if !leader.is_some_and(Leader::has_followers) {
+                    client_left = true;
+                    break;
+                }
             }
+            filled += n;
         }
-        if let Some(piece) = &piece {
-            tee.push(piece);
+        // Back into the pool: free again once the tee's holders are done with it (at once if
+        // nobody else wants the bytes, or for a short piece, whose bytes are copied out).
+        pool.keep(&buffer);
+        if client_left {
+            return (received, client);
         }
-        received += keep as u64;
+        if filled == 0 {
+            break;
+        }
+        if tee.wants_pieces() {
+            let piece = if filled == buffer.len() {
+                buffer
+            } else {
+                Arc::from(buffer.get(..filled).unwrap_or_default())
+            };
+            tee.push(&piece);
+        }
+        received += filled as u64;
     }
     (received, client)
 }
@@ -1183,7 +1215,7 @@ fn fill_target(ctx: &Context, fill_slot: Option<CacheSlot>, len: u64) -> Option<
 
 /// Runs `serve` on this thread while a fill thread PUTs what `feed` receives into cache
 /// `fill_slot`, with `meta`; returns once both are done. Without metadata (the answer may not
-/// be stored) nothing is filled.
+/// be stored) nothing is filled. A body of one piece is filled on this thread, after `serve`.
 fn with_fill<T>(
     ctx: &Context,
     path: &CanonicalPath,
@@ -1200,22 +1232,31 @@ fn with_fill<T>(
         return serve();
     };
     let meta = meta.encode();
+    let fill = || {
+        run_fill(
+            &ctx.region,
+            &ctx.stats,
+            slot,
+            path,
+            len,
+            &meta,
+            feed,
+            ctx.config.settings.origin_timeout,
+            ctx.config.settings.cache_timeout,
+        )
+    };
+    if len <= PIECE_SIZE as u64 {
+        // A body of one piece is all in the feed by the time `serve` is done with the client:
+        // fill it here, after the client has every byte, rather than on a thread of its own
+        // (a thread per small miss cost more than the fill).
+        let served = serve();
+        fill();
+        return served;
+    }
     thread::scope(|scope| {
         let filler = thread::Builder::new()
             .name("gfproxy-fill".into())
-            .spawn_scoped(scope, || {
-                run_fill(
-                    &ctx.region,
-                    &ctx.stats,
-                    slot,
-                    path,
-                    len,
-                    &meta,
-                    feed,
-                    ctx.config.settings.origin_timeout,
-                    ctx.config.settings.cache_timeout,
-                )
-            });
+            .spawn_scoped(scope, fill);
         if let Err(error) = &filler {
             tracing::debug!(%error, "no fill thread");
             ctx.stats.incr(Counter::FillsDropped);

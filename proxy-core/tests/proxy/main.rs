@@ -9,6 +9,7 @@ mod freshness;
 mod front_end;
 mod hits;
 mod misses;
+mod pieces;
 mod process;
 mod slow;
 mod tls;
