@@ -86,6 +86,11 @@ impl DfsOrigin {
         })
     }
 
+    /// What bounds each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The `dfs://` URL of `path`, for messages.
     pub fn url_for(&self, path: &CanonicalPath) -> String {
         format!("{SCHEME}{}{}", self.addr, path.as_str())

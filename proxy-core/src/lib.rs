@@ -156,6 +156,7 @@ impl Proxy {
                 result
             })
             .map_err(|e| Error::Server(gfprotocol::Error::Io(e)))?;
+        let changes = ChangeFollower::start(&ctx);
         region.set_member_state(member, MemberState::Ready, pid);
         tracing::info!(%addr, http = ?http_addr, slot = ctx.config.slot.as_raw(), "proxy ready");
         Ok(RunningProxy {
@@ -164,14 +165,16 @@ impl Proxy {
             shutdown,
             thread: Some(thread),
             done: done_rx,
+            _changes: changes,
             ctx,
         })
     }
 
     fn bind(region: Arc<Region>, config: ProxyConfig) -> Result<(Arc<Context>, Server), Error> {
-        let origin = match config.settings.origin_config() {
-            Some(origin_config) => Some(origin::Origin::new(&origin_config)?),
-            None => None,
+        let origin = match (config.settings.dfs_origin(), config.settings.origin_config()) {
+            (Some(base), _) => Some(origin::Origin::dfs(base, config.settings.origin_timeout)?),
+            (None, Some(origin_config)) => Some(origin::Origin::new(&origin_config)?),
+            (None, None) => None,
         };
         let server_config = ServerConfig {
             listen: config.settings.listen,
@@ -268,6 +271,42 @@ impl Handler for Frontend {
     }
 }
 
+/// The thread that purges what a gfdfs origin says changed; stopped and joined on drop.
+struct ChangeFollower {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ChangeFollower {
+    /// Follows the origin's changes when it is a gfdfs server. Without a thread for it (the
+    /// process is out of them) the proxy still serves, and says that changes are not followed.
+    fn start(ctx: &Context) -> Option<ChangeFollower> {
+        let dfs = ctx.origin.as_ref().and_then(origin::Origin::as_dfs)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let region = Arc::clone(&ctx.region);
+        let timeout = ctx.config.settings.cache_timeout;
+        match dfs.follow_changes(region, timeout, Arc::clone(&stop)) {
+            Ok(thread) => Some(ChangeFollower {
+                stop,
+                thread: Some(thread),
+            }),
+            Err(error) => {
+                tracing::error!(%error, "no thread to follow the dfs origin's changes: stored copies go stale only by their TTL");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for ChangeFollower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A started proxy. Dropping it stops it and waits for its connections.
 pub struct RunningProxy {
     addr: SocketAddr,
@@ -275,6 +314,8 @@ pub struct RunningProxy {
     shutdown: ShutdownHandle,
     thread: Option<thread::JoinHandle<Result<(), gfprotocol::Error>>>,
     done: mpsc::Receiver<()>,
+    /// With a gfdfs origin: the purges of what it says changed.
+    _changes: Option<ChangeFollower>,
     ctx: Arc<Context>,
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
+use crate::dfs_origin::{DfsAnswer, DfsOrigin};
 use crate::error::Error;
 use crate::path::CanonicalPath;
 
@@ -161,17 +162,30 @@ pub fn check_base(base: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A client for one origin. Cheap to share between threads.
-#[derive(Clone)]
+/// A client for one origin: an HTTP server, or a gfdfs server (`dfs://`, answers made to look
+/// like HTTP ones, see [`crate::dfs_origin`]). Cheap to share between threads.
+#[derive(Clone, Debug)]
 pub struct Origin {
+    kind: OriginKind,
+}
+
+#[derive(Clone, Debug)]
+enum OriginKind {
+    Http(HttpOrigin),
+    Dfs(Arc<DfsOrigin>),
+}
+
+/// The HTTP origin's client.
+#[derive(Clone)]
+struct HttpOrigin {
     agent: ureq::Agent,
     base: String,
     total_timeout: Duration,
 }
 
-impl std::fmt::Debug for Origin {
+impl std::fmt::Debug for HttpOrigin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Origin")
+        f.debug_struct("HttpOrigin")
             .field("base", &self.base)
             .field("total_timeout", &self.total_timeout)
             .finish_non_exhaustive()
@@ -290,7 +304,7 @@ pub enum OriginAnswer {
 
 /// The body of a 200 answer, read as it arrives.
 pub struct OriginBody {
-    reader: ureq::BodyReader<'static>,
+    reader: BodyReader,
     headers: OriginHeaders,
     url: String,
     len: Option<u64>,
@@ -310,11 +324,94 @@ impl std::fmt::Debug for OriginBody {
     }
 }
 
+/// Where an origin body's bytes come from.
+enum BodyReader {
+    Http(ureq::BodyReader<'static>),
+    Dfs(Box<dfs::blocking::FetchReader>),
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            BodyReader::Http(reader) => reader.read(buf),
+            BodyReader::Dfs(reader) => reader.read(buf),
+        }
+    }
+}
+
 impl Origin {
+    /// The client of an HTTP origin: see [`HttpOrigin::new`].
+    pub fn new(config: &OriginConfig) -> Result<Origin, Error> {
+        Ok(Origin {
+            kind: OriginKind::Http(HttpOrigin::new(config)?),
+        })
+    }
+
+    /// The client of a gfdfs origin at `base` (`dfs://HOST:PORT`), each call bounded by
+    /// `timeout`. Connects on first use.
+    pub fn dfs(base: &str, timeout: Duration) -> Result<Origin, Error> {
+        Ok(Origin {
+            kind: OriginKind::Dfs(Arc::new(DfsOrigin::new(base, timeout)?)),
+        })
+    }
+
+    /// The gfdfs origin, when it is one (its changes invalidate the caches).
+    pub fn as_dfs(&self) -> Option<&DfsOrigin> {
+        match &self.kind {
+            OriginKind::Dfs(dfs) => Some(dfs),
+            OriginKind::Http(_) => None,
+        }
+    }
+
+    /// The URL fetched for `path`.
+    pub fn url_for(&self, path: &CanonicalPath) -> String {
+        match &self.kind {
+            OriginKind::Http(http) => http.url_for(path),
+            OriginKind::Dfs(dfs) => dfs.url_for(path),
+        }
+    }
+
+    /// GETs `path`, conditionally when `validators` are given. 200 gives the body to read;
+    /// 404/410 `NotFound`; 304 `NotModified`, but only to a conditional request. Any other
+    /// status, a transport error or a timeout is an error.
+    pub fn fetch(
+        &self,
+        path: &CanonicalPath,
+        validators: Option<&Validators>,
+    ) -> Result<OriginAnswer, Error> {
+        match &self.kind {
+            OriginKind::Http(http) => http.fetch(path, validators),
+            OriginKind::Dfs(dfs) => fetch_dfs(dfs, path, validators),
+        }
+    }
+}
+
+/// A gfdfs fetch as an origin answer.
+fn fetch_dfs(
+    dfs: &DfsOrigin,
+    path: &CanonicalPath,
+    validators: Option<&Validators>,
+) -> Result<OriginAnswer, Error> {
+    let deadline = Instant::now() + dfs.timeout();
+    Ok(match dfs.fetch(path, validators)? {
+        DfsAnswer::Found { len, headers, body } => OriginAnswer::Found(Box::new(OriginBody {
+            reader: BodyReader::Dfs(Box::new(body)),
+            headers,
+            url: dfs.url_for(path),
+            len: Some(len),
+            received: 0,
+            deadline,
+        })),
+        DfsAnswer::NotModified(headers) => OriginAnswer::NotModified(headers),
+        DfsAnswer::NotFound(headers) => OriginAnswer::NotFound(headers),
+    })
+}
+
+impl HttpOrigin {
     /// Builds the client. The base must be an absolute `http` or `https` URL. Proxy environment
     /// variables are ignored: the origin is named explicitly. HTTPS is verified against the
     /// built-in web PKI roots and the certificates of `ca_file`, if any.
-    pub fn new(config: &OriginConfig) -> Result<Origin, Error> {
+    fn new(config: &OriginConfig) -> Result<HttpOrigin, Error> {
         check_base(&config.base).map_err(Error::Config)?;
         if config.total_timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(Error::Config("origin timeouts must be above zero".into()));
@@ -347,7 +444,7 @@ impl Origin {
             .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .build()
             .new_agent();
-        Ok(Origin {
+        Ok(HttpOrigin {
             agent,
             base: config.base.trim_end_matches('/').to_owned(),
             total_timeout: config.total_timeout,
@@ -355,7 +452,7 @@ impl Origin {
     }
 
     /// The URL fetched for `path`.
-    pub fn url_for(&self, path: &CanonicalPath) -> String {
+    fn url_for(&self, path: &CanonicalPath) -> String {
         format!("{}{}", self.base, path.url_encoded())
     }
 
@@ -363,7 +460,7 @@ impl Origin {
     /// `If-Modified-Since`). 200 gives the body to read; 404/410 `NotFound`; 304 `NotModified`,
     /// but only to a conditional request. Any other status (a 304 nobody asked for included), a
     /// transport error or a timeout is an error.
-    pub fn fetch(
+    fn fetch(
         &self,
         path: &CanonicalPath,
         validators: Option<&Validators>,
@@ -387,7 +484,7 @@ impl Origin {
             200 => {
                 let len = response.body().content_length();
                 Ok(OriginAnswer::Found(Box::new(OriginBody {
-                    reader: response.into_body().into_reader(),
+                    reader: BodyReader::Http(response.into_body().into_reader()),
                     headers,
                     url,
                     len,
