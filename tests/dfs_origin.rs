@@ -72,7 +72,10 @@ fn gfdfs(server: &DfsServer, args: &[&str]) {
 fn store(server: &DfsServer, dir: &Path, path: &str, bytes: &[u8]) {
     let local = dir.join("upload");
     std::fs::write(&local, bytes).expect("write the upload");
-    gfdfs(server, &["store", local.to_str().expect("utf-8"), "--as", path]);
+    gfdfs(
+        server,
+        &["store", local.to_str().expect("utf-8"), "--as", path],
+    );
 }
 
 /// Polls until `path` answers `expected`; returns how long it took.

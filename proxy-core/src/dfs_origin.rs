@@ -53,7 +53,9 @@ pub struct DfsOrigin {
 
 impl std::fmt::Debug for DfsOrigin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DfsOrigin").field("addr", &self.addr).finish()
+        f.debug_struct("DfsOrigin")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -66,7 +68,7 @@ pub enum DfsAnswer {
         /// Its validators as HTTP headers.
         headers: OriginHeaders,
         /// The bytes.
-        body: FetchReader,
+        body: Box<FetchReader>,
     },
     /// The checksum matches the validator: unchanged.
     NotModified(OriginHeaders),
@@ -106,7 +108,12 @@ impl DfsOrigin {
         if let Some(etag) = validators.and_then(|v| v.etag.as_deref()) {
             match client.stat(path.as_str()) {
                 Ok(meta) if etag_of(meta.checksum, meta.size) == etag => {
-                    return Ok(DfsAnswer::NotModified(headers(200, meta.size, meta.mtime, meta.checksum)));
+                    return Ok(DfsAnswer::NotModified(headers(
+                        200,
+                        meta.size,
+                        meta.mtime,
+                        meta.checksum,
+                    )));
                 }
                 Ok(_) => {}
                 Err(dfs::Error::NotFound(_)) => return Ok(DfsAnswer::NotFound(not_found())),
@@ -119,7 +126,7 @@ impl DfsOrigin {
                 Ok(DfsAnswer::Found {
                     len: meta.size,
                     headers: headers(200, meta.size, meta.mtime, meta.checksum),
-                    body,
+                    body: Box::new(body),
                 })
             }
             Err(dfs::Error::NotFound(_)) => Ok(DfsAnswer::NotFound(not_found())),
@@ -135,12 +142,11 @@ impl DfsOrigin {
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        let client = Client::connect(&self.addr, self.timeout).map_err(|error| {
-            Error::OriginTransport {
+        let client =
+            Client::connect(&self.addr, self.timeout).map_err(|error| Error::OriginTransport {
                 url: format!("{SCHEME}{}", self.addr),
                 source: Box::new(error),
-            }
-        })?;
+            })?;
         *slot = Some(client.clone());
         Ok(client)
     }
@@ -181,9 +187,8 @@ fn etag_of(checksum: u32, size: u64) -> String {
 }
 
 fn headers(status: u16, size: u64, mtime_nanos: i64, checksum: u32) -> OriginHeaders {
-    let mtime = u64::try_from(mtime_nanos).map_or(UNIX_EPOCH, |nanos| {
-        UNIX_EPOCH + Duration::from_nanos(nanos)
-    });
+    let mtime = u64::try_from(mtime_nanos)
+        .map_or(UNIX_EPOCH, |nanos| UNIX_EPOCH + Duration::from_nanos(nanos));
     OriginHeaders {
         status,
         etag: Some(etag_of(checksum, size)),
@@ -258,7 +263,10 @@ mod tests {
     #[test]
     fn a_dfs_origin_names_host_and_port_only() {
         assert_eq!(check_base("dfs://127.0.0.1:7070"), Ok("127.0.0.1:7070"));
-        assert_eq!(check_base("dfs://dfs.internal:7070/"), Ok("dfs.internal:7070"));
+        assert_eq!(
+            check_base("dfs://dfs.internal:7070/"),
+            Ok("dfs.internal:7070")
+        );
         for bad in [
             "dfs://",
             "dfs://host",

@@ -171,7 +171,10 @@ impl Proxy {
     }
 
     fn bind(region: Arc<Region>, config: ProxyConfig) -> Result<(Arc<Context>, Server), Error> {
-        let origin = match (config.settings.dfs_origin(), config.settings.origin_config()) {
+        let origin = match (
+            config.settings.dfs_origin(),
+            config.settings.origin_config(),
+        ) {
             (Some(base), _) => Some(origin::Origin::dfs(base, config.settings.origin_timeout)?),
             (None, Some(origin_config)) => Some(origin::Origin::new(&origin_config)?),
             (None, None) => None,

@@ -395,7 +395,7 @@ fn fetch_dfs(
     let deadline = Instant::now() + dfs.timeout();
     Ok(match dfs.fetch(path, validators)? {
         DfsAnswer::Found { len, headers, body } => OriginAnswer::Found(Box::new(OriginBody {
-            reader: BodyReader::Dfs(Box::new(body)),
+            reader: BodyReader::Dfs(body),
             headers,
             url: dfs.url_for(path),
             len: Some(len),
