@@ -387,7 +387,7 @@ impl Service {
             self.metrics
                 .bytes_received
                 .inc_by(current.data.len() as u64);
-            write_chunk(&mut upload, current.data).await?;
+            upload = write_chunk(upload, current.data).await?;
             message = next_message(&mut stream).await?;
         }
         if size != offered.size {
@@ -416,9 +416,16 @@ fn corrupt(path: &crate::path::DfsPath, what: &str) -> Error {
     }
 }
 
-/// Writes off the async threads: a file write may block on the disk.
-async fn write_chunk(upload: &mut Upload, data: Vec<u8>) -> Result<()> {
-    tokio::task::block_in_place(|| upload.write(&data))
+/// Writes off the async threads (a file write may block on the disk). The upload travels
+/// with the write, so a call dropped meanwhile still removes its temporary file.
+async fn write_chunk(mut upload: Upload, data: Vec<u8>) -> Result<Upload> {
+    let (upload, written) = tokio::task::spawn_blocking(move || {
+        let written = upload.write(&data);
+        (upload, written)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("write task: {e}")))?;
+    written.map(|()| upload)
 }
 
 /// The next message of a client stream; a stream that broke off (the client went away) is
