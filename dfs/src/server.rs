@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -418,7 +419,7 @@ fn corrupt(path: &crate::path::DfsPath, what: &str) -> Error {
 
 /// Writes off the async threads (a file write may block on the disk). The upload travels
 /// with the write, so a call dropped meanwhile still removes its temporary file.
-async fn write_chunk(mut upload: Upload, data: Vec<u8>) -> Result<Upload> {
+async fn write_chunk(mut upload: Upload, data: Bytes) -> Result<Upload> {
     let (upload, written) = tokio::task::spawn_blocking(move || {
         let written = upload.write(&data);
         (upload, written)
@@ -468,7 +469,7 @@ fn send_file(
             size: head.map_or(0, |m| m.size),
             mtime: head.map_or(0, |m| m.mtime),
             checksum: head.map_or(0, |m| m.checksum),
-            data,
+            data: data.into(),
         };
         if tx.blocking_send(Ok(reply)).is_err() || n == 0 {
             return; // the client went away, or an empty file is told in one message
