@@ -376,6 +376,7 @@ impl Service {
         mut stream: Streaming<proto::StoreRequest>,
         offered: FileMeta,
     ) -> Result<StoreOutcome> {
+        let client_id = first.client_id.clone();
         let mut upload = self.volume.begin_upload()?;
         let (mut size, mut crc) = (0u64, 0u32);
         let mut message = Some(first);
@@ -400,6 +401,9 @@ impl Service {
                 "the data does not match the announced checksum",
             ));
         }
+        // The lease may have run out during a long upload; the upload still counts unless
+        // another writer took the lock meanwhile.
+        self.locks.check_not_held_by_other(path, &client_id)?;
         let volume = self.volume.clone();
         let owned = path.clone();
         tokio::task::spawn_blocking(move || volume.commit(&owned, upload, offered))
