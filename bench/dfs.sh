@@ -3,9 +3,12 @@
 # the initial sync of a mount, in one run on this machine.
 #
 #   transfer     a 64 MiB file: `gfdfs store` and `gfdfs fetch` (to a file) against
-#                `gfclient get -o` from gfserver on the same file; best of TRIES each, MB/s,
-#                and the ratios gfdfs / GetFile (goal >= 0.8). Every store is of a new path,
-#                so none is skipped by its checksum.
+#                `gfclient get -o` from gfserver on the same file, in TRIES rounds that each
+#                run all three back to back; the median MB/s of each and the ratios gfdfs /
+#                GetFile (goal >= 0.8). Every store is of a new path, so none is skipped by its
+#                checksum; the server fsyncs each store before its rename (gfclient and
+#                `gfdfs fetch -o` leave the write-back to the kernel). Each round also times
+#                both downloads into /dev/null: the protocols without the disk.
 #   propagation  EDITS edits of one small file in mount A, each timed from the write until
 #                mount B holds the same bytes (polled every 0.5 ms): p50, p99, max (goal p50
 #                <= 200 ms).
@@ -14,7 +17,7 @@
 #                included).
 #
 # usage: bench/dfs.sh
-# env:   TRIES (3)  EDITS (100)  SMALL_FILES (1000)
+# env:   TRIES (5)  EDITS (100)  SMALL_FILES (1000)
 #        GF_BIN_DIR (prebuilt binaries; default: cargo build --release)
 #        CARGO (cargo; e.g. "flock /tmp/gfcache-cargo.lock cargo" on a shared machine)
 #        KEEP_WORK (set: keep the work directory with the logs)
@@ -22,7 +25,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/bench/lib.sh"
 
-tries=${TRIES:-3}
+tries=${TRIES:-5}
 edits=${EDITS:-100}
 small_files=${SMALL_FILES:-1000}
 cargo=${CARGO:-cargo}
@@ -47,9 +50,9 @@ mb_per_s() {
     python3 -c 'import sys; b, s, e = map(int, sys.argv[1:]); print(b / ((e - s) / 1e9) / 1e6)' "$@"
 }
 
-# best A B: the larger number.
-best() {
-    python3 -c 'import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))' "$1" "$2"
+# median X...: the median of the numbers.
+median() {
+    python3 -c 'import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"
 }
 
 # start_gfdfs_server ROOT NAME: starts a gfdfs server on a free port; sets $addr (not in a
@@ -75,23 +78,38 @@ gf_addr=$(wait_for_line "$work/gfserver.out" '^listening on ' | sed 's/^listenin
 start_gfdfs_server "$work/dfsroot" dfs
 dfs_addr=$addr
 
-get_best=0 store_best=0 fetch_best=0
+gets=() stores=() fetches=() gets_null=() fetches_null=()
 for i in $(seq 1 "$tries"); do
     rm -f "$work/get.out" "$work/fetch.out"
+    # Each timed step starts with no dirty pages of an earlier one: none pays another's
+    # write-back.
+    sync
     start=$(now_ns)
     "$gfclient" get --server "$gf_addr" -o "$work/get.out" /big.bin
-    get_best=$(best "$get_best" "$(mb_per_s "$size" "$start" "$(now_ns)")")
+    gets+=("$(mb_per_s "$size" "$start" "$(now_ns)")")
 
+    sync
     start=$(now_ns)
     "$gfdfs" store "$big" --as "big-$i.bin" --server "$dfs_addr" 2>/dev/null
-    store_best=$(best "$store_best" "$(mb_per_s "$size" "$start" "$(now_ns)")")
+    stores+=("$(mb_per_s "$size" "$start" "$(now_ns)")")
 
+    sync
     start=$(now_ns)
     "$gfdfs" fetch "big-$i.bin" -o "$work/fetch.out" --server "$dfs_addr"
-    fetch_best=$(best "$fetch_best" "$(mb_per_s "$size" "$start" "$(now_ns)")")
+    fetches+=("$(mb_per_s "$size" "$start" "$(now_ns)")")
     cmp -s "$big" "$work/fetch.out" || { echo "fetched bytes differ" >&2; exit 1; }
+
+    # The same two downloads into /dev/null: the protocols without the disk.
+    start=$(now_ns)
+    "$gfclient" get --server "$gf_addr" /big.bin >/dev/null
+    gets_null+=("$(mb_per_s "$size" "$start" "$(now_ns)")")
+    start=$(now_ns)
+    "$gfdfs" fetch "big-$i.bin" -o - --server "$dfs_addr" >/dev/null
+    fetches_null+=("$(mb_per_s "$size" "$start" "$(now_ns)")")
 done
-echo "64 MiB: GetFile ${get_best} MB/s, gfdfs store ${store_best} MB/s, fetch ${fetch_best} MB/s" >&2
+get_best=$(median "${gets[@]}") store_best=$(median "${stores[@]}") fetch_best=$(median "${fetches[@]}")
+get_null=$(median "${gets_null[@]}") fetch_null=$(median "${fetches_null[@]}")
+echo "64 MiB (medians of $tries): GetFile ${get_best} MB/s, gfdfs store ${store_best} MB/s, fetch ${fetch_best} MB/s; into /dev/null: GetFile ${get_null} MB/s, gfdfs fetch ${fetch_null} MB/s" >&2
 
 # ---------------------------------------------------------------------------------------------
 # Propagation: mount A -> mount B, on a server of their own (the 64 MiB files above would
@@ -180,21 +198,28 @@ echo "initial sync: $initial" >&2
 mkdir -p "$root/bench/results"
 out=$root/bench/results/dfs-$(date -u +%Y%m%dT%H%M%SZ).json
 python3 - "$out" "$(machine_json)" "$get_best" "$store_best" "$fetch_best" "$propagation" \
-    "$initial" "$tries" <<'PY'
+    "$initial" "$tries" "$get_null" "$fetch_null" <<'PY'
 import datetime, json, sys
 out, machine = sys.argv[1], json.loads(sys.argv[2])
 get, store, fetch = map(float, sys.argv[3:6])
+get_null, fetch_null = map(float, sys.argv[9:11])
 result = {
     "bench": "dfs",
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "machine": machine,
     "transfer_64mib": {
-        "tries": int(sys.argv[8]),
+        "rounds": int(sys.argv[8]),
+        "statistic": "median",
         "getfile_mb_per_s": get,
         "store_mb_per_s": store,
         "fetch_mb_per_s": fetch,
         "store_ratio": store / get,
         "fetch_ratio": fetch / get,
+        "to_dev_null": {
+            "getfile_mb_per_s": get_null,
+            "fetch_mb_per_s": fetch_null,
+            "fetch_ratio": fetch_null / get_null,
+        },
     },
     "propagation": json.loads(sys.argv[6]),
     "initial_sync": json.loads(sys.argv[7]),

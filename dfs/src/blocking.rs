@@ -106,7 +106,7 @@ impl Client {
             runtime: self.runtime.clone(),
             timeout: self.timeout,
             download,
-            chunk: Vec::new(),
+            chunk: prost::bytes::Bytes::new(),
             offset: 0,
             done: false,
         })
@@ -131,7 +131,7 @@ pub struct FetchReader {
     runtime: Arc<Runtime>,
     timeout: Duration,
     download: Download,
-    chunk: Vec<u8>,
+    chunk: prost::bytes::Bytes,
     offset: usize,
     done: bool,
 }

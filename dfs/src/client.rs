@@ -3,6 +3,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use prost::bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -48,12 +49,22 @@ impl LockGrant {
     }
 }
 
+/// Whether a downloaded file is fsynced before it is renamed into place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync first: after a crash of the machine the file is the old one or the whole new one.
+    Synced,
+    /// Leave the write-back to the kernel (faster; after a crash of the machine the file may
+    /// be empty or short).
+    Cached,
+}
+
 /// A fetch under way: the version, then the data chunk by chunk, checked at the end.
 pub struct Download {
     /// The version being received.
     pub meta: FileMeta,
     path: String,
-    pending: Option<Vec<u8>>,
+    pending: Option<Bytes>,
     stream: Streaming<proto::FetchReply>,
     received: u64,
     crc: u32,
@@ -61,7 +72,7 @@ pub struct Download {
 
 impl Download {
     /// The next chunk, or `None` at the end once size and checksum matched.
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         let data = match self.pending.take() {
             Some(data) => data,
             None => match self.stream.message().await.map_err(Error::from)? {
@@ -241,7 +252,7 @@ impl Client {
             checksum: offered.checksum,
             size: offered.size,
             client_id: self.client_id.clone(),
-            data: Vec::new(),
+            data: Bytes::new(),
         };
         let (tx, rx) = mpsc::channel(4);
         // The header goes first; a full channel of 4 cannot refuse it.
@@ -302,8 +313,9 @@ impl Client {
     }
 
     /// Fetches `path` into the file `dest` atomically: into a temporary file beside it,
-    /// checked, fsynced, given the server's mtime and renamed over `dest`. Refuses to replace
-    /// anything but a regular file.
+    /// checked, given the server's mtime and renamed over `dest`. Refuses to replace anything
+    /// but a regular file. Not fsynced (as `gfclient get -o`, curl or cp): a reader sees the
+    /// old file or the whole new one, and the kernel writes it back in its own time.
     pub async fn fetch_to_file(
         &mut self,
         path: &str,
@@ -311,17 +323,19 @@ impl Client {
         progress: &mut dyn Progress,
     ) -> Result<FileMeta> {
         let fetched = self
-            .fetch_to_file_if(path, dest, progress, |_| true)
+            .fetch_to_file_if(path, dest, Durability::Cached, progress, |_| true)
             .await?;
         fetched.ok_or_else(|| Error::Invalid("fetch abandoned".into()))
     }
 
-    /// [`Client::fetch_to_file`], renaming into place only if `still_wanted(dest)` holds once
-    /// the data is complete (`None` when it did not: nothing was replaced).
+    /// [`Client::fetch_to_file`] with a choice of [`Durability`], renaming into place only if
+    /// `still_wanted(dest)` holds once the data is complete (`None` when it did not: nothing
+    /// was replaced).
     pub async fn fetch_to_file_if(
         &mut self,
         path: &str,
         dest: &Path,
+        durability: Durability,
         progress: &mut dyn Progress,
         still_wanted: impl FnOnce(&Path) -> bool,
     ) -> Result<Option<FileMeta>> {
@@ -338,7 +352,7 @@ impl Client {
         if !still_wanted(dest) {
             return Ok(None);
         }
-        temp.persist(dest, download.meta.mtime)?;
+        temp.persist(dest, download.meta.mtime, durability)?;
         Ok(Some(download.meta))
     }
 
@@ -375,7 +389,7 @@ fn read_chunks(
         };
         data.truncate(n);
         let message = proto::StoreRequest {
-            data,
+            data: data.into(),
             ..Default::default()
         };
         if tx.blocking_send(message).is_err() {
@@ -433,7 +447,7 @@ impl TempFile {
         file.write_all(data).map_err(|e| Error::io(&self.path, e))
     }
 
-    pub(crate) fn persist(mut self, dest: &Path, mtime: i64) -> Result<()> {
+    pub(crate) fn persist(mut self, dest: &Path, mtime: i64, durability: Durability) -> Result<()> {
         let file = self
             .file
             .take()
@@ -441,7 +455,9 @@ impl TempFile {
         let result = (|| {
             file.set_modified(time_of(mtime))
                 .map_err(|e| Error::io(&self.path, e))?;
-            file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+            if durability == Durability::Synced {
+                file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+            }
             drop(file);
             std::fs::rename(&self.path, dest).map_err(|e| Error::io(dest, e))
         })();

@@ -27,7 +27,7 @@ use notify::Watcher;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::{Client, TEMP_PREFIX};
+use crate::client::{Client, Durability, TEMP_PREFIX};
 use crate::error::{Error, Result};
 use crate::path::DfsPath;
 use crate::progress::TerminalProgress;
@@ -431,9 +431,15 @@ impl Engine {
         }
         let mut progress = TerminalProgress::new(path.as_str(), theirs.size);
         let fetched = client
-            .fetch_to_file_if(path.as_str(), &local, &mut progress, |dest| {
-                unchanged_since(dest, seen.as_ref())
-            })
+            // Synced: a file left short by a crash of the machine, with the server's mtime,
+            // would tie with the server's version and could win on its checksum.
+            .fetch_to_file_if(
+                path.as_str(),
+                &local,
+                Durability::Synced,
+                &mut progress,
+                |dest| unchanged_since(dest, seen.as_ref()),
+            )
             .await?;
         match fetched {
             Some(meta) => {

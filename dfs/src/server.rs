@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -375,6 +376,7 @@ impl Service {
         mut stream: Streaming<proto::StoreRequest>,
         offered: FileMeta,
     ) -> Result<StoreOutcome> {
+        let client_id = first.client_id.clone();
         let mut upload = self.volume.begin_upload()?;
         let (mut size, mut crc) = (0u64, 0u32);
         let mut message = Some(first);
@@ -387,7 +389,7 @@ impl Service {
             self.metrics
                 .bytes_received
                 .inc_by(current.data.len() as u64);
-            write_chunk(&mut upload, current.data).await?;
+            upload = write_chunk(upload, current.data).await?;
             message = next_message(&mut stream).await?;
         }
         if size != offered.size {
@@ -399,6 +401,9 @@ impl Service {
                 "the data does not match the announced checksum",
             ));
         }
+        // The lease may have run out during a long upload; the upload still counts unless
+        // another writer took the lock meanwhile.
+        self.locks.check_not_held_by_other(path, &client_id)?;
         let volume = self.volume.clone();
         let owned = path.clone();
         tokio::task::spawn_blocking(move || volume.commit(&owned, upload, offered))
@@ -416,9 +421,16 @@ fn corrupt(path: &crate::path::DfsPath, what: &str) -> Error {
     }
 }
 
-/// Writes off the async threads: a file write may block on the disk.
-async fn write_chunk(upload: &mut Upload, data: Vec<u8>) -> Result<()> {
-    tokio::task::block_in_place(|| upload.write(&data))
+/// Writes off the async threads (a file write may block on the disk). The upload travels
+/// with the write, so a call dropped meanwhile still removes its temporary file.
+async fn write_chunk(mut upload: Upload, data: Bytes) -> Result<Upload> {
+    let (upload, written) = tokio::task::spawn_blocking(move || {
+        let written = upload.write(&data);
+        (upload, written)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("write task: {e}")))?;
+    written.map(|()| upload)
 }
 
 /// The next message of a client stream; a stream that broke off (the client went away) is
@@ -461,7 +473,7 @@ fn send_file(
             size: head.map_or(0, |m| m.size),
             mtime: head.map_or(0, |m| m.mtime),
             checksum: head.map_or(0, |m| m.checksum),
-            data,
+            data: data.into(),
         };
         if tx.blocking_send(Ok(reply)).is_err() || n == 0 {
             return; // the client went away, or an empty file is told in one message
