@@ -196,7 +196,7 @@ impl Proxy {
         let ctx = Arc::new_cyclic(|myself| Context {
             myself: myself.clone(),
             rules: freshness::Rules::of(&config.settings),
-            background_refreshes: std::sync::atomic::AtomicUsize::new(0),
+            background_refreshes: request::Refreshing::default(),
             router: routing::Router::new(region.config().cache_slots, SUSPECT_PAUSE),
             stats: stats::Stats::new(Arc::clone(&region), Member::Proxy(config.slot)),
             flights: collapse::Flights::new(),

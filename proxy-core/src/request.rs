@@ -14,8 +14,8 @@
 //! background request refreshes it (stale-while-revalidate), or served while the origin fails
 //! (stale-if-error).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -48,8 +48,8 @@ pub(crate) struct Context {
     pub(crate) myself: Weak<Context>,
     /// The freshness settings.
     pub(crate) rules: Rules,
-    /// Background refreshes running.
-    pub(crate) background_refreshes: AtomicUsize,
+    /// Background refreshes running, by path.
+    pub(crate) background_refreshes: Refreshing,
     pub(crate) region: Arc<Region>,
     pub(crate) config: ProxyConfig,
     pub(crate) router: Router,
@@ -903,8 +903,9 @@ fn refresh_in_background(
     let Some(ctx) = ctx.myself.upgrade() else {
         return;
     };
-    if ctx.background_refreshes.fetch_add(1, Ordering::AcqRel) >= MAX_BACKGROUND_REFRESHES {
-        ctx.background_refreshes.fetch_sub(1, Ordering::AcqRel);
+    // Registered before the thread starts: every stale hit until the refresh ends finds it
+    // (a flight alone would let a thread that starts late refresh once more).
+    if !ctx.background_refreshes.begin(path) {
         return;
     }
     let copy = StaleCopy {
@@ -912,17 +913,39 @@ fn refresh_in_background(
         meta: meta.clone(),
         version,
     };
-    let path = path.clone();
+    let owned = path.clone();
     let worker = Arc::clone(&ctx);
     let spawned = thread::Builder::new()
         .name("gfproxy-refresh".into())
         .spawn(move || {
-            refresh(&worker, &path, copy);
-            worker.background_refreshes.fetch_sub(1, Ordering::AcqRel);
+            refresh(&worker, &owned, copy);
+            worker.background_refreshes.end(&owned);
         });
     if let Err(error) = spawned {
         tracing::debug!(%error, "no refresh thread");
-        ctx.background_refreshes.fetch_sub(1, Ordering::AcqRel);
+        ctx.background_refreshes.end(path);
+    }
+}
+
+/// The paths being refreshed in the background: one refresh per path at a time, at most
+/// [`MAX_BACKGROUND_REFRESHES`] in all.
+#[derive(Debug, Default)]
+pub(crate) struct Refreshing(Mutex<HashSet<CanonicalPath>>);
+
+impl Refreshing {
+    /// Registers a refresh of `path`; false when one runs for it already or too many run.
+    fn begin(&self, path: &CanonicalPath) -> bool {
+        let mut paths = self.lock();
+        paths.len() < MAX_BACKGROUND_REFRESHES && paths.insert(path.clone())
+    }
+
+    fn end(&self, path: &CanonicalPath) {
+        self.lock().remove(path);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<CanonicalPath>> {
+        // One set operation per use: a poisoned lock is still consistent.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
