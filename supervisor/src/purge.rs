@@ -157,7 +157,7 @@ pub fn http_target(raw: &str) -> Result<PurgeTarget, PurgeError> {
         Some(stem) => (stem, true),
         None => (path, false),
     };
-    let decoded = percent_decode(path).map_err(|reason| bad(reason))?;
+    let decoded = percent_decode(path).map_err(bad)?;
     if prefix {
         PurgeTarget::prefix(&decoded)
     } else {
