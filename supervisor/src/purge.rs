@@ -409,7 +409,13 @@ pub fn purge(
         slots,
         keeps_objects_when_down,
     };
-    tracing::info!(removed = outcome.removed(), caches = outcome.answered(), complete = outcome.complete(), targets = ?outcome.targets.iter().map(ToString::to_string).collect::<Vec<_>>(), "purge");
+    // The command reports the outcome on stdout; the supervisor logs it (PurgeService).
+    tracing::debug!(
+        removed = outcome.removed(),
+        caches = outcome.answered(),
+        complete = outcome.complete(),
+        "purge"
+    );
     outcome
 }
 
@@ -427,7 +433,7 @@ fn purge_slot(
         match answer {
             Ok(n) => removed = removed.saturating_add(n),
             Err(e) => {
-                tracing::warn!(slot = slot.as_raw(), key = %target, error = %e, "purge: the cache did not answer");
+                tracing::debug!(slot = slot.as_raw(), key = %target, error = %e, "purge: the cache did not answer");
                 return SlotAnswer::Failed {
                     removed,
                     error: e.to_string(),
@@ -641,8 +647,10 @@ impl PurgeService {
             PURGE_TIMEOUT,
         );
         let (result, status) = if outcome.complete() {
+            tracing::info!(key = %target, removed = outcome.removed(), caches = outcome.answered(), "PURGE");
             (PurgeResult::Ok, 200)
         } else {
+            tracing::warn!(key = %target, removed = outcome.removed(), missed = ?outcome.missed(), "PURGE incomplete");
             (PurgeResult::Incomplete, 503)
         };
         self.counted(result);
