@@ -338,11 +338,40 @@ fn a_cache_that_does_not_answer_makes_the_purge_fail_and_says_which() {
             .success()
             .then_some(())
     });
-    wait_for("every segment to be free", DEADLINE, || {
+    let all_free = || {
         let text = run.metrics_text();
         (metric_value(&text, "gfcache_segments{state=\"free\"}")
             == Some(f64::from(run.setup.segments)))
         .then_some(())
+    };
+    wait_for("every segment to be free", DEADLINE, all_free);
+
+    // A purge command killed while it waits for a cache: the supervisor reclaims its segment.
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP cache 1");
+    let mut waiting = Command::new(SUPERVISOR)
+        .args(["purge", "--timeout", "60s", "/a.txt", "-c"])
+        .arg(&run.config)
+        .spawn()
+        .expect("spawn gfsupervisor purge");
+    let mark = run
+        .run_dir
+        .join("purge-clients")
+        .join(waiting.id().to_string());
+    wait_for("the purge to wait for cache 1", DEADLINE, || {
+        let text = run.metrics_text();
+        let free = metric_value(&text, "gfcache_segments{state=\"free\"}")?;
+        (mark.exists() && free < f64::from(run.setup.segments)).then_some(())
+    });
+    waiting.kill().expect("SIGKILL the purge");
+    waiting.wait().expect("reap the purge");
+    kill(pid, Signal::SIGCONT).expect("SIGCONT cache 1");
+    wait_for(
+        "the killed purge's segment to be reclaimed",
+        DEADLINE,
+        all_free,
+    );
+    wait_for("its mark to be removed", DEADLINE, || {
+        (!mark.exists()).then_some(())
     });
 }
 

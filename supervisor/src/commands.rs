@@ -180,10 +180,20 @@ pub fn purge(
         source,
     };
     let id: ipc::RegionId = text.parse().map_err(attach_error)?;
+    // Left before the region is attached and removed after it is detached: if this process is
+    // killed meanwhile, the supervisor reclaims the segments it held.
+    let mark = purge::ClientMark::new(&target.run_dir)
+        .map_err(
+            |e| tracing::debug!(error = %e, "cannot leave the purge mark in the run directory"),
+        )
+        .ok();
     let region = ipc::Region::attach(id).map_err(attach_error)?;
-    Ok(purge::with_stop_signals_deferred(|| {
+    let outcome = purge::with_stop_signals_deferred(|| {
         purge::purge(&region, targets, target.keeps_objects_when_down, timeout)
-    }))
+    });
+    drop(region);
+    drop(mark);
+    Ok(outcome)
 }
 
 /// `purge` for the command line: checks every path first (a bad one is an error and nothing

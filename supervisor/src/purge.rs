@@ -468,6 +468,77 @@ pub fn with_stop_signals_deferred<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// The directory of the run directory where each running `gfsupervisor purge` leaves a file
+/// named after its pid while it has the region attached.
+pub const CLIENTS_DIR: &str = "purge-clients";
+
+/// The mark a `gfsupervisor purge` leaves in the run directory while it has the region attached
+/// (`run_dir/purge-clients/<pid>`), so that the supervisor can reclaim its segments if it is
+/// killed meanwhile ([`reclaim_departed_clients`]). Dropping it removes the file.
+#[derive(Debug)]
+pub struct ClientMark {
+    path: std::path::PathBuf,
+}
+
+impl ClientMark {
+    /// Leaves the mark of this process.
+    pub fn new(run_dir: &std::path::Path) -> std::io::Result<ClientMark> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = run_dir.join(CLIENTS_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let path = dir.join(std::process::id().to_string());
+        std::fs::File::create(&path)?;
+        Ok(ClientMark { path })
+    }
+}
+
+impl Drop for ClientMark {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// In the supervisor: returns to the pool the segments of every `gfsupervisor purge` whose mark
+/// is in `run_dir` but whose process is gone (killed with SIGKILL while it waited for a cache),
+/// and removes its mark. Only a pid that names no process at all is reclaimed, so a live process
+/// never loses a segment. Returns how many segments it touched.
+pub fn reclaim_departed_clients(region: &Region, run_dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(run_dir.join(CLIENTS_DIR)) else {
+        return 0;
+    };
+    let mut touched = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+            .filter(|&pid| pid > 0)
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if gone {
+            let reclaimed = region.reclaim_dead(pid);
+            if reclaimed > 0 {
+                tracing::warn!(
+                    pid,
+                    reclaimed,
+                    "a gfsupervisor purge died holding segments: reclaimed"
+                );
+            }
+            touched += reclaimed;
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    touched
+}
+
 /// Who may send HTTP `PURGE`: loopback peers (127.0.0.0/8, ::1) when `supervisor.purge_from`
 /// is empty, else exactly the peers in its networks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -968,6 +968,7 @@ impl Supervisor {
         if !self.status_dirty && !due {
             return;
         }
+        crate::purge::reclaim_departed_clients(&self.region, &self.config.supervisor.run_dir);
         let report = self.status_report();
         if let Err(e) = report.write_atomically(&self.config.supervisor.run_dir) {
             tracing::warn!(error = %e, "cannot write the status file");
