@@ -17,6 +17,10 @@ pub enum Counter {
     BytesOut,
     /// PUTs stored.
     PutsStored,
+    /// PURGE requests answered (one path or one prefix each).
+    Purges,
+    /// Objects those PURGEs removed.
+    PurgedObjects,
 }
 
 impl Counter {
@@ -27,6 +31,8 @@ impl Counter {
         Counter::Errors,
         Counter::BytesOut,
         Counter::PutsStored,
+        Counter::Purges,
+        Counter::PurgedObjects,
     ];
 
     /// Its cell in the slot's stats block (an index past the block would not compile).
@@ -37,8 +43,16 @@ impl Counter {
             Counter::Errors => CounterId::at::<2>(),
             Counter::BytesOut => CounterId::at::<3>(),
             Counter::PutsStored => CounterId::at::<4>(),
+            Counter::Purges => CounterId::at::<5>(),
+            Counter::PurgedObjects => CounterId::at::<6>(),
         }
     }
+}
+
+/// Counts one PURGE answered and the objects it removed in a cache slot's stats block.
+pub fn count_purge(stats: &ipc::StatsBlock<'_>, removed: u64) {
+    stats.add(Counter::Purges.id(), 1);
+    stats.add(Counter::PurgedObjects.id(), removed);
 }
 
 /// The cache process's gauges: the backend's [`crate::BackendStats`], copied about once a
@@ -127,6 +141,24 @@ pub const SCHEMA: &[Family] = &[
         series: &[Series {
             labels: &[Label::slot("slot")],
             cell: Cell::Counter(Counter::PutsStored.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_cache_purges_total",
+        help: "PURGE requests (one path or one prefix each) answered by a cache process.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Counter(Counter::Purges.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_cache_purged_objects_total",
+        help: "Objects removed by PURGE requests in a cache process.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Counter(Counter::PurgedObjects.id()),
         }],
     },
     Family {

@@ -423,6 +423,7 @@ fn serve_purge(
     match shared.backend.purge(&path, prefix) {
         Ok(removed) => {
             tracing::info!(key = %path, prefix, removed, "purged");
+            crate::metrics::count_purge(&shared.stats(), removed);
             request.purged(removed).map_err(|error| fail(error.into()))
         }
         Err(error) => {

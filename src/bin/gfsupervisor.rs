@@ -40,6 +40,22 @@ enum Command {
     Cleanup,
     /// Validates the config and exits.
     CheckConfig,
+    /// Removes objects from the caches of the running supervisor: each PATH, and everything
+    /// under each --prefix (exit code 1 if a cache did not answer, 2 for a bad path, 3 if none
+    /// runs).
+    #[command(arg_required_else_help = true)]
+    Purge {
+        /// GetFile paths to remove (`/dir/file.txt`).
+        #[arg(value_name = "PATH")]
+        paths: Vec<String>,
+        /// Removes every object whose path starts with PREFIX (`/img/` for a directory);
+        /// may be repeated.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Vec<String>,
+        /// How long each cache may take to answer ("10s", "500ms").
+        #[arg(long, default_value = "10s", value_parser = purge_timeout)]
+        timeout: std::time::Duration,
+    },
     /// Internal: the child process roles.
     #[command(hide = true)]
     Role {
@@ -59,6 +75,10 @@ fn main() -> ExitCode {
             eprintln!("gfsupervisor: {e:#}");
             match e.downcast_ref::<supervisor::Error>() {
                 Some(supervisor::Error::NotRunning { .. }) => ExitCode::from(3),
+                Some(supervisor::Error::Purge(
+                    supervisor::purge::PurgeError::BadPath { .. }
+                    | supervisor::purge::PurgeError::NothingToPurge,
+                )) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -79,6 +99,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             supervisor::role::run_role(role, slot, &stop)?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Purge {
+            paths,
+            prefix,
+            timeout,
+        } => {
+            let (text, complete) = commands::run_purge(&cli.config, &paths, &prefix, timeout)?;
+            return print(&text, complete);
+        }
         Command::Stop => ClientCommand::Stop,
         Command::Status { json } => ClientCommand::Status { json },
         Command::Reload => ClientCommand::Reload,
@@ -86,6 +114,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => ClientCommand::CheckConfig,
     };
     let (text, ok) = commands::run_client(client, &cli.config)?;
+    print(&text, ok)
+}
+
+fn purge_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match settings::parse_duration(text)? {
+        d if d.is_zero() => Err("must not be zero".to_string()),
+        d => Ok(d),
+    }
+}
+
+/// Writes a client command's text to stdout; the exit code says whether it succeeded.
+fn print(text: &str, ok: bool) -> anyhow::Result<ExitCode> {
     // A closed pipe (`| head`) is not an error.
     match std::io::stdout().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),

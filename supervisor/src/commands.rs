@@ -1,5 +1,5 @@
-//! The client commands: `stop`, `status`, `reload`, `cleanup`, `check-config`. Each finds the
-//! running supervisor of a config through the run directory's lock.
+//! The client commands: `stop`, `status`, `reload`, `cleanup`, `check-config`, `purge`. Each
+//! finds the running supervisor of a config through the run directory's lock.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -8,6 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::{Config, ConfigError};
+use crate::purge::{self, PurgeError, PurgeOutcome, PurgeTarget};
 use crate::status::{self, ReloadStatus, StatusReport};
 use crate::Error;
 
@@ -17,6 +18,9 @@ const POLL: Duration = Duration::from_millis(25);
 struct Target {
     run_dir: PathBuf,
     shutdown_timeout: Duration,
+    /// The caches keep their objects while down (a writable directory); assumed when the file
+    /// does not validate.
+    keeps_objects_when_down: bool,
 }
 
 /// The target of a config. A file that no longer validates (being edited) still names its run
@@ -26,6 +30,7 @@ fn target(config_path: &Path) -> Result<Target, Error> {
         Ok(c) => Ok(Target {
             run_dir: c.supervisor.run_dir,
             shutdown_timeout: c.supervisor.shutdown_timeout,
+            keeps_objects_when_down: purge::keeps_objects_when_down(&c.cache.settings),
         }),
         Err(e @ ConfigError::Invalid { .. }) => match lenient_target(config_path) {
             Some(t) => {
@@ -60,6 +65,7 @@ fn lenient_target(config_path: &Path) -> Option<Target> {
     Some(Target {
         run_dir,
         shutdown_timeout,
+        keeps_objects_when_down: true,
     })
 }
 
@@ -116,7 +122,11 @@ fn process_alive(pid: i32) -> bool {
 /// uptimes brought up to date.
 pub fn status(config_path: &Path) -> Result<StatusReport, Error> {
     let target = target(config_path)?;
-    let run_dir = &target.run_dir;
+    running_status(&target.run_dir)
+}
+
+/// The status file of the supervisor that holds `run_dir`, uptimes brought up to date.
+fn running_status(run_dir: &Path) -> Result<StatusReport, Error> {
     let pid = running_pid(run_dir)?;
     // Just after a start the file may not be written yet (or still be the previous run's).
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -142,6 +152,67 @@ pub fn status(config_path: &Path) -> Result<StatusReport, Error> {
             }
         }
     }
+}
+
+/// `purge`: removes `targets` from every cache of the running supervisor of `config_path` that
+/// is up. It attaches the run's shared memory region (named in the status file) and sends the
+/// caches ipc PURGE requests, as the supervisor does for HTTP `PURGE`; nothing touches a
+/// backend's files. Stop signals wait until every leased segment went back to the pool.
+/// `timeout` bounds each cache's answer to each target ([`purge::PURGE_TIMEOUT`] by default).
+pub fn purge(
+    config_path: &Path,
+    targets: &[PurgeTarget],
+    timeout: Duration,
+) -> Result<PurgeOutcome, Error> {
+    if targets.is_empty() {
+        return Err(PurgeError::NothingToPurge.into());
+    }
+    let target = target(config_path)?;
+    let report = running_status(&target.run_dir)?;
+    let pid = report.pid;
+    let text = report.region.ok_or_else(|| PurgeError::NoRegion {
+        pid,
+        status: status::status_path(&target.run_dir).display().to_string(),
+    })?;
+    let attach_error = |source: ipc::Error| PurgeError::Attach {
+        pid,
+        region: text.clone(),
+        source,
+    };
+    let id: ipc::RegionId = text.parse().map_err(attach_error)?;
+    // Left before the region is attached and removed after it is detached: if this process is
+    // killed meanwhile, the supervisor reclaims the segments it held.
+    let mark = purge::ClientMark::new(&target.run_dir)
+        .map_err(
+            |e| tracing::debug!(error = %e, "cannot leave the purge mark in the run directory"),
+        )
+        .ok();
+    let region = ipc::Region::attach(id).map_err(attach_error)?;
+    let outcome = purge::with_stop_signals_deferred(|| {
+        purge::purge(&region, targets, target.keeps_objects_when_down, timeout)
+    });
+    drop(region);
+    drop(mark);
+    Ok(outcome)
+}
+
+/// `purge` for the command line: checks every path first (a bad one is an error and nothing
+/// is sent), then purges. The text for stdout, and whether the purge is complete.
+pub fn run_purge(
+    config_path: &Path,
+    paths: &[String],
+    prefixes: &[String],
+    timeout: Duration,
+) -> Result<(String, bool), Error> {
+    let mut targets = Vec::with_capacity(paths.len() + prefixes.len());
+    for path in paths {
+        targets.push(PurgeTarget::path(path)?);
+    }
+    for prefix in prefixes {
+        targets.push(PurgeTarget::prefix(prefix)?);
+    }
+    let outcome = purge(config_path, &targets, timeout)?;
+    Ok((outcome.render(), outcome.complete()))
 }
 
 /// `reload`: SIGHUP to the supervisor, then waits for its verdict in the status file. An invalid

@@ -266,6 +266,9 @@ pub struct SupervisorSettings {
     /// How long a child may take to become ready.
     #[serde(with = "settings::duration")]
     pub ready_timeout: Duration,
+    /// The networks whose peers may send HTTP `PURGE` to `metrics_listen` (CIDR text, or a bare
+    /// address for one host); empty: loopback only. See [`SupervisorSettings::purge_networks`].
+    pub purge_from: Vec<String>,
     /// Restart policy (read from the same table).
     #[serde(skip)]
     pub backoff: BackoffSettings,
@@ -278,6 +281,7 @@ impl Default for SupervisorSettings {
             metrics_listen: None,
             shutdown_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),
+            purge_from: Vec::new(),
             backoff: BackoffSettings::default(),
         }
     }
@@ -292,8 +296,45 @@ impl SupervisorSettings {
         }
         problems.check_nonzero("shutdown_timeout", self.shutdown_timeout);
         problems.check_nonzero("ready_timeout", self.ready_timeout);
+        for (index, text) in self.purge_from.iter().enumerate() {
+            if let Err(message) = parse_network(text) {
+                problems.add("purge_from", format!("entry {}: {message}", index + 1));
+            }
+        }
         problems
     }
+
+    /// The networks of `purge_from`, parsed (an entry that does not parse, which validation
+    /// refuses, is left out). Empty: loopback only.
+    pub fn purge_networks(&self) -> Vec<ipnet::IpNet> {
+        self.purge_from
+            .iter()
+            .filter_map(|text| parse_network(text).ok())
+            .collect()
+    }
+}
+
+/// One entry of `supervisor.purge_from`: `10.0.0.0/8`, `2001:db8::/32`, or a bare address for
+/// one host. Host bits after the prefix are refused (`10.1.2.3/8` is a typo for either).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let examples = "write a CIDR network such as \"10.0.0.0/8\", \"192.168.1.7/32\" or \"::1/128\", or one address";
+    let trimmed = text.trim();
+    if let Ok(addr) = trimmed.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(addr));
+    }
+    let net: ipnet::IpNet = trimmed
+        .parse()
+        .map_err(|_| format!("{text:?} is not a network ({examples})"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{text:?} has host bits set after the /{} prefix: write {} for the network, or {}/{} for the host",
+            net.prefix_len(),
+            net.trunc(),
+            net.addr(),
+            net.max_prefix_len()
+        ));
+    }
+    Ok(net)
 }
 
 /// The default config file, relative to the current directory.
@@ -794,6 +835,48 @@ memory = { capacity = "1MiB" }
         assert_eq!(c.supervisor.backoff.max, Duration::from_secs(30));
         assert_eq!(c.supervisor.backoff.max_restarts, 5);
         assert!(c.supervisor.run_dir.is_absolute());
+    }
+
+    #[test]
+    fn purge_from_takes_networks_and_names_each_bad_entry() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(
+            c.supervisor.purge_networks().is_empty(),
+            "default: loopback only"
+        );
+        let good = format!(
+            "{MINIMAL}\n[supervisor]\npurge_from = [\"10.0.0.0/8\", \"192.168.1.7\", \"2001:db8::/32\"]\n"
+        );
+        let nets = parse(&good).unwrap().supervisor.purge_networks();
+        let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32"]);
+
+        let bad = format!(
+            "{MINIMAL}\n[supervisor]\nshutdown_timeout = \"0s\"\npurge_from = [\"10.0.0.0/8\", \"lan\", \"10.1.2.3/8\"]\n"
+        );
+        let issues = parse(&bad).unwrap_err();
+        let purge: Vec<&ConfigIssue> = issues
+            .iter()
+            .filter(|i| i.key == "supervisor.purge_from")
+            .collect();
+        assert_eq!(purge.len(), 2, "{issues:?}");
+        assert_eq!(purge[0].line, Some(11), "{issues:?}");
+        assert!(
+            purge[0]
+                .message
+                .starts_with("entry 2: \"lan\" is not a network"),
+            "{issues:?}"
+        );
+        assert!(purge[1].message.contains("write 10.0.0.0/8"), "{issues:?}");
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.key == "supervisor.shutdown_timeout"),
+            "the other problems are reported too: {issues:?}"
+        );
+        let not_a_list = format!("{MINIMAL}\n[supervisor]\npurge_from = \"10.0.0.0/8\"\n");
+        let issues = parse(&not_a_list).unwrap_err();
+        assert_eq!(issues[0].key, "supervisor.purge_from", "{issues:?}");
     }
 
     #[test]

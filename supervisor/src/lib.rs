@@ -15,8 +15,12 @@
 //!   [`status::StatusReport`] to `run_dir/status.json`, judges readiness ([`health`]: ready,
 //!   degraded or not ready), serves [`metrics`] and, on SIGTERM or
 //!   SIGINT, stops the proxies (they drain), then the caches, and removes every IPC object.
-//! - [`commands`]: `stop`, `status`, `reload`, `cleanup`, `check-config`, which find the running
-//!   supervisor through the run directory's lock.
+//! - [`commands`]: `stop`, `status`, `reload`, `cleanup`, `check-config` and `purge`, which find
+//!   the running supervisor through the run directory's lock.
+//! - [`purge`]: removes objects by path or prefix from every cache that is up, through the
+//!   region's PURGE requests; `gfsupervisor purge` attaches the running region, HTTP `PURGE` on
+//!   `metrics_listen` goes through [`purge::PurgeService`] (loopback only unless
+//!   `supervisor.purge_from` names networks).
 //!
 //! ```
 //! use supervisor::config::Config;
@@ -50,6 +54,7 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod promtool;
+pub mod purge;
 pub mod role;
 pub mod status;
 pub mod supervise;
@@ -114,4 +119,7 @@ pub enum Error {
     /// Something did not happen in time.
     #[error("{0}")]
     Timeout(String),
+    /// A purge was refused before anything was sent, or could not reach the caches.
+    #[error(transparent)]
+    Purge(#[from] purge::PurgeError),
 }

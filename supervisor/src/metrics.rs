@@ -1,6 +1,7 @@
 //! Prometheus metrics: a [`StatsCollector`] that reads a [`Sample`] (the ipc stats area and the
 //! supervisor's view of its children) at scrape time, and a tiny_http [`MetricsServer`] serving
-//! `/metrics`, `/healthz` and `/readyz`.
+//! `/metrics`, `/healthz` and `/readyz`, and HTTP `PURGE` ([`crate::purge::PurgeService`]) when
+//! started with one.
 //!
 //! The supervisor names no proxy or cache metric: it publishes the schemas that proxy-core
 //! ([`proxy_core::metrics::SCHEMA`]) and cache-backends ([`cache_backends::metrics::SCHEMA`])
@@ -21,6 +22,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::health::{Health, RunState};
+use crate::purge::{HttpAnswer, PurgeResult, PurgeService, PurgeTarget};
 use crate::status::ShownState;
 /// "proxy" or "cache".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -501,6 +503,53 @@ pub fn registry<S: SampleSource>(source: Arc<S>) -> Result<Registry, prometheus:
     Ok(registry)
 }
 
+/// The supervisor's HTTP PURGE counts, `gfcache_purge_requests_total{result}`.
+struct PurgeCollector {
+    service: Arc<PurgeService>,
+    desc: Desc,
+}
+
+const PURGE_FAMILY: &str = "gfcache_purge_requests_total";
+const PURGE_HELP: &str = "HTTP PURGE requests answered on the metrics listener, by result (gfsupervisor purge is counted by the caches, in gfcache_cache_purges_total).";
+
+impl PurgeCollector {
+    fn new(service: Arc<PurgeService>) -> Result<PurgeCollector, prometheus::Error> {
+        let desc = Desc::new(
+            PURGE_FAMILY.to_string(),
+            PURGE_HELP.to_string(),
+            vec!["result".to_string()],
+            HashMap::new(),
+        )?;
+        Ok(PurgeCollector { service, desc })
+    }
+}
+
+impl Collector for PurgeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        let points = PurgeResult::ALL
+            .iter()
+            .map(|&result| {
+                value_metric(
+                    &[("result", result.as_str().to_string())],
+                    self.service.count(result) as f64,
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        push_family(
+            &mut out,
+            PURGE_FAMILY,
+            PURGE_HELP,
+            MetricKind::Counter,
+            points,
+        );
+        out
+    }
+}
+
 /// The Prometheus text exposition of a registry.
 pub fn render(registry: &Registry) -> Result<String, prometheus::Error> {
     let mut buf = Vec::new();
@@ -508,35 +557,86 @@ pub fn render(registry: &Registry) -> Result<String, prometheus::Error> {
     String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
-/// The `/metrics`, `/healthz`, `/readyz` HTTP server on its own thread.
+/// Admitted PURGEs waiting for the purge thread; one more is answered 503.
+const PURGE_QUEUE: usize = 64;
+
+/// The `/metrics`, `/healthz`, `/readyz` HTTP server on its own thread, and HTTP `PURGE` on a
+/// second one (a purge waits for the caches; a scrape or a probe must not wait for it).
 pub struct MetricsServer {
     server: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
+    purge_thread: Option<JoinHandle<()>>,
+    purge: Option<Arc<PurgeService>>,
     addr: SocketAddr,
 }
 
+/// A PURGE the metrics thread admitted, for the purge thread.
+type PurgeJob = (tiny_http::Request, PurgeTarget);
+
 impl MetricsServer {
-    /// Binds `addr` and serves until [`MetricsServer::stop`].
+    /// Binds `addr` and serves until [`MetricsServer::stop`]; `PURGE` is answered 405.
     pub fn start<S: SampleSource>(
         addr: SocketAddr,
         source: Arc<S>,
     ) -> Result<MetricsServer, crate::Error> {
-        let registry =
-            registry(Arc::clone(&source)).map_err(|e| crate::Error::Metrics(e.to_string()))?;
+        MetricsServer::start_with_purge(addr, source, None)
+    }
+
+    /// The same, answering HTTP `PURGE` through `purge` (and counting it in `/metrics`).
+    pub fn start_with_purge<S: SampleSource>(
+        addr: SocketAddr,
+        source: Arc<S>,
+        purge: Option<Arc<PurgeService>>,
+    ) -> Result<MetricsServer, crate::Error> {
+        let metrics_error = |e: prometheus::Error| crate::Error::Metrics(e.to_string());
+        let registry = registry(Arc::clone(&source)).map_err(metrics_error)?;
+        if let Some(service) = &purge {
+            registry
+                .register(Box::new(
+                    PurgeCollector::new(Arc::clone(service)).map_err(metrics_error)?,
+                ))
+                .map_err(metrics_error)?;
+        }
         let server = tiny_http::Server::http(addr)
             .map_err(|e| crate::Error::Metrics(format!("cannot listen on {addr}: {e}")))?;
         let bound = server.server_addr().to_ip().unwrap_or(addr);
         let server = Arc::new(server);
+        let (purge_thread, purging) = match &purge {
+            Some(service) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<PurgeJob>(PURGE_QUEUE);
+                let service_for_serve = Arc::clone(service);
+                let service = Arc::clone(service);
+                let thread = std::thread::Builder::new()
+                    .name("purge".into())
+                    .spawn(move || {
+                        for (request, target) in rx {
+                            respond(request, service.execute(&target));
+                        }
+                    })
+                    .map_err(|e| {
+                        crate::Error::Metrics(format!("cannot start the purge thread: {e}"))
+                    })?;
+                (Some(thread), Some((service_for_serve, tx)))
+            }
+            None => (None, None),
+        };
         let serving = Arc::clone(&server);
         let thread = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || serve(&serving, &registry, source.as_ref()))
+            .spawn(move || serve(&serving, &registry, source.as_ref(), purging))
             .map_err(|e| crate::Error::Metrics(format!("cannot start the metrics thread: {e}")))?;
         Ok(MetricsServer {
             server,
             thread: Some(thread),
+            purge_thread,
+            purge,
             addr: bound,
         })
+    }
+
+    /// The purge service, when it answers HTTP `PURGE`.
+    pub fn purge_service(&self) -> Option<&Arc<PurgeService>> {
+        self.purge.as_ref()
     }
 
     /// The bound address.
@@ -554,6 +654,11 @@ impl MetricsServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // The metrics thread held the queue's sender: the purge thread ends after the purges
+        // already queued.
+        if let Some(thread) = self.purge_thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -563,50 +668,88 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve<S: SampleSource>(server: &tiny_http::Server, registry: &Registry, source: &S) {
+fn text_answer(status: u16, body: &str) -> HttpAnswer {
+    HttpAnswer {
+        status,
+        body: body.to_string(),
+        content_type: "text/plain; charset=utf-8",
+    }
+}
+
+fn respond(request: tiny_http::Request, answer: HttpAnswer) {
+    respond_with(request, answer, None);
+}
+
+fn respond_with(request: tiny_http::Request, answer: HttpAnswer, allow: Option<&str>) {
+    let mut response =
+        tiny_http::Response::from_string(answer.body).with_status_code(answer.status);
+    let header = |name: &str, value: &str| {
+        tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+    };
+    if let Some(h) = header("Content-Type", answer.content_type) {
+        response = response.with_header(h);
+    }
+    if let Some(h) = allow.and_then(|methods| header("Allow", methods)) {
+        response = response.with_header(h);
+    }
+    if let Err(e) = request.respond(response) {
+        tracing::debug!(error = %e, "metrics client went away");
+    }
+}
+
+fn serve<S: SampleSource>(
+    server: &tiny_http::Server,
+    registry: &Registry,
+    source: &S,
+    purging: Option<(Arc<PurgeService>, std::sync::mpsc::SyncSender<PurgeJob>)>,
+) {
+    let allow = if purging.is_some() {
+        "GET, PURGE"
+    } else {
+        "GET"
+    };
     for request in server.incoming_requests() {
         let path = request.url().split('?').next().unwrap_or("").to_string();
-        let text_plain =
-            |ct: &str| tiny_http::Header::from_bytes(&b"Content-Type"[..], ct.as_bytes()).ok();
-        let (code, body, content_type) = match (request.method(), path.as_str()) {
+        let answer = match (request.method(), path.as_str()) {
             (tiny_http::Method::Get, "/metrics") => match render(registry) {
-                Ok(text) => (200, text, prometheus::TEXT_FORMAT),
-                Err(e) => (
-                    500,
-                    format!("cannot render metrics: {e}\n"),
-                    "text/plain; charset=utf-8",
-                ),
+                Ok(text) => HttpAnswer {
+                    status: 200,
+                    body: text,
+                    content_type: prometheus::TEXT_FORMAT,
+                },
+                Err(e) => text_answer(500, &format!("cannot render metrics: {e}\n")),
             },
-            (tiny_http::Method::Get, "/healthz") => {
-                (200, "ok\n".to_string(), "text/plain; charset=utf-8")
-            }
+            (tiny_http::Method::Get, "/healthz") => text_answer(200, "ok\n"),
             (tiny_http::Method::Get, "/readyz") => {
                 let health = source.health();
                 let code = if health.state.serving() { 200 } else { 503 };
-                (
-                    code,
-                    format!("{}\n", health.summary()),
-                    "text/plain; charset=utf-8",
-                )
+                text_answer(code, &format!("{}\n", health.summary()))
             }
-            (tiny_http::Method::Get, _) => (
-                404,
-                "not found: try /metrics, /healthz or /readyz\n".to_string(),
-                "text/plain; charset=utf-8",
-            ),
-            _ => (
-                405,
-                "method not allowed\n".to_string(),
-                "text/plain; charset=utf-8",
-            ),
+            (tiny_http::Method::Get, _) => {
+                text_answer(404, "not found: try /metrics, /healthz or /readyz\n")
+            }
+            (method, _) if method.as_str() == "PURGE" => match &purging {
+                Some((service, queue)) => {
+                    let peer = request.remote_addr().map(SocketAddr::ip);
+                    let url = request.url().to_string();
+                    match service.admit(peer, &url) {
+                        Ok(target) => {
+                            if let Err(e) = queue.try_send((request, target)) {
+                                let (std::sync::mpsc::TrySendError::Full((request, _))
+                                | std::sync::mpsc::TrySendError::Disconnected((request, _))) = e;
+                                respond(request, service.busy());
+                            }
+                            continue;
+                        }
+                        Err(refusal) => refusal,
+                    }
+                }
+                None => text_answer(405, "method not allowed: this listener does not purge\n"),
+            },
+            _ => text_answer(405, "method not allowed\n"),
         };
-        let mut response = tiny_http::Response::from_string(body).with_status_code(code);
-        if let Some(header) = text_plain(content_type) {
-            response = response.with_header(header);
-        }
-        if let Err(e) = request.respond(response) {
-            tracing::debug!(error = %e, "metrics client went away");
-        }
+        let allow = (answer.status == 405).then_some(allow);
+        respond_with(request, answer, allow);
     }
 }
 
@@ -853,6 +996,81 @@ mod tests {
             }
             Err(e) => panic!("{e}\n{text}"),
         }
+    }
+
+    fn exchange(addr: SocketAddr, head: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "{head}\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, out)
+    }
+
+    #[test]
+    fn purge_is_answered_counted_and_passes_promtool() {
+        let config = ipc::RegionConfig {
+            segments: 2,
+            segment_size: 16384,
+            cache_slots: 1,
+            proxy_slots: 1,
+        };
+        let region = Arc::new(ipc::Region::create(&config, None).unwrap());
+        let service = Arc::new(PurgeService::new(
+            region,
+            crate::purge::PurgeAccess::default(),
+            false,
+        ));
+        let server = MetricsServer::start_with_purge(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Fixed(sample())),
+            Some(service),
+        )
+        .unwrap();
+        let addr = server.addr();
+        let (code, reply) = exchange(addr, "PURGE /a HTTP/1.0");
+        assert_eq!(code, 200, "{reply}");
+        assert!(reply.contains("\"purged\":0"), "{reply}");
+        assert!(reply.contains("application/json"), "{reply}");
+        let (code, reply) = exchange(addr, "PURGE /a%2Fb HTTP/1.0");
+        assert_eq!(code, 400, "{reply}");
+        assert!(reply.contains("encoded slash"), "{reply}");
+        let (code, reply) = exchange(addr, "POST /metrics HTTP/1.0");
+        assert_eq!(code, 405, "{reply}");
+        assert!(reply.contains("Allow: GET, PURGE"), "{reply}");
+        let (code, metrics) = exchange(addr, "GET /metrics HTTP/1.0");
+        assert_eq!(code, 200);
+        assert!(
+            metrics.contains("gfcache_purge_requests_total{result=\"ok\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("gfcache_purge_requests_total{result=\"bad_request\"} 1"),
+            "{metrics}"
+        );
+        let body = metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        match crate::promtool::check_metrics(body) {
+            Ok(()) => {}
+            Err(crate::promtool::PromtoolError::Missing) if std::env::var_os("CI").is_none() => {}
+            Err(e) => panic!("{e}\n{body}"),
+        }
+        server.stop();
+    }
+
+    #[test]
+    fn without_a_purge_service_purge_is_not_allowed() {
+        let server =
+            MetricsServer::start("127.0.0.1:0".parse().unwrap(), Arc::new(Fixed(sample())))
+                .unwrap();
+        let (code, reply) = exchange(server.addr(), "PURGE /a HTTP/1.0");
+        assert_eq!(code, 405, "{reply}");
+        assert!(reply.contains("Allow: GET\r\n"), "{reply}");
+        server.stop();
     }
 
     #[test]

@@ -130,6 +130,10 @@ pub struct StatusReport {
     pub listen: String,
     /// The metrics address, if any.
     pub metrics_listen: Option<String>,
+    /// The shared memory region of the run (`ipc::RegionId` text form), which
+    /// `gfsupervisor purge` attaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Whether `/readyz` answers 200: the run is ready or degraded.
     pub ready: bool,
     /// Ready, degraded or not ready (see [`crate::health`]).
@@ -290,6 +294,7 @@ mod tests {
             backend: "memory".into(),
             listen: "127.0.0.1:1".into(),
             metrics_listen: None,
+            region: Some("12.00000000deadbeef".into()),
             ready: true,
             state: RunState::Ready,
             reason: None,

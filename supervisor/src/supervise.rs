@@ -369,8 +369,13 @@ impl Supervisor {
                 region: Arc::clone(&sup.region),
                 view: Arc::clone(&sup.view),
             });
-            let server = MetricsServer::start(addr, source)?;
-            tracing::info!(addr = %server.addr(), "serving /metrics, /healthz and /readyz");
+            let purge = Arc::new(crate::purge::PurgeService::new(
+                Arc::clone(&sup.region),
+                crate::purge::PurgeAccess::new(sup.config.supervisor.purge_networks()),
+                crate::purge::keeps_objects_when_down(&sup.config.cache.settings),
+            ));
+            let server = MetricsServer::start_with_purge(addr, source, Some(purge))?;
+            tracing::info!(addr = %server.addr(), "serving /metrics, /healthz, /readyz and PURGE");
             sup.metrics = Some(server);
         }
         Ok(sup)
@@ -796,6 +801,12 @@ impl Supervisor {
             }
         }
         self.config = applied;
+        if let Some(purge) = self.metrics.as_ref().and_then(MetricsServer::purge_service) {
+            purge.reconfigure(
+                crate::purge::PurgeAccess::new(self.config.supervisor.purge_networks()),
+                crate::purge::keeps_objects_when_down(&self.config.cache.settings),
+            );
+        }
         // Caches one at a time first (the proxy keeps serving, falling back to the origin), then
         // the proxies.
         let stale = |c: &Child| {
@@ -957,6 +968,7 @@ impl Supervisor {
         if !self.status_dirty && !due {
             return;
         }
+        crate::purge::reclaim_departed_clients(&self.region, &self.config.supervisor.run_dir);
         let report = self.status_report();
         if let Err(e) = report.write_atomically(&self.config.supervisor.run_dir) {
             tracing::warn!(error = %e, "cannot write the status file");
@@ -1009,6 +1021,7 @@ impl Supervisor {
             backend: self.config.cache.backend_kind().to_string(),
             listen: self.config.proxy.settings.listen.to_string(),
             metrics_listen: self.metrics.as_ref().map(|m| m.addr().to_string()),
+            region: Some(self.region.id().to_string()),
             ready: health.state.serving(),
             state: health.state,
             reason: health.reason.map(str::to_string),
