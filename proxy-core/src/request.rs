@@ -945,7 +945,9 @@ impl Refreshing {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<CanonicalPath>> {
         // One set operation per use: a poisoned lock is still consistent.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
