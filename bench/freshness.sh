@@ -39,16 +39,7 @@ base_commit=${BASE_COMMIT:-55e6e05}
 base_cache=${BASE_CACHE:-/tmp/gfcache-bench-base}
 cargo=${CARGO:-cargo}
 
-missing=()
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-    echo "installing ${missing[*]}" >&2
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >&2
-fi
+install_missing nginx:nginx-light wrk:wrk curl:curl
 
 if [[ -z ${GF_BIN_DIR:-} ]]; then
     (cd "$root" && $cargo build --release --bin gfsupervisor)
@@ -56,22 +47,8 @@ if [[ -z ${GF_BIN_DIR:-} ]]; then
 fi
 gfsupervisor=$GF_BIN_DIR/gfsupervisor
 
-# The base commit's gfsupervisor, built once per commit in a scratch worktree with its own
-# target directory.
-base_rev=$(git -C "$root" rev-parse --short=12 "$base_commit^{commit}")
-base_bin=$base_cache/$base_rev
-if [[ ! -x $base_bin/gfsupervisor ]]; then
-    echo "building gfsupervisor at $base_rev (once; kept in $base_bin)" >&2
-    base_tree=$base_cache/tree-$base_rev
-    mkdir -p "$base_cache"
-    git -C "$root" worktree remove --force "$base_tree" 2>/dev/null || true
-    git -C "$root" worktree add --detach "$base_tree" "$base_rev" >&2
-    (cd "$base_tree" && CARGO_TARGET_DIR=$base_cache/target $cargo build --release \
-        --bin gfsupervisor) >&2
-    mkdir -p "$base_bin"
-    cp "$base_cache/target/release/gfsupervisor" "$base_bin/"
-    git -C "$root" worktree remove --force "$base_tree"
-fi
+base_bin=$(build_at_commit "$base_commit" "$base_cache" gfsupervisor)
+base_rev=$(basename "$base_bin")
 
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -125,28 +102,7 @@ start_gfcache() {
     http=127.0.0.1:$(free_port)
     metrics=127.0.0.1:$(free_port)
     cfg=$work/$name.toml
-    cat >"$cfg" <<TOML
-[proxy]
-listen = "127.0.0.1:$(free_port)"
-http_listen = "$http"
-threads = $threads
-origin = "$origin"
-max_object_size = "128MiB"
-$extra
-
-[ipc]
-segments = 16
-segment_size = "1MiB"
-
-[cache]
-processes = $caches
-backend = "memory"
-memory = { capacity = "512MiB", max_object_size = "128MiB" }
-
-[supervisor]
-run_dir = "$work/run-$name"
-metrics_listen = "$metrics"
-TOML
+    memory_config "$cfg" "$http" "$origin" "$work/run-$name" "$metrics" "$extra"
     "$binary" start -c "$cfg" >"$work/$name.out" 2>"$work/$name.err" &
     pids+=($!)
     configs+=("$binary|$cfg")

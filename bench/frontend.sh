@@ -81,22 +81,9 @@ gfserver=$GF_BIN_DIR/gfserver
 gfclient=$GF_BIN_DIR/gfclient
 gfsupervisor=$GF_BIN_DIR/gfsupervisor
 
-# The base commit's gfserver and gfclient, built once per commit in a scratch worktree with its
-# own target directory, so the main target is not disturbed.
-base_rev=$(git -C "$root" rev-parse --short=12 "$base_commit^{commit}")
-base_bin=$base_cache/$base_rev
-if [[ ! -x $base_bin/gfserver || ! -x $base_bin/gfclient ]]; then
-    echo "building gfserver at $base_rev (once; kept in $base_bin)" >&2
-    base_tree=$base_cache/tree-$base_rev
-    mkdir -p "$base_cache"
-    git -C "$root" worktree remove --force "$base_tree" 2>/dev/null || true
-    git -C "$root" worktree add --detach "$base_tree" "$base_rev" >&2
-    (cd "$base_tree" && CARGO_TARGET_DIR=$base_cache/target $cargo build --release \
-        --bin gfserver --bin gfclient) >&2
-    mkdir -p "$base_bin"
-    cp "$base_cache/target/release/gfserver" "$base_cache/target/release/gfclient" "$base_bin/"
-    git -C "$root" worktree remove --force "$base_tree"
-fi
+# The base commit's gfserver and gfclient (bench/lib.sh build_at_commit: once per commit).
+base_bin=$(build_at_commit "$base_commit" "$base_cache" gfserver gfclient)
+base_rev=$(basename "$base_bin")
 
 # ---------------------------------------------------------------------------------------------
 # Work directory, file set, cleanup

@@ -47,20 +47,7 @@ clk_tck=$(getconf CLK_TCK)
 # ---------------------------------------------------------------------------------------------
 # Tools and builds
 
-install_missing() {
-    local missing=()
-    command -v nginx >/dev/null || missing+=(nginx-light)
-    command -v varnishd >/dev/null || [[ -x /usr/sbin/varnishd ]] || missing+=(varnish)
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v curl >/dev/null || missing+=(curl)
-    if ((${#missing[@]})); then
-        echo "installing ${missing[*]}" >&2
-        apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" >&2
-    fi
-}
-install_missing
+install_missing nginx:nginx-light varnishd:varnish wrk:wrk curl:curl
 varnishd=$(command -v varnishd || echo /usr/sbin/varnishd)
 
 if [[ -z ${GF_BIN_DIR:-} ]]; then
@@ -248,29 +235,8 @@ gfserver_url=http://$gfserver_http
 gfcache_http=127.0.0.1:$(free_port)
 metrics=127.0.0.1:$(free_port)
 config=$work/gfcache.toml
-cat >"$config" <<TOML
-[proxy]
-listen = "127.0.0.1:$(free_port)"
-http_listen = "$gfcache_http"
-threads = $threads
-origin = "$origin"
 # As nginx's proxy_cache_valid 200 1d and Varnish's -t 86400: the origin sends no Cache-Control.
-default_ttl = "1d"
-max_object_size = "128MiB"
-
-[ipc]
-segments = 16
-segment_size = "1MiB"
-
-[cache]
-processes = $caches
-backend = "memory"
-memory = { capacity = "512MiB", max_object_size = "128MiB" }
-
-[supervisor]
-run_dir = "$work/run"
-metrics_listen = "$metrics"
-TOML
+memory_config "$config" "$gfcache_http" "$origin" "$work/run" "$metrics" 'default_ttl = "1d"'
 "$gfsupervisor" start -c "$config" >"$work/gfsupervisor.out" 2>"$work/gfsupervisor.err" &
 pids+=($!)
 if ! wait_http "http://$metrics/readyz" 60; then

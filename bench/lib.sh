@@ -124,3 +124,72 @@ done = function(summary, latency, requests)
 end
 LUA
 }
+
+# install_missing COMMAND:PACKAGE...: installs with apt-get the Debian packages whose command is
+# not on the PATH (a command given as an absolute path counts when it is executable).
+install_missing() {
+    local pair command package missing=()
+    for pair in "$@"; do
+        command=${pair%%:*} package=${pair#*:}
+        command -v "$command" >/dev/null || [[ -x $command ]] || missing+=("$package")
+    done
+    if ((${#missing[@]})); then
+        echo "installing ${missing[*]}" >&2
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >&2
+    fi
+}
+
+# build_at_commit COMMIT CACHE BINARY...: builds the release BINARYs of COMMIT once, in a
+# scratch worktree with its own target directory under CACHE (the main target is not disturbed),
+# and prints the directory that holds them ($CARGO, default cargo, does the build).
+build_at_commit() {
+    local commit=$1 cache=$2 rev dir tree bin missing=() args=()
+    shift 2
+    rev=$(git -C "$root" rev-parse --short=12 "$commit^{commit}")
+    dir=$cache/$rev
+    for bin in "$@"; do
+        [[ -x $dir/$bin ]] || missing+=("$bin")
+    done
+    if ((${#missing[@]})); then
+        echo "building ${missing[*]} at $rev (once; kept in $dir)" >&2
+        tree=$cache/tree-$rev
+        mkdir -p "$cache" "$dir"
+        git -C "$root" worktree remove --force "$tree" 2>/dev/null || true
+        git -C "$root" worktree add --detach "$tree" "$rev" >&2
+        for bin in "${missing[@]}"; do args+=(--bin "$bin"); done
+        (cd "$tree" && CARGO_TARGET_DIR=$cache/target ${CARGO:-cargo} build --release "${args[@]}") >&2
+        for bin in "${missing[@]}"; do cp "$cache/target/release/$bin" "$dir/"; done
+        git -C "$root" worktree remove --force "$tree"
+    fi
+    echo "$dir"
+}
+
+# memory_config FILE HTTP ORIGIN RUN_DIR METRICS [EXTRA]: a gfsupervisor config with memory caches
+# in front of ORIGIN ($threads proxy threads, $caches caches of 512 MiB, 16 segments of 1 MiB,
+# objects up to 128 MiB), the HTTP front end on HTTP, EXTRA lines in [proxy].
+memory_config() {
+    cat >"$1" <<TOML
+[proxy]
+listen = "127.0.0.1:$(free_port)"
+http_listen = "$2"
+threads = ${threads:-16}
+origin = "$3"
+max_object_size = "128MiB"
+${6:-}
+
+[ipc]
+segments = 16
+segment_size = "1MiB"
+
+[cache]
+processes = ${caches:-2}
+backend = "memory"
+memory = { capacity = "512MiB", max_object_size = "128MiB" }
+
+[supervisor]
+run_dir = "$4"
+metrics_listen = "$5"
+TOML
+}

@@ -58,20 +58,9 @@ big_bytes=$((64 << 20))
 # ---------------------------------------------------------------------------------------------
 # Tools and builds
 
-install_missing() {
-    local missing=()
-    command -v nginx >/dev/null || missing+=(nginx-light)
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v curl >/dev/null || missing+=(curl)
-    [[ -z $profile ]] || command -v perf >/dev/null || missing+=(linux-perf)
-    if ((${#missing[@]})); then
-        echo "installing ${missing[*]}" >&2
-        apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" >&2
-    fi
-}
-install_missing
+profile_tool=()
+[[ -z $profile ]] || profile_tool=(perf:linux-perf)
+install_missing nginx:nginx-light wrk:wrk curl:curl "${profile_tool[@]}"
 
 if [[ -z ${GF_BIN_DIR:-} ]]; then
     (cd "$root" && $cargo build --release --bin gfsupervisor)
@@ -79,22 +68,8 @@ if [[ -z ${GF_BIN_DIR:-} ]]; then
 fi
 new_bin=$GF_BIN_DIR/gfsupervisor
 
-# The base commit's gfsupervisor, built once per commit in a scratch worktree with its own
-# target directory, so the main target is not disturbed.
-base_rev=$(git -C "$root" rev-parse --short=12 "$base_commit^{commit}")
-base_dir=$base_cache/$base_rev
-if [[ ! -x $base_dir/gfsupervisor ]]; then
-    echo "building gfsupervisor at $base_rev (once; kept in $base_dir)" >&2
-    base_tree=$base_cache/tree-$base_rev
-    mkdir -p "$base_cache"
-    git -C "$root" worktree remove --force "$base_tree" 2>/dev/null || true
-    git -C "$root" worktree add --detach "$base_tree" "$base_rev" >&2
-    (cd "$base_tree" && CARGO_TARGET_DIR=$base_cache/target $cargo build --release \
-        --bin gfsupervisor) >&2
-    mkdir -p "$base_dir"
-    cp "$base_cache/target/release/gfsupervisor" "$base_dir/"
-    git -C "$root" worktree remove --force "$base_tree"
-fi
+base_dir=$(build_at_commit "$base_commit" "$base_cache" gfsupervisor)
+base_rev=$(basename "$base_dir")
 base_bin=$base_dir/gfsupervisor
 gfsupervisor=$new_bin # for bench_cleanup
 
@@ -181,27 +156,9 @@ start_gfcache() {
     mkdir -p "$dir"
     http=127.0.0.1:$(free_port)
     metrics=127.0.0.1:$(free_port)
-    cat >"$dir/gfcache.toml" <<TOML
-[proxy]
-listen = "127.0.0.1:$(free_port)"
-http_listen = "$http"
-threads = $threads
-origin = "http://$origin"
-max_object_size = "128MiB"
-
-[ipc]
-segments = 16
-segment_size = "1MiB"
-
-[cache]
-processes = $caches
-backend = "memory"
-memory = { capacity = "512MiB", max_object_size = "128MiB" }
-
-[supervisor]
-run_dir = "$dir/run"
-metrics_listen = "$metrics"
-TOML
+    # Hits are timed too: the origin sends no Cache-Control, so its answers are kept a day.
+    memory_config "$dir/gfcache.toml" "$http" "http://$origin" "$dir/run" "$metrics" \
+        'default_ttl = "1d"'
     "$bin" start -c "$dir/gfcache.toml" >"$dir/out.log" 2>"$dir/err.log" &
     pids+=($!)
     if ! wait_http "http://$metrics/readyz" 60; then
