@@ -149,16 +149,15 @@ origin_requests() {
 # ---------------------------------------------------------------------------------------------
 # gfcache, new and base
 
-# start_gfcache NAME BINARY: a supervisor with memory caches in front of the origin; sets
+# start_gfcache NAME BINARY [EXTRA]: a supervisor with memory caches in front of the origin
+# (EXTRA: more [proxy] lines); sets
 # NAME_http, NAME_metrics, NAME_config and NAME_proxy (the proxy's pid).
 start_gfcache() {
     local name=$1 bin=$2 dir=$work/$1 http metrics status
     mkdir -p "$dir"
     http=127.0.0.1:$(free_port)
     metrics=127.0.0.1:$(free_port)
-    # Hits are timed too: the origin sends no Cache-Control, so its answers are kept a day.
-    memory_config "$dir/gfcache.toml" "$http" "http://$origin" "$dir/run" "$metrics" \
-        'default_ttl = "1d"'
+    memory_config "$dir/gfcache.toml" "$http" "http://$origin" "$dir/run" "$metrics" "${3:-}"
     "$bin" start -c "$dir/gfcache.toml" >"$dir/out.log" 2>"$dir/err.log" &
     pids+=($!)
     if ! wait_http "http://$metrics/readyz" 60; then
@@ -171,7 +170,9 @@ start_gfcache() {
     printf -v "${name}_config" '%s' "$dir/gfcache.toml"
     printf -v "${name}_proxy" '%s' "$(python3 -c 'import json,sys; print(next(c["pid"] for c in json.loads(sys.argv[1])["children"] if c["role"] == "proxy"))' "$status")"
 }
-start_gfcache new "$new_bin"
+# Hits are timed too: the origin sends no Cache-Control, so its answers are kept a day (a base
+# before freshness keeps them for ever, and knows no such key).
+start_gfcache new "$new_bin" 'default_ttl = "1d"'
 config=$new_config
 start_gfcache base "$base_bin"
 
