@@ -109,6 +109,7 @@ for i in $(seq 1 "$tries"); do
 done
 get_best=$(median "${gets[@]}") store_best=$(median "${stores[@]}") fetch_best=$(median "${fetches[@]}")
 get_null=$(median "${gets_null[@]}") fetch_null=$(median "${fetches_null[@]}")
+echo "rounds (MB/s): get ${gets[*]}; store ${stores[*]}; fetch ${fetches[*]}" >&2
 echo "64 MiB (medians of $tries): GetFile ${get_best} MB/s, gfdfs store ${store_best} MB/s, fetch ${fetch_best} MB/s; into /dev/null: GetFile ${get_null} MB/s, gfdfs fetch ${fetch_null} MB/s" >&2
 
 # ---------------------------------------------------------------------------------------------
@@ -198,11 +199,12 @@ echo "initial sync: $initial" >&2
 mkdir -p "$root/bench/results"
 out=$root/bench/results/dfs-$(date -u +%Y%m%dT%H%M%SZ).json
 python3 - "$out" "$(machine_json)" "$get_best" "$store_best" "$fetch_best" "$propagation" \
-    "$initial" "$tries" "$get_null" "$fetch_null" <<'PY'
+    "$initial" "$tries" "$get_null" "$fetch_null" "${gets[*]}" "${stores[*]}" "${fetches[*]}" <<'PY'
 import datetime, json, sys
 out, machine = sys.argv[1], json.loads(sys.argv[2])
 get, store, fetch = map(float, sys.argv[3:6])
 get_null, fetch_null = map(float, sys.argv[9:11])
+per_round = lambda text: [round(float(x), 1) for x in text.split()]
 result = {
     "bench": "dfs",
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -215,6 +217,11 @@ result = {
         "fetch_mb_per_s": fetch,
         "store_ratio": store / get,
         "fetch_ratio": fetch / get,
+        "rounds_mb_per_s": {
+            "getfile": per_round(sys.argv[11]),
+            "store": per_round(sys.argv[12]),
+            "fetch": per_round(sys.argv[13]),
+        },
         "to_dev_null": {
             "getfile_mb_per_s": get_null,
             "fetch_mb_per_s": fetch_null,

@@ -389,7 +389,7 @@ fn two_writers_end_with_one_version_and_the_loser_logs_the_refusal() {
 
 #[test]
 fn a_client_killed_mid_store_leaves_no_partial_file_and_its_lock_expires() {
-    let s = setup(&["--lock-lease", "3s"]);
+    let s = setup(&["--lock-lease", "5s"]);
     let stubs = python_stubs(&s.base);
     let mut stalled = python(&stubs)
         .args(["stall", &s.server.addr(), "/victim.bin"])
@@ -421,7 +421,9 @@ fn a_client_killed_mid_store_leaves_no_partial_file_and_its_lock_expires() {
         ])),
         3
     );
-    assert_eq!(s.server.metric("gfdfs_stores_failed_total"), 1.0);
+    wait_for("the failed store counted", DEADLINE, || {
+        (s.server.metric("gfdfs_stores_failed_total") == 1.0).then_some(())
+    });
 
     let local = s.base.join("mine.bin");
     std::fs::write(&local, b"after the crash").expect("write");
@@ -444,7 +446,7 @@ fn a_client_killed_mid_store_leaves_no_partial_file_and_its_lock_expires() {
     wait_for("the lease to expire", DEADLINE, || {
         (code(&store(&s.server.addr())) == 0).then_some(())
     });
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(20));
     let fetched = s.base.join("fetched");
     assert!(gfdfs(&[
         "fetch",

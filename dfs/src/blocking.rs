@@ -6,7 +6,14 @@
 //! it) can serve all the threads of a program. A [`Watcher`] runs on a thread of its own.
 //! Every call is bounded by the `timeout` given to [`Client::connect`] (a fetch: for each
 //! chunk, so a large file may take longer in total as long as it keeps moving); a call that
-//! runs out of time fails with [`Error::DeadlineExceeded`].
+//! runs out of time fails with [`Error::DeadlineExceeded`]. Call it from plain threads, not
+//! from within a tokio runtime (blocking inside one panics).
+//!
+//! Paths may be given with or without a leading `/`; the server's answers (listings, watch
+//! events) name them without it (`docs/readme.txt`). After a [`WatchKind::Disconnected`]
+//! changes may have been missed: the listing that follows the reconnect (every file as a
+//! `Create` with its checksum, every tombstone as a `Delete`, then `Synced`) is the state to
+//! compare a cache against.
 //!
 //! ```no_run
 //! use std::io::Read;

@@ -342,11 +342,8 @@ impl Client {
         refuse_non_regular(dest)?;
         let mut download = self.fetch(path).await?;
         progress.start(download.meta.size);
-        let mut temp = TempFile::beside(dest)?;
-        while let Some(chunk) = download.next_chunk().await? {
-            temp.write(&chunk)?;
-            progress.advance(chunk.len() as u64);
-        }
+        let temp = TempFile::beside(dest)?;
+        let temp = receive_into(&mut download, temp, progress).await?;
         progress.finish();
         refuse_non_regular(dest)?;
         if !still_wanted(dest) {
@@ -360,6 +357,37 @@ impl Client {
     pub async fn watch(&mut self) -> Result<Streaming<proto::WatchEvent>> {
         Ok(self.rpc.watch(proto::WatchRequest {}).await?.into_inner())
     }
+}
+
+/// Writes the rest of `download` into `temp` on a blocking thread while the next chunks
+/// arrive, so the network and the disk work at once.
+async fn receive_into(
+    download: &mut Download,
+    mut temp: TempFile,
+    progress: &mut dyn Progress,
+) -> Result<TempFile> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || -> Result<TempFile> {
+        while let Some(chunk) = rx.blocking_recv() {
+            temp.write(&chunk)?;
+        }
+        Ok(temp)
+    });
+    let received = async {
+        while let Some(chunk) = download.next_chunk().await? {
+            progress.advance(chunk.len() as u64);
+            if tx.send(chunk).await.is_err() {
+                break; // the writer failed: its error tells why
+            }
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    drop(tx);
+    let temp = writer
+        .await
+        .map_err(|e| Error::Invalid(format!("write task: {e}")))??;
+    received.map(|()| temp)
 }
 
 fn source_text(error: &dyn std::error::Error) -> String {

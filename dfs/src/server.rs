@@ -186,12 +186,18 @@ impl Dfs for Service {
         &self,
         request: Request<Streaming<proto::StoreRequest>>,
     ) -> std::result::Result<Response<proto::StoreReply>, Status> {
+        // A client that vanishes mid-stream may have this call dropped at an await rather
+        // than ended with an error: the guard counts that failure too.
+        let failure = CountsFailure(Some(self.metrics.clone()));
         let result = self.store_stream(request.into_inner()).await;
+        if result.is_ok() {
+            failure.disarm();
+        }
         match &result {
             Ok(StoreOutcome::Stored) => self.metrics.stores.inc(),
             Ok(StoreOutcome::Unchanged) => self.metrics.stores_skipped.inc(),
             Ok(_) => self.metrics.stores_stale.inc(),
-            Err(_) => self.metrics.stores_failed.inc(),
+            Err(_) => {} // counted by the guard
         }
         let outcome = result.map_err(|(path, error)| {
             tracing::debug!(path, %error, "store failed");
@@ -316,6 +322,23 @@ impl Dfs for Service {
             metrics.watchers.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Counts a failed store when dropped armed.
+struct CountsFailure(Option<Arc<Metrics>>);
+
+impl CountsFailure {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CountsFailure {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0.take() {
+            metrics.stores_failed.inc();
+        }
     }
 }
 
