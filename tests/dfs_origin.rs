@@ -115,6 +115,11 @@ fn a_dfs_origin_serves_fills_and_follows_stores_and_deletes() {
         Reply::Ok(vec![0u8, 1, 2, 255])
     );
     assert_eq!(run.get("/missing").expect("get"), Reply::FileNotFound);
+    // A name gfdfs reserves for itself is refused by the server: no such file for a client.
+    assert_eq!(
+        run.get("/.gfdfs/tombstones.json").expect("get"),
+        Reply::FileNotFound
+    );
     let http = run.http.expect("http listener");
     let (status, body) = common::http_get(http, "/docs/a.txt").expect("http get");
     assert_eq!((status, body.as_str()), (200, "first version\r\n"));

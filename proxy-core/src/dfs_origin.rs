@@ -116,7 +116,7 @@ impl DfsOrigin {
                     )));
                 }
                 Ok(_) => {}
-                Err(dfs::Error::NotFound(_)) => return Ok(DfsAnswer::NotFound(not_found())),
+                Err(error) if names_no_file(&error) => return Ok(DfsAnswer::NotFound(not_found())),
                 Err(error) => return Err(self.failed(path, error)),
             }
         }
@@ -129,7 +129,7 @@ impl DfsOrigin {
                     body: Box::new(body),
                 })
             }
-            Err(dfs::Error::NotFound(_)) => Ok(DfsAnswer::NotFound(not_found())),
+            Err(error) if names_no_file(&error) => Ok(DfsAnswer::NotFound(not_found())),
             Err(error) => Err(self.failed(path, error)),
         }
     }
@@ -151,9 +151,18 @@ impl DfsOrigin {
         Ok(client)
     }
 
-    /// A failed call: the connection is dropped (the next fetch connects again).
+    /// A failed call. When the server could not be reached or did not answer, the connection
+    /// is dropped (the next fetch connects again).
     fn failed(&self, path: &CanonicalPath, error: dfs::Error) -> Error {
-        if !matches!(error, dfs::Error::InvalidPath { .. }) {
+        use dfs::StatusCode;
+        let unreachable = matches!(
+            error.code(),
+            StatusCode::Unavailable
+                | StatusCode::DeadlineExceeded
+                | StatusCode::Unknown
+                | StatusCode::Internal
+        );
+        if unreachable {
             *self
                 .client
                 .lock()
@@ -179,6 +188,15 @@ impl DfsOrigin {
             .name("gfproxy-dfs-watch".into())
             .spawn(move || follow_changes(&addr, timeout, &region, cache_timeout, &stop))
     }
+}
+
+/// Whether the server said there is no such file: missing, or a path it refuses (a name gfdfs
+/// reserves) that no client can store either.
+fn names_no_file(error: &dfs::Error) -> bool {
+    matches!(
+        error.code(),
+        dfs::StatusCode::NotFound | dfs::StatusCode::InvalidArgument
+    )
 }
 
 /// The ETag of a gfdfs file: its checksum and size name its bytes.
