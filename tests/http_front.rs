@@ -1174,6 +1174,32 @@ fn query_string_is_left_out_of_the_cache_key_and_the_origin_request() {
 }
 
 #[test]
+fn with_http_cache_query_the_query_names_the_object_and_reaches_the_origin() {
+    let content = Content::new();
+    let origin = Origin::serve(&content.root());
+    let (run, http) = origin_run(&origin, &["http_cache_query = true"]);
+    let dir = run.dir.path();
+    for query in ["v=1", "v=2&x=%2F"] {
+        let target = format!("/index.html?{query}");
+        let miss = curl_one(dir, &[], http, &target);
+        assert_eq!(miss.code(), 200);
+        assert_eq!(miss.body, content.body("/index.html"));
+        // Each query is its own object: filled once, then a hit.
+        let hit = wait_for("the fill to land", DEADLINE, || {
+            let t = curl_one(dir, &[], http, &target);
+            (t.header("x-cache").as_deref() == Some("HIT")).then_some(t)
+        });
+        assert_eq!(hit.body, content.body("/index.html"));
+    }
+    assert_eq!(
+        origin.targets(),
+        ["/index.html?v=1", "/index.html?v=2&x=%2F"],
+        "the origin is asked once per query, with the query as sent"
+    );
+    stop_and_check_nothing_left(run);
+}
+
+#[test]
 fn no_cache_and_no_origin_answers_503() {
     let content = Content::new();
     let mut setup = Setup::new(Backend::Directory(content.root())).with_http();

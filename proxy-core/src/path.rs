@@ -36,7 +36,7 @@ pub enum PathError {
 /// A validated, canonical path: starts with `/`, no empty, `.` or `..` segments, no trailing
 /// `/` (except the root itself), at most [`MAX_PATH_LEN`] bytes, no control bytes or spaces.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CanonicalPath(String);
+pub struct CanonicalPath(String, Option<usize>);
 
 impl CanonicalPath {
     /// Validates and normalises `raw`.
@@ -76,7 +76,29 @@ impl CanonicalPath {
         if canonical.is_empty() {
             canonical.push('/');
         }
-        Ok(CanonicalPath(canonical))
+        Ok(CanonicalPath(canonical, None))
+    }
+
+    /// The same path with an HTTP query string (raw, as the client sent it) made part of the
+    /// object's name (`proxy.http_cache_query`): the cache key becomes `/path?query`, and the
+    /// origin is asked for the same query. A query with a byte a URL cannot carry as is
+    /// (control, space, `#`) or that makes the key too long is refused.
+    pub fn with_query(self, query: &str) -> Result<CanonicalPath, PathError> {
+        if let Some(byte) = query
+            .bytes()
+            .find(|b| *b <= b' ' || *b == 0x7f || *b == b'#' || !b.is_ascii())
+        {
+            return Err(PathError::ForbiddenByte { byte });
+        }
+        let len = self.0.len() + 1 + query.len();
+        if len > MAX_PATH_LEN {
+            return Err(PathError::TooLong { len });
+        }
+        let path_len = self.0.len();
+        let mut key = self.0;
+        key.push('?');
+        key.push_str(query);
+        Ok(CanonicalPath(key, Some(path_len)))
     }
 
     /// The canonical text.
@@ -88,8 +110,15 @@ impl CanonicalPath {
     /// `%`, `?` and `#` included, so that the origin sees the same file name.
     pub fn url_encoded(&self) -> String {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let (path, query) = match self.1 {
+            Some(path_len) => (
+                self.0.get(..path_len).unwrap_or_default(),
+                self.0.get(path_len..),
+            ),
+            None => (self.0.as_str(), None),
+        };
         let mut out = String::with_capacity(self.0.len());
-        for byte in self.0.bytes() {
+        for byte in path.bytes() {
             let keep = byte.is_ascii_alphanumeric()
                 || matches!(
                     byte,
@@ -119,6 +148,8 @@ impl CanonicalPath {
                 out.push(char::from(HEX[usize::from(byte & 0x0f)]));
             }
         }
+        // The query goes as the client sent it (checked by `with_query`).
+        out.push_str(query.unwrap_or_default());
         out
     }
 }
@@ -135,6 +166,23 @@ mod tests {
 
     fn canon(raw: &str) -> Result<String, PathError> {
         CanonicalPath::parse(raw).map(|p| p.0)
+    }
+
+    #[test]
+    fn a_query_joins_the_key_and_goes_to_the_origin_as_sent() {
+        let path = CanonicalPath::parse("/a b/../é.txt".replace(' ', "").as_str()).unwrap();
+        let keyed = path.with_query("v=1&x=%2F").unwrap();
+        assert_eq!(keyed.as_str(), "/é.txt?v=1&x=%2F");
+        assert_eq!(keyed.url_encoded(), "/%C3%A9.txt?v=1&x=%2F");
+        let plain = CanonicalPath::parse("/a").unwrap();
+        for bad in ["a b", "a#b", "a\u{7f}", "é"] {
+            assert!(plain.clone().with_query(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(MAX_PATH_LEN);
+        assert!(matches!(
+            plain.with_query(&long),
+            Err(PathError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub(crate) fn handle(ctx: &Context, request: &Request, response: &mut ResponseWr
 
 fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Outcome {
     // 1. Validate and normalise the path.
-    let path = match CanonicalPath::parse(raw_path) {
+    let path = match CanonicalPath::parse(raw_path).and_then(|path| with_query(ctx, path, response))
+    {
         Ok(path) => path,
         Err(error) => {
             tracing::debug!(%error, "refused path");
@@ -130,6 +131,21 @@ fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Ou
             ctx.stats.incr(Counter::LookupErrors);
             failover(ctx, &path, slot, epoch, response)
         }
+    }
+}
+
+/// With `proxy.http_cache_query`, an HTTP request's query string joins the object's name.
+fn with_query(
+    ctx: &Context,
+    path: CanonicalPath,
+    response: &ResponseWriter<'_>,
+) -> Result<CanonicalPath, crate::path::PathError> {
+    let query = response
+        .http_request()
+        .and_then(|request| request.query.as_deref());
+    match query {
+        Some(query) if ctx.config.settings.http_cache_query => path.with_query(query),
+        _ => Ok(path),
     }
 }
 

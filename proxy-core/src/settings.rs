@@ -70,6 +70,10 @@ pub struct ProxySettings {
     pub http_keepalive_timeout: Duration,
     /// Requests on one HTTP connection at most; the last answer says `Connection: close`.
     pub http_max_requests_per_connection: u32,
+    /// Make an HTTP request's query string part of the object's name (`/a?v=1` and `/a?v=2`
+    /// are two objects, each fetched from the origin with its query); false: the query is
+    /// dropped, from the key and from the origin request.
+    pub http_cache_query: bool,
     /// How long an origin answer that says nothing of its freshness (no Cache-Control max-age
     /// or s-maxage, no Expires) stays fresh. "0s": stored, but revalidated on every request.
     #[serde(with = "settings::duration")]
@@ -112,6 +116,7 @@ impl Default for ProxySettings {
             http_listen: None,
             http_keepalive_timeout: server.http_keepalive_timeout,
             http_max_requests_per_connection: server.http_max_requests_per_connection,
+            http_cache_query: false,
             default_ttl: Duration::ZERO,
             negative_ttl: None,
             stale_while_revalidate: Duration::ZERO,
