@@ -141,29 +141,10 @@ for name in fresh base reval; do
 done
 echo "warmed fresh, base and reval" >&2
 
-cat >"$work/fileset.lua" <<'LUA'
-local counter = 0
-local threads = 0
-setup = function(thread)
-    thread:set("offset", threads * 337)
-    threads = threads + 1
-end
-request = function()
-    local path = string.format("/small/f%04d", ((offset or 0) + counter) % 1000)
-    counter = counter + 1
-    return wrk.format(nil, path)
-end
-LUA
-wrk_json_summary >>"$work/fileset.lua"
+write_fileset_lua "$work/fileset.lua"
 
 runs=$work/runs.jsonl
 : >"$runs"
-keep() {
-    python3 - "$1" "$2" "$3" >>"$runs" <<'PY'
-import json, sys
-print(json.dumps({"key": sys.argv[1], "round": int(sys.argv[2]), "value": json.loads(sys.argv[3])}))
-PY
-}
 
 # big_seconds URL: the median of BIG_TRIES curl downloads of URL, in seconds; checks the bytes.
 big_seconds() {

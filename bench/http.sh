@@ -94,21 +94,7 @@ PY
 
 # The wrk script: the 1000 1 KiB paths in turn (each thread from its own offset), and the
 # summary as one JSON line.
-cat >"$work/fileset.lua" <<'LUA'
-local counter = 0
-local threads = 0
-setup = function(thread)
-    -- A global of the thread's own Lua state.
-    thread:set("offset", threads * 337)
-    threads = threads + 1
-end
-request = function()
-    local path = string.format("/small/f%04d", ((offset or 0) + counter) % 1000)
-    counter = counter + 1
-    return wrk.format(nil, path)
-end
-LUA
-wrk_json_summary >>"$work/fileset.lua"
+write_fileset_lua "$work/fileset.lua"
 
 # wrk_load URL THREADS CONNECTIONS [ARGS...]: a timed wrk run over the file set; its summary.
 wrk_load() {
@@ -296,13 +282,6 @@ origin_after_warm=$(origin_requests)
 
 runs=$work/runs.jsonl
 : >"$runs"
-# keep KEY ROUND JSON: keeps one measurement.
-keep() {
-    python3 - "$1" "$2" "$3" >>"$runs" <<'PY'
-import json, sys
-print(json.dumps({"key": sys.argv[1], "round": int(sys.argv[2]), "value": json.loads(sys.argv[3])}))
-PY
-}
 
 # show KEY JSON: one line of progress.
 show() {

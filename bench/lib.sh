@@ -193,3 +193,34 @@ run_dir = "$4"
 metrics_listen = "$5"
 TOML
 }
+
+# write_fileset_lua FILE: a wrk script that requests the file set's 1000 1 KiB paths in turn
+# (each thread from its own offset) and prints the summary as one JSON line.
+write_fileset_lua() {
+    {
+        cat <<'LUA'
+local counter = 0
+local threads = 0
+setup = function(thread)
+    -- A global of the thread's own Lua state.
+    thread:set("offset", threads * 337)
+    threads = threads + 1
+end
+request = function()
+    local path = string.format("/small/f%04d", ((offset or 0) + counter) % 1000)
+    counter = counter + 1
+    return wrk.format(nil, path)
+end
+LUA
+        wrk_json_summary
+    } >"$1"
+}
+
+# keep KEY ROUND JSON: appends one measurement to the benchmark's $runs file (JSON lines).
+# shellcheck disable=SC2154 # the caller's global
+keep() {
+    python3 - "$1" "$2" "$3" >>"$runs" <<'PY'
+import json, sys
+print(json.dumps({"key": sys.argv[1], "round": int(sys.argv[2]), "value": json.loads(sys.argv[3])}))
+PY
+}

@@ -218,13 +218,6 @@ echo "warmed new and base" >&2
 
 runs=$work/runs.jsonl
 : >"$runs"
-# keep KEY ROUND JSON: keeps one measurement.
-keep() {
-    python3 - "$1" "$2" "$3" >>"$runs" <<'PY'
-import json, sys
-print(json.dumps({"key": sys.argv[1], "round": int(sys.argv[2]), "value": json.loads(sys.argv[3])}))
-PY
-}
 
 # big_miss NAME PATH: one 64 MiB miss with its fill through gfcache NAME; its JSON with mb_per_s
 # (to the close, fill included) and client_mb_per_s (to the last byte).
@@ -266,20 +259,7 @@ request = function()
 end
 LUA
 wrk_json_summary >>"$work/misses.lua"
-cat >"$work/hits.lua" <<'LUA'
-local counter = 0
-local threads = 0
-setup = function(thread)
-    thread:set("offset", threads * 337)
-    threads = threads + 1
-end
-request = function()
-    local path = string.format("/small/f%04d", ((offset or 0) + counter) % 1000)
-    counter = counter + 1
-    return wrk.format(nil, path)
-end
-LUA
-wrk_json_summary >>"$work/hits.lua"
+write_fileset_lua "$work/hits.lua"
 
 # wrk_run URL SCRIPT [ARGS...]: a timed wrk run; its summary.
 wrk_run() {

@@ -157,45 +157,12 @@ pub fn http_target(raw: &str) -> Result<PurgeTarget, PurgeError> {
         Some(stem) => (stem, true),
         None => (path, false),
     };
-    let decoded = percent_decode(path).map_err(bad)?;
+    // Decoded as the HTTP front end decodes a request path (one decoder for both).
+    let decoded = gfprotocol::http::decode_path(path).map_err(|e| bad(&e.to_string()))?;
     if prefix {
         PurgeTarget::prefix(&decoded)
     } else {
         PurgeTarget::path(&decoded)
-    }
-}
-
-fn percent_decode(raw: &str) -> Result<String, &'static str> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.bytes();
-    while let Some(byte) = bytes.next() {
-        let byte = if byte == b'%' {
-            let high = bytes.next().and_then(hex_value);
-            let low = bytes.next().and_then(hex_value);
-            match (high, low) {
-                (Some(high), Some(low)) if ((high << 4) | low) == b'/' => {
-                    return Err("an encoded slash (%2F) names no cached path")
-                }
-                (Some(high), Some(low)) => (high << 4) | low,
-                _ => return Err("a '%' must start two hex digits"),
-            }
-        } else {
-            byte
-        };
-        if byte.is_ascii_control() {
-            return Err("a path holds no control bytes");
-        }
-        out.push(byte);
-    }
-    String::from_utf8(out).map_err(|_| "the decoded path is not UTF-8")
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
     }
 }
 

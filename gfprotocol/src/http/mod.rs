@@ -67,3 +67,4 @@ pub use response::{
     body_follows, content_type_of, write_error_response, write_text_response, CacheStatus,
     ResponseHead, StatusCode, DEFAULT_CONTENT_TYPE, TEXT_PLAIN,
 };
+pub use target::decode_path;

@@ -31,7 +31,7 @@ pub(super) fn parse_target(raw: &str) -> Result<Target, HttpError> {
 /// Percent-decodes a path. A `%` must start two hex digits; `%2F` is refused (decoding it would
 /// turn data into a path separator, and keeping it would give one file two spellings); the
 /// decoded bytes must be UTF-8 without control bytes.
-fn decode_path(raw: &str) -> Result<String, HttpError> {
+pub fn decode_path(raw: &str) -> Result<String, HttpError> {
     let mut decoded = Vec::with_capacity(raw.len());
     let mut bytes = raw.bytes();
     while let Some(byte) = bytes.next() {
