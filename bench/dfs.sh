@@ -7,8 +7,10 @@
 #                run all three back to back; the median MB/s of each and the ratios gfdfs /
 #                GetFile (goal >= 0.8). Every store is of a new path, so none is skipped by its
 #                checksum; the server fsyncs each store before its rename (gfclient and
-#                `gfdfs fetch -o` leave the write-back to the kernel). Each round also times
-#                both downloads into /dev/null: the protocols without the disk.
+#                `gfdfs fetch -o` leave the write-back to the kernel), so each round also
+#                times `dd conv=fsync` of the same file: the disk's ceiling for a durable
+#                write, which the store is read against. Each round also times both
+#                downloads into /dev/null: the protocols without the disk.
 #   propagation  EDITS edits of one small file in mount A, each timed from the write until
 #                mount B holds the same bytes (polled every 0.5 ms): p50, p99, max (goal p50
 #                <= 200 ms).
@@ -78,15 +80,22 @@ gf_addr=$(wait_for_line "$work/gfserver.out" '^listening on ' | sed 's/^listenin
 start_gfdfs_server "$work/dfsroot" dfs
 dfs_addr=$addr
 
-gets=() stores=() fetches=() gets_null=() fetches_null=()
+gets=() stores=() fetches=() gets_null=() fetches_null=() durables=()
 for i in $(seq 1 "$tries"); do
-    rm -f "$work/get.out" "$work/fetch.out"
+    rm -f "$work/get.out" "$work/fetch.out" "$work/durable.out"
     # Each timed step starts with no dirty pages of an earlier one: none pays another's
     # write-back.
     sync
     start=$(now_ns)
     "$gfclient" get --server "$gf_addr" -o "$work/get.out" /big.bin
     gets+=("$(mb_per_s "$size" "$start" "$(now_ns)")")
+
+    # The disk's own ceiling for a durable 64 MiB write (what every store must pay: the
+    # server fsyncs before its rename), so the store's figure can be read against it.
+    sync
+    start=$(now_ns)
+    dd if="$big" of="$work/durable.out" bs=1M conv=fsync status=none
+    durables+=("$(mb_per_s "$size" "$start" "$(now_ns)")")
 
     sync
     start=$(now_ns)
@@ -109,8 +118,9 @@ for i in $(seq 1 "$tries"); do
 done
 get_best=$(median "${gets[@]}") store_best=$(median "${stores[@]}") fetch_best=$(median "${fetches[@]}")
 get_null=$(median "${gets_null[@]}") fetch_null=$(median "${fetches_null[@]}")
-echo "rounds (MB/s): get ${gets[*]}; store ${stores[*]}; fetch ${fetches[*]}" >&2
-echo "64 MiB (medians of $tries): GetFile ${get_best} MB/s, gfdfs store ${store_best} MB/s, fetch ${fetch_best} MB/s; into /dev/null: GetFile ${get_null} MB/s, gfdfs fetch ${fetch_null} MB/s" >&2
+durable_best=$(median "${durables[@]}")
+echo "rounds (MB/s): get ${gets[*]}; store ${stores[*]}; fetch ${fetches[*]}; dd conv=fsync ${durables[*]}" >&2
+echo "64 MiB (medians of $tries): GetFile ${get_best} MB/s, gfdfs store ${store_best} MB/s, fetch ${fetch_best} MB/s, dd conv=fsync ${durable_best} MB/s; into /dev/null: GetFile ${get_null} MB/s, gfdfs fetch ${fetch_null} MB/s" >&2
 
 # ---------------------------------------------------------------------------------------------
 # Propagation: mount A -> mount B, on a server of their own (the 64 MiB files above would
@@ -199,7 +209,7 @@ echo "initial sync: $initial" >&2
 mkdir -p "$root/bench/results"
 out=$root/bench/results/dfs-$(date -u +%Y%m%dT%H%M%SZ).json
 python3 - "$out" "$(machine_json)" "$get_best" "$store_best" "$fetch_best" "$propagation" \
-    "$initial" "$tries" "$get_null" "$fetch_null" "${gets[*]}" "${stores[*]}" "${fetches[*]}" <<'PY'
+    "$initial" "$tries" "$get_null" "$fetch_null" "${gets[*]}" "${stores[*]}" "${fetches[*]}" "$durable_best" <<'PY'
 import datetime, json, sys
 out, machine = sys.argv[1], json.loads(sys.argv[2])
 get, store, fetch = map(float, sys.argv[3:6])
@@ -217,6 +227,9 @@ result = {
         "fetch_mb_per_s": fetch,
         "store_ratio": store / get,
         "fetch_ratio": fetch / get,
+        # The disk's ceiling for a durable write (dd conv=fsync of the same file).
+        "durable_copy_mb_per_s": float(sys.argv[14]),
+        "store_to_durable_copy_ratio": store / float(sys.argv[14]),
         "rounds_mb_per_s": {
             "getfile": per_round(sys.argv[11]),
             "store": per_round(sys.argv[12]),

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
@@ -79,7 +80,16 @@ pub struct Volume {
 pub struct Upload {
     path: PathBuf,
     file: Option<File>,
+    /// Bytes written since the last write-behind flush was started.
+    unflushed: u64,
+    /// Set while a write-behind flush runs.
+    flushing: Arc<AtomicBool>,
 }
+
+/// Every this many bytes of an upload, a flush of what is written so far starts on another
+/// thread, so the disk writes while the rest arrives and the fsync before the rename has only
+/// the tail left to wait for.
+const WRITE_BEHIND: u64 = 8 << 20;
 
 impl Upload {
     /// Appends `data`.
@@ -88,7 +98,36 @@ impl Upload {
             .file
             .as_mut()
             .ok_or_else(|| Error::Invalid("upload closed".into()))?;
-        file.write_all(data).map_err(|e| Error::io(&self.path, e))
+        file.write_all(data).map_err(|e| Error::io(&self.path, e))?;
+        self.unflushed += data.len() as u64;
+        if self.unflushed >= WRITE_BEHIND {
+            self.start_flush();
+        }
+        Ok(())
+    }
+
+    /// Starts a flush of the written data unless one runs. Best effort: the commit's fsync
+    /// is what makes the upload durable.
+    fn start_flush(&mut self) {
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let flushing = Arc::clone(&self.flushing);
+        let clone = self.file.as_ref().map(File::try_clone);
+        let Some(Ok(file)) = clone else {
+            flushing.store(false, Ordering::Release);
+            return;
+        };
+        self.unflushed = 0;
+        let started = std::thread::Builder::new()
+            .name("gfdfs-flush".into())
+            .spawn(move || {
+                let _ = file.sync_data();
+                flushing.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            self.flushing.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -214,6 +253,8 @@ impl Volume {
         Ok(Upload {
             path,
             file: Some(file),
+            unflushed: 0,
+            flushing: Arc::new(AtomicBool::new(false)),
         })
     }
 

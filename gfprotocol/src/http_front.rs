@@ -40,6 +40,13 @@ pub(crate) struct HttpFramer {
     head: Option<(HttpRequest, usize)>,
 }
 
+impl HttpFramer {
+    /// Every byte fed so far (none of a request taken out).
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.buffer
+    }
+}
+
 impl HeaderFramer for HttpFramer {
     type Request = HttpJob;
     type Error = HttpError;

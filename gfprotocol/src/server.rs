@@ -36,13 +36,23 @@ mod http_writer;
 mod paced;
 
 use crate::connections::{ConnectionCounts, ConnectionState, Tracker};
-use crate::frontdoor::{FrontDoor, FrontDoorConfig, GetFileFramer, KeptAlive, Ready, ReturnPath};
+use crate::frontdoor::{
+    FrontDoor, FrontDoorConfig, GetFileFramer, HeaderFramer, KeptAlive, Ready, ReturnPath,
+};
 use crate::http_front::{HttpExchange, HttpFramer, HttpJob};
 use crate::pool::{Pool, PoolConfig};
 use crate::{Error, Handler, Request, ResponseHeader, ServerConfig};
 
 /// A worker beyond `threads` exits after this long without a request.
 const IDLE_WORKER_EXIT: Duration = Duration::from_secs(10);
+
+/// After an answer, a worker waits this long on a kept-alive HTTP connection for its next
+/// request before it hands the connection back to the front door (as Varnish's
+/// `timeout_linger`). A client that asks again at once (a load tool, a browser fetching a
+/// page's parts) then costs no trip through the front door and the worker queue: two thread
+/// wake-ups and the epoll re-registration per request. Short, so an idle connection holds a
+/// worker for no longer than this.
+const KEEPALIVE_LINGER: Duration = Duration::from_millis(2);
 
 /// Bodies up to this size are read and sent together with their header.
 const SMALL_FILE: u64 = 16 * 1024;
@@ -596,6 +606,7 @@ impl Server {
             handler: Arc::clone(&self.handler),
             max_requests: self.config.http_max_requests_per_connection,
             return_path,
+            shared: Arc::clone(&self.shared),
         };
         let pool = Pool::start(
             PoolConfig {
@@ -704,6 +715,58 @@ fn bind_listener(config: &ServerConfig, addr: SocketAddr) -> io::Result<TcpListe
     Ok(TcpListener::from(fd))
 }
 
+/// What a worker found on a kept-alive connection after its answer.
+enum NextRequest {
+    /// A whole request: the worker answers it too.
+    Here(HttpJob),
+    /// None in time (or the connection ended): the bytes read so far go back to the front
+    /// door with the connection, which frames (or refuses) them as it would have.
+    NotYet(Vec<u8>),
+}
+
+/// Looks for the next request in `leftover` (a pipelined one), else waits up to `linger` for
+/// it to arrive on `stream`.
+fn next_request_on_worker(stream: &TcpStream, leftover: Vec<u8>, linger: Duration) -> NextRequest {
+    let mut framer = HttpFramer::new();
+    let deadline = std::time::Instant::now() + linger;
+    let mut bytes = leftover;
+    loop {
+        match framer.feed(&bytes) {
+            Ok(Some(next)) => return NextRequest::Here(next),
+            Ok(None) => {}
+            Err(_) => return NextRequest::NotYet(framer.into_bytes()),
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || !readable_within(stream, left) {
+            return NextRequest::NotYet(framer.into_bytes());
+        }
+        bytes = match receive_now(stream) {
+            Some(read) if !read.is_empty() => read,
+            _ => return NextRequest::NotYet(framer.into_bytes()),
+        };
+    }
+}
+
+/// Whether `stream` has bytes (or an end) to read within `wait`.
+fn readable_within(stream: &TcpStream, wait: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
+}
+
+/// What one non-blocking read returns: `None` on an error or nothing to read, empty at EOF.
+fn receive_now(stream: &TcpStream) -> Option<Vec<u8>> {
+    let mut buffer = vec![0u8; 8192];
+    match socket::recv(stream.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
+        Ok(n) => {
+            buffer.truncate(n);
+            Some(buffer)
+        }
+        Err(_) => None,
+    }
+}
+
 /// A complete request for a worker, by protocol.
 enum Job {
     GetFile(Ready<String>),
@@ -729,6 +792,8 @@ struct Serving {
     max_requests: u32,
     /// Where kept-alive HTTP connections go back to their front door.
     return_path: Option<ReturnPath>,
+    /// Whether the server is stopping (no worker waits for a next request then).
+    shared: Arc<Shared>,
 }
 
 /// Blocks SIGPIPE in the calling thread (see the module docs: for `sendfile(2)`).
@@ -748,43 +813,81 @@ impl Serving {
         }
     }
 
-    /// Answers one HTTP request, then hands the connection back to the front door: to wait for
-    /// the next request if it stays open (which may already be in `leftover`), else to linger.
-    fn serve_http(&self, mut ready: Ready<HttpJob>) {
-        ready.connection.set(ConnectionState::Sending);
-        let served = ready.served + 1;
-        let keep_alive =
-            !ready.request.body_unread && served < self.max_requests && self.return_path.is_some();
+    /// Answers the requests of one HTTP connection while they come at once, then hands the
+    /// connection back to the front door: to wait for the next request if it stays open
+    /// (which may already be in the bytes read), else to linger.
+    fn serve_http(&self, ready: Ready<HttpJob>) {
+        let Ready {
+            request: mut job,
+            stream,
+            peer,
+            mut served,
+            mut connection,
+        } = ready;
+        loop {
+            connection.set(ConnectionState::Sending);
+            served += 1;
+            let kept = self.answer_http(&stream, peer, job.request, job.body_unread, served);
+            let Some(return_path) = &self.return_path else {
+                return;
+            };
+            if !kept {
+                // Closing with an unread request body (or a pipelined request) would reset the
+                // connection, and a reset destroys the answer still in flight: the write side
+                // closes first, and the front door drains the rest before it closes.
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+            let leftover = match kept && !self.stopping() {
+                true => {
+                    connection.set(ConnectionState::Idle);
+                    match next_request_on_worker(&stream, job.leftover, KEEPALIVE_LINGER) {
+                        NextRequest::Here(next) => {
+                            job = next;
+                            continue;
+                        }
+                        NextRequest::NotYet(bytes) => bytes,
+                    }
+                }
+                false => job.leftover,
+            };
+            return_path.hand_back(KeptAlive {
+                stream,
+                peer,
+                connection,
+                leftover,
+                served,
+                closing: !kept,
+            });
+            return;
+        }
+    }
+
+    /// Answers one HTTP request; whether the connection stays open.
+    fn answer_http(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        http: crate::http::HttpRequest,
+        body_unread: bool,
+        served: u32,
+    ) -> bool {
+        let keep_alive = !body_unread && served < self.max_requests && self.return_path.is_some();
         let request = Request {
-            path: ready.request.request.path.clone(),
-            peer: ready.peer,
+            path: http.path.clone(),
+            peer,
         };
-        let exchange = HttpExchange::new(ready.request.request, keep_alive);
+        let exchange = HttpExchange::new(http, keep_alive);
         // The socket is blocking, with TCP_NODELAY and the send timeout from the listener.
-        let mut writer = ResponseWriter::for_http(&ready.stream, exchange);
+        let mut writer = ResponseWriter::for_http(stream, exchange);
         self.run_handler(&request, &mut writer);
         if let Some(status) = writer.http_status() {
             let _ = catch_unwind(AssertUnwindSafe(|| self.handler.http_answered(status)));
         }
-        let kept = writer.keeps_connection();
-        drop(writer);
-        let Some(return_path) = &self.return_path else {
-            return;
-        };
-        if !kept {
-            // Closing with an unread request body (or a pipelined request) would reset the
-            // connection, and a reset destroys the answer still in flight: the write side
-            // closes first, and the front door drains the rest before it closes.
-            let _ = ready.stream.shutdown(Shutdown::Write);
-        }
-        return_path.hand_back(KeptAlive {
-            stream: ready.stream,
-            peer: ready.peer,
-            connection: ready.connection,
-            leftover: ready.request.leftover,
-            served,
-            closing: !kept,
-        });
+        writer.keeps_connection()
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
     }
 
     fn run_handler(&self, request: &Request, writer: &mut ResponseWriter<'_>) {

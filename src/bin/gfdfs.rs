@@ -13,7 +13,7 @@ use dfs::commands::{self, Output, Target};
 
 /// A weakly consistent distributed file system over gRPC.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     #[command(subcommand)]
     command: Command,
