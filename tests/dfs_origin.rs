@@ -161,3 +161,32 @@ fn a_dfs_origin_that_is_no_url_is_a_config_error_naming_the_key() {
     assert!(text.contains("origin"), "{text}");
     assert!(text.contains("dfs://HOST:PORT"), "{text}");
 }
+
+#[test]
+fn a_dfs_server_that_stops_answering_is_an_origin_timeout() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("dfs-root");
+    std::fs::create_dir(&root).expect("dfs root");
+    let server = DfsServer::start(&root);
+    store(&server, dir.path(), "/first.txt", b"first");
+    store(&server, dir.path(), "/second.txt", b"second");
+
+    let mut setup = Setup::new(Backend::Memory).with_http();
+    setup.origin = Some(format!("dfs://{}", server.addr));
+    setup.proxy_extra.push("origin_timeout = \"1s\"".into());
+    let run = Run::start(setup);
+    let http = run.http.expect("http listener");
+    // The proxy's connection to the DFS is up, then the server freezes: its kernel still
+    // accepts, nothing answers.
+    assert_eq!(common::http_get(http, "/first.txt").expect("get").0, 200);
+    let pid = Pid::from_raw(server.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP the gfdfs server");
+    let answer = common::http_get(http, "/second.txt");
+    let _ = kill(pid, Signal::SIGCONT);
+    let (status, body) = answer.expect("an answer, not a hang");
+    assert_eq!(status, 504, "{body}");
+    common::stop_and_check_nothing_left(run);
+}

@@ -142,11 +142,8 @@ impl DfsOrigin {
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        let client =
-            Client::connect(&self.addr, self.timeout).map_err(|error| Error::OriginTransport {
-                url: format!("{SCHEME}{}", self.addr),
-                source: Box::new(error),
-            })?;
+        let client = Client::connect(&self.addr, self.timeout)
+            .map_err(|error| transport_error(format!("{SCHEME}{}", self.addr), error))?;
         *slot = Some(client.clone());
         Ok(client)
     }
@@ -168,10 +165,7 @@ impl DfsOrigin {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         }
-        Error::OriginTransport {
-            url: self.url_for(path),
-            source: Box::new(error),
-        }
+        transport_error(self.url_for(path), error)
     }
 
     /// Follows the server's changes on a thread of its own until `stop` is set, purging each
@@ -188,6 +182,18 @@ impl DfsOrigin {
             .name("gfproxy-dfs-watch".into())
             .spawn(move || follow_changes(&addr, timeout, &region, cache_timeout, &stop))
     }
+}
+
+/// A call to `url` that failed. Every origin reports running out of time as io's TimedOut
+/// (see `Error::is_origin_timeout`), so an HTTP client gets 504 for it, as from an HTTP origin.
+fn transport_error(url: String, error: dfs::Error) -> Error {
+    let source: Box<dyn std::error::Error + Send + Sync> = match error.code() {
+        dfs::StatusCode::DeadlineExceeded => {
+            Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, error))
+        }
+        _ => Box::new(error),
+    };
+    Error::OriginTransport { url, source }
 }
 
 /// Whether the server said there is no such file: missing, or a path it refuses (a name gfdfs
