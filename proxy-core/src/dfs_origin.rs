@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dfs::blocking::{Client, FetchReader, WatchKind};
-use ipc::{CacheSlot, Member, MemberState, Region};
+use ipc::Region;
 
 use crate::error::Error;
 use crate::origin::{OriginHeaders, Validators};
 use crate::path::CanonicalPath;
+use crate::purge::{purge_every_cache, PurgeKey};
 
 /// The scheme of a gfdfs origin URL.
 pub const SCHEME: &str = "dfs://";
@@ -247,7 +248,14 @@ fn follow_changes(
         match event.kind {
             WatchKind::Create | WatchKind::Modify | WatchKind::Delete => {
                 let path = format!("/{}", event.path.trim_start_matches('/'));
-                let removed = purge_everywhere(region, &path, cache_timeout);
+                let key = PurgeKey {
+                    key: &path,
+                    prefix: false,
+                };
+                let removed: u64 = purge_every_cache(region, &[key], cache_timeout)
+                    .iter()
+                    .map(|report| report.answer.removed())
+                    .sum();
                 tracing::debug!(key = %path, kind = ?event.kind, removed, "dfs change: purged");
             }
             WatchKind::Synced => tracing::debug!(server = addr, "dfs watch in sync"),
@@ -256,28 +264,6 @@ fn follow_changes(
             }
         }
     }
-}
-
-/// Removes `path` from every cache that is up; returns how many copies went.
-pub(crate) fn purge_everywhere(region: &Region, path: &str, timeout: Duration) -> u64 {
-    let mut removed = 0;
-    for raw in 0..region.config().cache_slots {
-        let slot = CacheSlot::from_raw(raw);
-        if !matches!(
-            region.member_state(Member::Cache(slot)),
-            MemberState::Ready | MemberState::Draining
-        ) {
-            continue;
-        }
-        let purged = region
-            .acquire(timeout)
-            .and_then(|lease| lease.purge(slot, path, false, timeout));
-        match purged {
-            Ok(count) => removed += count,
-            Err(error) => tracing::debug!(slot = raw, key = path, %error, "purge failed"),
-        }
-    }
-    removed
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod origin;
 mod paced;
 pub mod path;
+pub mod purge;
 mod request;
 pub mod routing;
 pub mod settings;

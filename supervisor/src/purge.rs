@@ -20,8 +20,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use cache_backends::{BackendKind, CacheSettings};
-use ipc::{CacheSlot, Member, MemberState, Region};
+use ipc::{MemberState, Region};
 use proxy_core::path::CanonicalPath;
+use proxy_core::purge::{purge_every_cache, PurgeKey};
 
 /// How long one cache may take to answer one PURGE (a prefix in a large writable directory
 /// walks every entry), and how long to wait for a free segment to send it in.
@@ -173,37 +174,7 @@ pub fn keeps_objects_when_down(settings: &CacheSettings) -> bool {
         && settings.directory.as_ref().is_some_and(|d| d.writable)
 }
 
-/// What one cache slot did with a purge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SlotAnswer {
-    /// It answered every target.
-    Purged {
-        /// Objects it removed.
-        removed: u64,
-    },
-    /// It was up but did not answer (timed out, or failed); `removed` counts what it answered
-    /// before.
-    Failed {
-        /// Objects it removed before the failure.
-        removed: u64,
-        /// What went wrong.
-        error: String,
-    },
-    /// It was not up (not Ready or Draining), so it was not asked.
-    NotUp {
-        /// Its member state.
-        state: MemberState,
-    },
-}
-
-/// One cache slot's part of a purge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlotReport {
-    /// The slot.
-    pub slot: u32,
-    /// What it did.
-    pub answer: SlotAnswer,
-}
+pub use proxy_core::purge::{SlotAnswer, SlotReport};
 
 /// The result of a purge over every cache slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,10 +193,7 @@ impl PurgeOutcome {
     pub fn removed(&self) -> u64 {
         self.slots
             .iter()
-            .map(|s| match s.answer {
-                SlotAnswer::Purged { removed } | SlotAnswer::Failed { removed, .. } => removed,
-                SlotAnswer::NotUp { .. } => 0,
-            })
+            .map(|s| s.answer.removed())
             .fold(0, u64::saturating_add)
     }
 
@@ -346,34 +314,16 @@ pub fn purge(
     keeps_objects_when_down: bool,
     timeout: Duration,
 ) -> PurgeOutcome {
-    let slots = (0..region.config().cache_slots).map(CacheSlot::from_raw);
-    let slots: Vec<SlotReport> = std::thread::scope(|scope| {
-        let handles: Vec<_> = slots
-            .map(|slot| {
-                let state = region.member_state(Member::Cache(slot));
-                let up = matches!(state, MemberState::Ready | MemberState::Draining);
-                let handle =
-                    up.then(|| scope.spawn(move || purge_slot(region, slot, targets, timeout)));
-                (slot, state, handle)
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(slot, state, handle)| SlotReport {
-                slot: slot.as_raw(),
-                answer: match handle {
-                    None => SlotAnswer::NotUp { state },
-                    Some(handle) => handle.join().unwrap_or_else(|_| SlotAnswer::Failed {
-                        removed: 0,
-                        error: "the purge thread panicked".into(),
-                    }),
-                },
-            })
-            .collect()
-    });
+    let keys: Vec<PurgeKey<'_>> = targets
+        .iter()
+        .map(|target| PurgeKey {
+            key: target.as_str(),
+            prefix: target.is_prefix(),
+        })
+        .collect();
     let outcome = PurgeOutcome {
         targets: targets.to_vec(),
-        slots,
+        slots: purge_every_cache(region, &keys, timeout),
         keeps_objects_when_down,
     };
     // The command reports the outcome on stdout; the supervisor logs it (PurgeService).
@@ -384,31 +334,6 @@ pub fn purge(
         "purge"
     );
     outcome
-}
-
-fn purge_slot(
-    region: &Region,
-    slot: CacheSlot,
-    targets: &[PurgeTarget],
-    timeout: Duration,
-) -> SlotAnswer {
-    let mut removed = 0u64;
-    for target in targets {
-        let answer = region
-            .acquire(timeout)
-            .and_then(|lease| lease.purge(slot, target.as_str(), target.is_prefix(), timeout));
-        match answer {
-            Ok(n) => removed = removed.saturating_add(n),
-            Err(e) => {
-                tracing::debug!(slot = slot.as_raw(), key = %target, error = %e, "purge: the cache did not answer");
-                return SlotAnswer::Failed {
-                    removed,
-                    error: e.to_string(),
-                };
-            }
-        }
-    }
-    SlotAnswer::Purged { removed }
 }
 
 /// Runs `f` with SIGINT, SIGTERM, SIGHUP and SIGQUIT held back (in this thread and the threads
