@@ -23,10 +23,14 @@ struct DfsServer {
 
 impl DfsServer {
     fn start(root: &Path) -> DfsServer {
+        DfsServer::start_at(root, "127.0.0.1:0")
+    }
+
+    fn start_at(root: &Path, listen: &str) -> DfsServer {
         let mut child = Command::new(GFDFS)
             .args(["server", "--root"])
             .arg(root)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -188,5 +192,59 @@ fn a_dfs_server_that_stops_answering_is_an_origin_timeout() {
     let _ = kill(pid, Signal::SIGCONT);
     let (status, body) = answer.expect("an answer, not a hang");
     assert_eq!(status, 504, "{body}");
+    common::stop_and_check_nothing_left(run);
+}
+
+/// After the DFS restarts, the proxy's watch reconnects and reads the listing again: only what
+/// changed while it was down is purged; the rest stays cached.
+#[test]
+fn a_dfs_restart_purges_only_what_changed_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("dfs-root");
+    std::fs::create_dir(&root).expect("dfs root");
+    let mut server = DfsServer::start(&root);
+    let addr = server.addr.to_string();
+    // The listing comes in path order: "a-kept" before "z-changed".
+    store(&server, dir.path(), "/a-kept.txt", b"kept");
+    store(&server, dir.path(), "/z-changed.txt", b"before");
+
+    let mut setup = Setup::new(Backend::Memory);
+    setup.origin = Some(format!("dfs://{addr}"));
+    let run = Run::start(setup);
+    let stored = || {
+        let text = run.metrics_text();
+        common::metric_value(&text, "gfcache_fills_total{result=\"stored\"}").unwrap_or(0.0)
+    };
+    assert_eq!(
+        run.get("/a-kept.txt").expect("get"),
+        Reply::Ok(b"kept".to_vec())
+    );
+    assert_eq!(
+        run.get("/z-changed.txt").expect("get"),
+        Reply::Ok(b"before".to_vec())
+    );
+    wait_for("both fills", Duration::from_secs(20), || {
+        (stored() >= 2.0).then_some(())
+    });
+
+    // Changed behind the server's back while it is down: the restarted server indexes it.
+    server.kill();
+    std::fs::write(root.join("z-changed.txt"), b"after the restart").expect("edit");
+    let _server = DfsServer::start_at(&root, &addr);
+    until_served(
+        &run,
+        "/z-changed.txt",
+        &Reply::Ok(b"after the restart".to_vec()),
+        "the file changed while the DFS was down",
+    );
+    wait_for("the new fill", Duration::from_secs(20), || {
+        (stored() >= 3.0).then_some(())
+    });
+    // The unchanged file was not purged: it is still a hit, no new fill.
+    assert_eq!(
+        run.get("/a-kept.txt").expect("get"),
+        Reply::Ok(b"kept".to_vec())
+    );
+    assert_eq!(stored(), 3.0, "the unchanged file was fetched again");
     common::stop_and_check_nothing_left(run);
 }

@@ -9,11 +9,12 @@
 //! the watch's delay. When the server is down the connection is retried on the next fetch, and
 //! the cached copies keep being served (fresh, or stale-if-error).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dfs::blocking::{Client, FetchReader, WatchKind};
+use dfs::blocking::{Client, FetchReader, WatchEvent, WatchKind};
 use ipc::Region;
 
 use crate::error::Error;
@@ -230,9 +231,9 @@ fn not_found() -> OriginHeaders {
     }
 }
 
-/// The watch loop: a connection that drops is followed again by the watcher itself, whose
-/// listing after the reconnect names every file (and tombstone) once more, so whatever changed
-/// meanwhile is purged too.
+/// The watch loop: a connection that drops is followed again by the watcher itself, and the
+/// listing after the reconnect names every file (and tombstone) once more; [`ChangeFilter`]
+/// turns it into purges of what changed meanwhile, not of everything.
 fn follow_changes(
     addr: &str,
     timeout: Duration,
@@ -241,26 +242,100 @@ fn follow_changes(
     stop: &AtomicBool,
 ) {
     let watcher = Client::watch_addr(addr, timeout);
+    let mut changes = ChangeFilter::default();
     while !stop.load(Ordering::Acquire) {
         let Some(event) = watcher.recv_timeout(WATCH_POLL) else {
             continue;
         };
         match event.kind {
-            WatchKind::Create | WatchKind::Modify | WatchKind::Delete => {
-                let path = format!("/{}", event.path.trim_start_matches('/'));
-                let key = PurgeKey {
-                    key: &path,
-                    prefix: false,
-                };
-                let removed: u64 = purge_every_cache(region, &[key], cache_timeout)
-                    .iter()
-                    .map(|report| report.answer.removed())
-                    .sum();
-                tracing::debug!(key = %path, kind = ?event.kind, removed, "dfs change: purged");
-            }
             WatchKind::Synced => tracing::debug!(server = addr, "dfs watch in sync"),
             WatchKind::Disconnected => {
                 tracing::info!(server = addr, "dfs watch disconnected; reconnecting")
+            }
+            WatchKind::Create | WatchKind::Modify | WatchKind::Delete => {}
+        }
+        for path in changes.stale_keys(&event) {
+            let key = PurgeKey {
+                key: &path,
+                prefix: false,
+            };
+            let removed: u64 = purge_every_cache(region, &[key], cache_timeout)
+                .iter()
+                .map(|report| report.answer.removed())
+                .sum();
+            tracing::debug!(key = %path, kind = ?event.kind, removed, "dfs change: purged");
+        }
+    }
+}
+
+/// A file's version as the Watch stream names it: a delete is a version too (its tombstone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileVersion {
+    deleted: bool,
+    size: u64,
+    mtime: i64,
+    checksum: u32,
+}
+
+/// Decides which cache keys a Watch event makes stale. It remembers the version of every file
+/// the stream named, so that the listing after a reconnect purges only the files that changed
+/// while the stream was down (and, once the listing is complete, those it no longer names),
+/// rather than emptying the caches of everything the DFS holds. The first listing purges
+/// every file it names: the caches may hold copies older than this process.
+#[derive(Debug)]
+struct ChangeFilter {
+    known: HashMap<String, FileVersion>,
+    /// The files named since the last (re)connect, until its listing is complete.
+    listing: Option<HashSet<String>>,
+}
+
+impl Default for ChangeFilter {
+    fn default() -> ChangeFilter {
+        ChangeFilter {
+            known: HashMap::new(),
+            listing: Some(HashSet::new()),
+        }
+    }
+}
+
+impl ChangeFilter {
+    /// The cache keys to purge for `event`.
+    fn stale_keys(&mut self, event: &WatchEvent) -> Vec<String> {
+        match event.kind {
+            WatchKind::Create | WatchKind::Modify | WatchKind::Delete => {
+                let key = format!("/{}", event.path.trim_start_matches('/'));
+                let version = FileVersion {
+                    deleted: event.kind == WatchKind::Delete,
+                    size: event.size,
+                    mtime: event.mtime,
+                    checksum: event.checksum,
+                };
+                if let Some(listing) = &mut self.listing {
+                    listing.insert(key.clone());
+                }
+                match self.known.insert(key.clone(), version) == Some(version) {
+                    true => Vec::new(),
+                    false => vec![key],
+                }
+            }
+            WatchKind::Disconnected => {
+                self.listing = Some(HashSet::new());
+                Vec::new()
+            }
+            WatchKind::Synced => {
+                let Some(named) = self.listing.take() else {
+                    return Vec::new();
+                };
+                let vanished: Vec<String> = self
+                    .known
+                    .keys()
+                    .filter(|key| !named.contains(*key))
+                    .cloned()
+                    .collect();
+                for key in &vanished {
+                    self.known.remove(key);
+                }
+                vanished
             }
         }
     }
@@ -269,6 +344,46 @@ fn follow_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(kind: WatchKind, path: &str, mtime: i64, checksum: u32) -> WatchEvent {
+        WatchEvent {
+            kind,
+            path: path.into(),
+            size: 10,
+            mtime,
+            checksum,
+        }
+    }
+
+    fn marker(kind: WatchKind) -> WatchEvent {
+        event(kind, "", 0, 0)
+    }
+
+    #[test]
+    fn a_reconnect_purges_only_what_changed_or_vanished_meanwhile() {
+        use WatchKind::{Create, Delete, Disconnected, Modify, Synced};
+        let mut filter = ChangeFilter::default();
+        // The first listing purges everything it names.
+        assert_eq!(filter.stale_keys(&event(Create, "a", 1, 11)), ["/a"]);
+        assert_eq!(filter.stale_keys(&event(Create, "b", 1, 22)), ["/b"]);
+        assert_eq!(filter.stale_keys(&event(Create, "c", 1, 33)), ["/c"]);
+        assert_eq!(filter.stale_keys(&event(Delete, "d", 5, 0)), ["/d"]);
+        assert!(filter.stale_keys(&marker(Synced)).is_empty());
+        // Live changes purge their file.
+        assert_eq!(filter.stale_keys(&event(Modify, "a", 2, 12)), ["/a"]);
+        // The stream breaks; meanwhile b changes, c goes without a tombstone, d stays deleted.
+        assert!(filter.stale_keys(&marker(Disconnected)).is_empty());
+        assert!(filter.stale_keys(&event(Create, "a", 2, 12)).is_empty());
+        assert_eq!(filter.stale_keys(&event(Create, "b", 3, 23)), ["/b"]);
+        assert!(filter.stale_keys(&event(Delete, "d", 5, 0)).is_empty());
+        assert_eq!(filter.stale_keys(&event(Create, "e", 4, 44)), ["/e"]);
+        assert_eq!(filter.stale_keys(&marker(Synced)), ["/c"]);
+        // A file that comes back after vanishing is purged again (a negative entry may be
+        // cached).
+        assert_eq!(filter.stale_keys(&event(Create, "c", 1, 33)), ["/c"]);
+        // A delete of a known file purges it.
+        assert_eq!(filter.stale_keys(&event(Delete, "a", 6, 0)), ["/a"]);
+    }
 
     #[test]
     fn a_dfs_origin_names_host_and_port_only() {
