@@ -17,7 +17,8 @@
 #      *with its fill* (the fills stored are counted too). Against curl downloading the same
 #      64 MiB from nginx in the same round (and miss_client.py from nginx, for reference).
 #      Goal: new / curl >= 0.8. curl through gfcache on another fresh path (to the last byte,
-#      as a client sees it) is reported beside it.
+#      as a client sees it) is reported beside it, and so is the CPU the new proxy, its caches
+#      and the origin each spent per miss (utime + stime from /proc), the budget to work on.
 #   b. 1 KiB misses, CONNECTIONS connections, keep-alive: wrk with every request a new path
 #      under /s/, against gfcache (every request a miss: fetch, send, fill) and the same
 #      requests straight to nginx. The ratio is reported.
@@ -141,6 +142,7 @@ if ! wait_port "$origin_port" 10 "$origin_pid"; then
 fi
 origin=127.0.0.1:$origin_port
 wait_http "http://$origin/small/f0000" 10
+origin_workers=$(pgrep -P "$origin_pid" | tr '\n' ' ')
 
 origin_requests() {
     wc -l <"$origin_log"
@@ -169,6 +171,7 @@ start_gfcache() {
     printf -v "${name}_metrics" '%s' "$metrics"
     printf -v "${name}_config" '%s' "$dir/gfcache.toml"
     printf -v "${name}_proxy" '%s' "$(python3 -c 'import json,sys; print(next(c["pid"] for c in json.loads(sys.argv[1])["children"] if c["role"] == "proxy"))' "$status")"
+    printf -v "${name}_caches" '%s' "$(python3 -c 'import json,sys; print(" ".join(str(c["pid"]) for c in json.loads(sys.argv[1])["children"] if c["role"] == "cache"))' "$status")"
 }
 # Hits are timed too: the origin sends no Cache-Control, so its answers are kept a day (a base
 # before freshness keeps them for ever, and knows no such key).
@@ -288,9 +291,19 @@ for round in $(seq 1 "$rounds"); do
     keep client.big "$round" "$result"
     show "miss_client.py from nginx, 64 MiB" "$result"
     for name in new base; do
+        # Where the new miss's CPU goes: the proxy, the caches, the origin (from /proc).
+        if [[ $name == new ]]; then
+            # shellcheck disable=SC2086 # the pid lists split on purpose
+            cpu_before=("$(cpu_ticks "$new_proxy")" "$(cpu_ticks $new_caches)" "$(cpu_ticks $origin_workers)")
+        fi
         result=$(big_miss "$name" "/m/$tag-$round-$name")
         keep "$name.big_miss" "$round" "$result"
         show "$name 64 MiB miss (fill included)" "$result"
+        if [[ $name == new ]]; then
+            # shellcheck disable=SC2086
+            keep new.big_miss_cpu "$round" "$(python3 -c 'import json,sys; t=int(sys.argv[1]); b=list(map(int,sys.argv[2:5])); a=list(map(int,sys.argv[5:8])); print(json.dumps({k: (y-x)*1000/t for k,x,y in zip(("proxy_ms","caches_ms","origin_ms"),b,a)}))' \
+                "$(getconf CLK_TCK)" "${cpu_before[@]}" "$(cpu_ticks "$new_proxy")" "$(cpu_ticks $new_caches)" "$(cpu_ticks $origin_workers)")"
+        fi
     done
     # The same with curl, as a client sees it (curl stops at the last byte, before the fill's
     # commit; the wait for the fill's count keeps it out of the next measurement).
@@ -409,6 +422,11 @@ for name in ("new", "base"):
     print(f"   {name:<4} through gfcache: {median_of(f'{name}.big_miss', 'mb_per_s'):.0f} to the close (fill committed), "
           f"{median_of(f'{name}.big_miss', 'client_mb_per_s'):.0f} to the last byte; "
           f"curl {median_of(f'{name}.big_miss_curl', 'mb_per_s'):.0f}")
+cpu = measured.get("new.big_miss_cpu", [])
+if cpu:
+    mean = lambda k: sum(c[k] for c in cpu) / len(cpu)
+    print(f"   CPU per new 64 MiB miss (mean of {len(cpu)}, /proc ticks): proxy {mean('proxy_ms'):.0f} ms, "
+          f"caches {mean('caches_ms'):.0f} ms, origin {mean('origin_ms'):.0f} ms")
 print(f"   fills stored during the rounds: new {fills_new}, base {fills_base} (of {2 * rounds} 64 MiB misses "
       f"and every 1 KiB miss)")
 print(f"b. 1 KiB misses x {connections} (req/s): nginx {median_of('nginx.small_miss', 'req_per_s'):.0f}, "
