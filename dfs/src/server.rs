@@ -133,8 +133,11 @@ pub(crate) const WINDOW: u32 = 4 << 20;
 pub(crate) const FRAME: u32 = 1 << 20;
 /// The largest message either side accepts (a data chunk is [`CHUNK`] plus a few bytes).
 pub(crate) const MAX_MESSAGE: usize = 8 << 20;
-/// Bytes of file data per message.
-pub(crate) const CHUNK: usize = 1 << 20;
+/// Bytes of file data per message (both ways). 256 KiB moved a 64 MiB fetch 20-30% faster
+/// than 1 MiB on this project's machine: each message is a fresh buffer on the receiving side,
+/// and smaller ones are served from the allocator's free lists instead of new pages (a third
+/// fewer page faults), while the messages are still few.
+pub(crate) const CHUNK: usize = 256 << 10;
 
 fn serve_metrics(
     at: SocketAddr,
