@@ -85,7 +85,8 @@ impl CacheControl {
 pub enum Storable {
     /// Store it with this metadata.
     Yes(ObjectMeta),
-    /// Serve it to this request only: no-store, private, or a status that is not stored.
+    /// Serve it to this request only: no-store, private, `Vary: *`, or a status that is not
+    /// stored.
     No,
 }
 
@@ -98,7 +99,7 @@ pub fn storable(
     rules: &Rules,
 ) -> Storable {
     let cc = CacheControl::parse(headers.cache_control.as_deref());
-    if cc.no_store || cc.private {
+    if cc.no_store || cc.private || headers.varies_on_everything {
         return Storable::No;
     }
     let default = match headers.status {

@@ -229,6 +229,10 @@ pub struct OriginHeaders {
     pub last_modified: Option<String>,
     /// `Content-Type`.
     pub content_type: Option<String>,
+    /// A `Vary` field names `*` (or cannot be read): the answer fits no other request
+    /// (RFC 9111 section 4.1), so it is never stored. Other `Vary` fields need nothing: the
+    /// proxy sends the origin the same request headers for every client.
+    pub varies_on_everything: bool,
 }
 
 /// Whether a header value is visible ASCII, with spaces and tabs between the visible bytes.
@@ -272,6 +276,11 @@ impl OriginHeaders {
                 "etag" => &mut headers.etag,
                 "last-modified" => &mut headers.last_modified,
                 "content-type" => &mut headers.content_type,
+                "vary" => {
+                    let star = |text: &String| text.split(',').any(|name| name.trim() == "*");
+                    headers.varies_on_everything |= text.as_ref().is_none_or(star);
+                    continue;
+                }
                 _ => continue,
             };
             if slot.is_none() {
@@ -691,6 +700,7 @@ mod tests {
                 etag: Some("\"v1\"".into()),
                 last_modified: Some("Tue, 01 Dec 2026 10:00:00 GMT".into()),
                 content_type: Some("text/plain; charset=utf-8".into()),
+                varies_on_everything: false,
             }
         );
         assert_eq!(body.content_length(), Some(5));
@@ -958,5 +968,18 @@ mod tests {
         );
         assert_eq!(headers.age, None);
         assert_eq!(headers.status, 200);
+        assert!(!headers.varies_on_everything);
+    }
+
+    #[test]
+    fn a_vary_star_in_any_field_or_an_unreadable_vary_varies_on_everything() {
+        let vary = |values: &[&'static [u8]]| {
+            OriginHeaders::collect(200, values.iter().map(|v| ("Vary", *v))).varies_on_everything
+        };
+        assert!(!vary(&[b"Accept-Encoding"]));
+        assert!(!vary(&[b"Accept-Encoding, Accept-Language"]));
+        assert!(vary(&[b"*"]));
+        assert!(vary(&[b"Accept-Encoding", b"Accept , *"]));
+        assert!(vary(&[b"Accept\xff"]));
     }
 }

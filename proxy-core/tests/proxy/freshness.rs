@@ -249,7 +249,7 @@ fn max_age_s_maxage_and_expires_keep_a_copy_fresh() {
 }
 
 #[test]
-fn no_store_and_private_are_fetched_every_time_and_never_stored() {
+fn no_store_private_and_vary_star_are_fetched_every_time_and_never_stored() {
     let origin = FreshOrigin::start();
     origin.set("/no-store", b"n", None, &[("Cache-Control", "no-store")]);
     origin.set(
@@ -261,7 +261,18 @@ fn no_store_and_private_are_fetched_every_time_and_never_stored() {
     let rig = rig_for(&origin, |settings| {
         settings.default_ttl = Duration::from_secs(3600)
     });
-    for (path, body) in [("/no-store", b"n"), ("/private", b"p")] {
+    // `Vary: *`: the answer fits no other request (RFC 9111 section 4.1).
+    origin.set(
+        "/vary-star",
+        b"v",
+        None,
+        &[("Cache-Control", "max-age=600"), ("Vary", "Accept, *")],
+    );
+    for (path, body) in [
+        ("/no-store", b"n"),
+        ("/private", b"p"),
+        ("/vary-star", b"v"),
+    ] {
         for _ in 0..3 {
             assert_eq!(fetch_body(&rig, path), body);
         }
