@@ -462,6 +462,36 @@ fn a_client_killed_mid_store_leaves_no_partial_file_and_its_lock_expires() {
 }
 
 #[test]
+fn a_file_deleted_in_a_mount_while_it_was_down_is_deleted_on_the_server() {
+    let s = setup(&[]);
+    let mut m1 = Mount::start(&s.base.join("m1"), &s.server.addr());
+    write(&m1.dir, "gone.txt", b"deleted while the mount was down\n");
+    write(&m1.dir, "kept.txt", b"stays\n");
+    let both = BTreeMap::from([
+        (
+            "gone.txt".to_string(),
+            b"deleted while the mount was down\n".to_vec(),
+        ),
+        ("kept.txt".to_string(), b"stays\n".to_vec()),
+    ]);
+    wait_converged(&[&s.server.root, &m1.dir], &both, "the first sync");
+
+    m1.stop();
+    std::fs::remove_file(m1.dir.join("gone.txt")).expect("delete");
+    let m1 = Mount::start(&m1.dir.clone(), &s.server.addr());
+    let kept = BTreeMap::from([("kept.txt".to_string(), b"stays\n".to_vec())]);
+    wait_converged(
+        &[&s.server.root, &m1.dir],
+        &kept,
+        "the delete made while the mount was down",
+    );
+    assert_eq!(
+        code(&gfdfs(&["stat", "gone.txt", "--server", &s.server.addr()])),
+        3
+    );
+}
+
+#[test]
 fn a_client_down_during_a_delete_does_not_resurrect_it() {
     let s = setup(&[]);
     let m1 = Mount::start(&s.base.join("m1"), &s.server.addr());

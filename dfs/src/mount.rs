@@ -19,7 +19,14 @@
 //! event it causes reconciles to "in sync". A refused write lock is logged and retried; when
 //! the server goes away the engine waits, reconnects with backoff, takes the new listing and
 //! reconciles everything, which is how it converges after a restart on either side.
+//!
+//! The agreements outlive the mount: they are saved (at most once a second while they change,
+//! and at shutdown) in `DIR/.gfdfs/mount-state.json`, a name no file of the DFS can have, so a
+//! file deleted here while the mount was down is deleted on the server when it starts again
+//! rather than fetched back. A state file of another server, or one that cannot be read, is
+//! ignored (named in a warning): that costs only the old behaviour, the file comes back.
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::client::{Client, Durability, TEMP_PREFIX};
 use crate::error::{Error, Result};
-use crate::path::DfsPath;
+use crate::path::{DfsPath, STATE_DIR};
 use crate::progress::TerminalProgress;
 use crate::proto::{self, EventKind, StoreOutcome};
 use crate::version::{file_meta, nanos_of, now_nanos, FileMeta};
@@ -71,6 +78,18 @@ const RACY_WINDOW_NS: i64 = 100_000_000;
 const RETRY: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The file, under `DIR/.gfdfs/`, that keeps the agreements between runs.
+const STATE_FILE: &str = "mount-state.json";
+/// How often, at most, the state file is rewritten while agreements change.
+const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The saved agreements: which server they are with, and each path's size, mtime and
+/// checksum.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedState {
+    server: String,
+    synced: BTreeMap<String, (u64, i64, u32)>,
+}
 
 /// Runs the mount until `shutdown` completes.
 pub async fn run(
@@ -94,18 +113,23 @@ pub async fn run(
     watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
     let (server_tx, mut server_rx) = mpsc::channel(4096);
     let follower = tokio::spawn(follow_server(config.server.clone(), server_tx));
-    let mut engine = Engine::new(dir, config.debounce);
+    let mut engine = Engine::new(dir, config.server.clone(), config.debounce);
     tokio::pin!(shutdown);
     loop {
         let due = engine.next_due();
+        let save_due = engine.save_due();
         tokio::select! {
             () = &mut shutdown => break,
             Some(event) = local_rx.recv() => engine.on_local(&event),
             Some(message) = server_rx.recv() => engine.on_server(message),
             () = sleep_until(due), if due.is_some() => engine.process_due().await,
+            () = sleep_until(save_due), if save_due.is_some() => engine.save_state(),
         }
     }
     follower.abort();
+    if engine.save_due().is_some() {
+        engine.save_state();
+    }
     Ok(())
 }
 
@@ -158,18 +182,64 @@ struct Engine {
     remote: HashMap<DfsPath, Remote>,
     synced: HashMap<DfsPath, FileMeta>,
     dirty: BTreeMap<DfsPath, Instant>,
+    /// The server, as the saved state names it.
+    server: String,
+    /// `synced` changed since it was last saved.
+    unsaved: bool,
+    saved_at: Instant,
 }
 
 impl Engine {
-    fn new(dir: PathBuf, debounce: Duration) -> Self {
+    fn new(dir: PathBuf, server: String, debounce: Duration) -> Self {
+        let synced = load_state(&dir, &server);
         Engine {
             dir,
             debounce,
             client: None,
             listing_complete: false,
             remote: HashMap::new(),
-            synced: HashMap::new(),
+            synced,
             dirty: BTreeMap::new(),
+            server,
+            unsaved: false,
+            saved_at: Instant::now(),
+        }
+    }
+
+    /// Records that both sides hold `meta` at `path`.
+    fn agree(&mut self, path: &DfsPath, meta: FileMeta) {
+        if self.synced.insert(path.clone(), meta) != Some(meta) {
+            self.unsaved = true;
+        }
+    }
+
+    /// Forgets the agreement on `path` (it is gone on both sides, or a new one is due).
+    fn forget(&mut self, path: &DfsPath) {
+        if self.synced.remove(path).is_some() {
+            self.unsaved = true;
+        }
+    }
+
+    /// When the agreements should be saved next, if they changed.
+    fn save_due(&self) -> Option<Instant> {
+        self.unsaved.then(|| self.saved_at + STATE_SAVE_EVERY)
+    }
+
+    /// Saves the agreements (temporary file, then rename); a failure is logged, and costs
+    /// only the protection against fetching back what was deleted here while down.
+    fn save_state(&mut self) {
+        self.unsaved = false;
+        self.saved_at = Instant::now();
+        let state = SavedState {
+            server: self.server.clone(),
+            synced: self
+                .synced
+                .iter()
+                .map(|(path, m)| (path.to_string(), (m.size, m.mtime, m.checksum)))
+                .collect(),
+        };
+        if let Err(error) = write_state(&self.dir, &state) {
+            tracing::warn!(%error, "saving the mount state");
         }
     }
 
@@ -339,7 +409,7 @@ impl Engine {
         let remote = self.remote.get(path).copied();
         match (local, remote) {
             (Some(mine), Some(Remote::File(theirs))) if mine.same_content(&theirs) => {
-                self.synced.insert(path.clone(), mine);
+                self.agree(path, mine);
                 Ok(())
             }
             (Some(mine), Some(Remote::File(theirs))) if mine.version() > theirs.version() => {
@@ -358,7 +428,7 @@ impl Engine {
                 _ => self.download(path, None, theirs).await,
             },
             (None, _) => {
-                self.synced.remove(path);
+                self.forget(path);
                 Ok(())
             }
         }
@@ -406,7 +476,7 @@ impl Engine {
         match outcome {
             StoreOutcome::Stored | StoreOutcome::Unchanged => {
                 tracing::info!(path = %path, size = sent.size, ?outcome, "uploaded");
-                self.synced.insert(path.clone(), sent);
+                self.agree(path, sent);
                 self.remote.insert(path.clone(), Remote::File(sent));
             }
             // The server holds a later version that its Watch stream will tell about.
@@ -444,7 +514,7 @@ impl Engine {
         match fetched {
             Some(meta) => {
                 tracing::info!(path = %path, size = meta.size, "downloaded");
-                self.synced.insert(path.clone(), meta);
+                self.agree(path, meta);
             }
             // Written locally meanwhile: the local event comes and decides again.
             None => self.mark(path.clone(), Instant::now()),
@@ -464,7 +534,7 @@ impl Engine {
             Err(e) => return Err(Error::io(&local, e)),
         }
         tracing::info!(path = %path, "removed (deleted on the server)");
-        self.synced.remove(path);
+        self.forget(path);
         self.remove_empty_parents(&local);
         Ok(())
     }
@@ -486,19 +556,76 @@ impl Engine {
         match client.delete(path.as_str(), time).await {
             Ok(true) | Err(Error::NotFound(_)) => {
                 tracing::info!(path = %path, "deleted on the server");
-                self.synced.remove(path);
+                self.forget(path);
                 self.remote.insert(path.clone(), Remote::Tombstone(time));
                 Ok(())
             }
             // The server's copy is later than this delete: it wins and comes back.
             Ok(false) => {
-                self.synced.remove(path);
+                self.forget(path);
                 self.mark(path.clone(), Instant::now());
                 Ok(())
             }
             Err(error) => Err(error),
         }
     }
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE_DIR).join(STATE_FILE)
+}
+
+/// The agreements a previous run with `server` saved; none when there is no state file, it
+/// names another server, or it cannot be read (then a warning names it).
+fn load_state(dir: &Path, server: &str) -> HashMap<DfsPath, FileMeta> {
+    let path = state_path(dir);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "ignoring the mount state");
+            return HashMap::new();
+        }
+    };
+    let state: SavedState = match serde_json::from_slice(&text) {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "ignoring the mount state: damaged");
+            return HashMap::new();
+        }
+    };
+    if state.server != server {
+        tracing::info!(path = %path.display(), saved = state.server, server, "the mount state is of another server: ignored");
+        return HashMap::new();
+    }
+    state
+        .synced
+        .into_iter()
+        .filter_map(|(name, (size, mtime, checksum))| {
+            let path = DfsPath::parse(&name).ok()?;
+            Some((
+                path,
+                FileMeta {
+                    size,
+                    mtime,
+                    checksum,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn write_state(dir: &Path, state: &SavedState) -> Result<()> {
+    let path = state_path(dir);
+    let parent = dir.join(STATE_DIR);
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let temp = path.with_extension("json.tmp");
+    let text =
+        serde_json::to_vec(state).map_err(|e| Error::Invalid(format!("mount state: {e}")))?;
+    let mut file = std::fs::File::create(&temp).map_err(|e| Error::io(&temp, e))?;
+    file.write_all(&text).map_err(|e| Error::io(&temp, e))?;
+    drop(file);
+    std::fs::rename(&temp, &path).map_err(|e| Error::io(&path, e))
 }
 
 /// Removes the temporary files of downloads that a killed mount left (never visible under a
@@ -554,5 +681,39 @@ fn unchanged_since(local: &Path, seen: Option<&FileMeta>) -> bool {
         (Ok(None), None) => true,
         (Ok(Some((size, mtime))), Some(seen)) => size == seen.size && mtime == seen.mtime,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(checksum: u32) -> FileMeta {
+        FileMeta {
+            size: 3,
+            mtime: 1_700_000_000_000_000_000,
+            checksum,
+        }
+    }
+
+    #[test]
+    fn the_agreements_come_back_for_the_same_server_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = Engine::new(dir.path().into(), "127.0.0.1:1".into(), Duration::ZERO);
+        assert!(engine.synced.is_empty());
+        let path = DfsPath::parse("a/b.txt").unwrap();
+        engine.agree(&path, meta(7));
+        assert!(engine.save_due().is_some());
+        engine.save_state();
+        assert!(engine.save_due().is_none());
+
+        let again = Engine::new(dir.path().into(), "127.0.0.1:1".into(), Duration::ZERO);
+        assert_eq!(again.synced.get(&path), Some(&meta(7)));
+        let other = Engine::new(dir.path().into(), "127.0.0.1:2".into(), Duration::ZERO);
+        assert!(other.synced.is_empty(), "another server's agreements");
+
+        std::fs::write(state_path(dir.path()), b"{not json").unwrap();
+        let damaged = Engine::new(dir.path().into(), "127.0.0.1:1".into(), Duration::ZERO);
+        assert!(damaged.synced.is_empty(), "a damaged state file is ignored");
     }
 }
