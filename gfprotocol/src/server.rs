@@ -729,9 +729,12 @@ enum NextRequest {
 fn next_request_on_worker(stream: &TcpStream, leftover: Vec<u8>, linger: Duration) -> NextRequest {
     let mut framer = HttpFramer::new();
     let deadline = std::time::Instant::now() + linger;
-    let mut bytes = leftover;
+    // On the stack: this runs after every kept-alive answer.
+    let mut buffer = [0u8; 8192];
+    let mut read = leftover.len();
+    let mut bytes: &[u8] = &leftover;
     loop {
-        match framer.feed(&bytes) {
+        match framer.feed(bytes.get(..read).unwrap_or_default()) {
             Ok(Some(next)) => return NextRequest::Here(next),
             Ok(None) => {}
             Err(_) => return NextRequest::NotYet(framer.into_bytes()),
@@ -740,10 +743,12 @@ fn next_request_on_worker(stream: &TcpStream, leftover: Vec<u8>, linger: Duratio
         if left.is_zero() || !readable_within(stream, left) {
             return NextRequest::NotYet(framer.into_bytes());
         }
-        bytes = match receive_now(stream) {
-            Some(read) if !read.is_empty() => read,
+        read = match socket::recv(stream.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if n > 0 => n,
+            // The end, an error, or nothing after all: the front door sees it too.
             _ => return NextRequest::NotYet(framer.into_bytes()),
         };
+        bytes = &buffer;
     }
 }
 
@@ -753,18 +758,6 @@ fn readable_within(stream: &TcpStream, wait: Duration) -> bool {
     let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
     let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
-}
-
-/// What one non-blocking read returns: `None` on an error or nothing to read, empty at EOF.
-fn receive_now(stream: &TcpStream) -> Option<Vec<u8>> {
-    let mut buffer = vec![0u8; 8192];
-    match socket::recv(stream.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
-        Ok(n) => {
-            buffer.truncate(n);
-            Some(buffer)
-        }
-        Err(_) => None,
-    }
 }
 
 /// A complete request for a worker, by protocol.
