@@ -248,3 +248,78 @@ fn a_dfs_restart_purges_only_what_changed_meanwhile() {
     assert_eq!(stored(), 3.0, "the unchanged file was fetched again");
     common::stop_and_check_nothing_left(run);
 }
+
+/// The DFS dies in the middle of a large fetch: the client is cut short (it never gets a whole
+/// but wrong body), nothing is stored, and once the DFS is back the next request gets the
+/// whole file.
+#[test]
+fn a_dfs_server_killed_mid_fetch_cuts_the_client_short_and_stores_nothing() {
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("dfs-root");
+    std::fs::create_dir(&root).expect("dfs root");
+    let mut server = DfsServer::start(&root);
+    let addr = server.addr.to_string();
+    let big: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    store(&server, dir.path(), "/big.bin", &big);
+
+    let mut setup = Setup::new(Backend::Memory).with_http();
+    setup.origin = Some(format!("dfs://{addr}"));
+    let run = Run::start(setup);
+    let http = run.http.expect("http listener");
+    let metric = |name: &str| common::metric_value(&run.metrics_text(), name).unwrap_or(0.0);
+
+    // The client reads the head and a first MiB, then stops reading: the proxy's fetch stalls
+    // on the full socket, mid-file, and the DFS dies there.
+    let mut client = std::net::TcpStream::connect(http).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    client
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut first = vec![0u8; 1 << 20];
+    client
+        .read_exact(&mut first)
+        .expect("the head and a first MiB");
+    let head_end = first
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&first[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("Content-Length: {}", big.len())),
+        "{head}"
+    );
+    server.kill();
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    let body: Vec<u8> = first[head_end..].iter().chain(&rest).copied().collect();
+    assert!(
+        body.len() < big.len(),
+        "the client got {} bytes of a file the DFS died sending",
+        body.len()
+    );
+    assert_eq!(
+        body,
+        big[..body.len()],
+        "the bytes that came are the file's"
+    );
+    wait_for("the fill dropped", Duration::from_secs(20), || {
+        (metric("gfcache_fills_total{result=\"dropped\"}") >= 1.0).then_some(())
+    });
+    assert_eq!(metric("gfcache_fills_total{result=\"stored\"}"), 0.0);
+
+    // Back again: the next request is a miss that gets the whole file.
+    let _server = DfsServer::start_at(&root, &addr);
+    let whole = wait_for("the whole file", Duration::from_secs(20), || {
+        run.get("/big.bin")
+            .ok()
+            .filter(|reply| *reply == Reply::Ok(big.clone()))
+    });
+    assert_eq!(whole, Reply::Ok(big.clone()));
+    common::stop_and_check_nothing_left(run);
+}

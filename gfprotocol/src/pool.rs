@@ -43,6 +43,16 @@ pub(crate) struct PoolConfig {
 
 type RunJob<J> = Box<dyn Fn(J) + Send + Sync>;
 
+/// Who takes a job just queued.
+enum Assigned {
+    /// An idle worker, to be woken.
+    Wake,
+    /// A new worker with this index, to be started.
+    Start(usize),
+    /// The next busy worker to finish.
+    Wait,
+}
+
 struct State<J> {
     queue: VecDeque<J>,
     idle: usize,
@@ -129,11 +139,9 @@ impl<J: Send + 'static> Pool<J> {
             return Err(job);
         }
         state.queue.push_back(job);
-        let start = self.assign(&mut state);
+        let assigned = self.assign(&mut state);
         drop(state);
-        if let Some(index) = start {
-            self.spawn_or_give_up(index);
-        }
+        self.carry_out(assigned);
         Ok(())
     }
 
@@ -149,11 +157,9 @@ impl<J: Send + 'static> Pool<J> {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         state.queue.push_back(job);
-        let start = self.assign(&mut state);
+        let assigned = self.assign(&mut state);
         drop(state);
-        if let Some(index) = start {
-            self.spawn_or_give_up(index);
-        }
+        self.carry_out(assigned);
     }
 
     /// Workers running now.
@@ -176,22 +182,32 @@ impl<J: Send + 'static> Pool<J> {
         }
     }
 
-    /// Wakes an idle worker for the job just queued, or reserves a new worker's place (whose
-    /// index is returned); with neither, the job waits for a busy worker.
-    fn assign(&self, state: &mut State<J>) -> Option<usize> {
+    /// Decides who takes the job just queued: an idle worker (claimed here), a new worker
+    /// (its place reserved here), or, with neither, the next busy worker to finish.
+    fn assign(&self, state: &mut State<J>) -> Assigned {
         if state.idle > 0 {
             state.idle -= 1;
             state.claimed += 1;
-            self.inner.work.notify_one();
-            return None;
+            return Assigned::Wake;
         }
         let may_start = state.spawn_retry_at.is_none_or(|at| Instant::now() >= at);
         if state.workers < self.inner.config.max && may_start {
             state.workers += 1;
             state.started += 1;
-            return Some(state.started);
+            return Assigned::Start(state.started);
         }
-        None
+        Assigned::Wait
+    }
+
+    /// Acts on `assign`'s decision once the lock is released: a worker woken while the
+    /// submitter still holds the lock would only block on it again (a second sleep and wake-up
+    /// per job, the pool's largest cost under load).
+    fn carry_out(&self, assigned: Assigned) {
+        match assigned {
+            Assigned::Wake => self.inner.work.notify_one(),
+            Assigned::Start(index) => self.spawn_or_give_up(index),
+            Assigned::Wait => {}
+        }
     }
 
     fn spawn(&self, index: usize) -> io::Result<()> {
