@@ -692,3 +692,41 @@ fn a_pack_replaced_by_rename_is_served_by_the_running_cache() {
     assert_eq!(try_get(&region, "/dir/sub/z"), Got::NotFound);
     assert!(cache.terminate(TIMEOUT).success());
 }
+
+/// A writable directory keeps its files while its process is down, so a purge issued then
+/// would be undone by the restart; a purge that missed the slot is counted in the region and
+/// the cache empties itself before it is Ready again, and also while it runs (a purge it did
+/// not answer in time).
+#[test]
+fn a_writable_directory_that_missed_a_purge_empties_itself() {
+    let tree = TempDir::new().unwrap();
+    let region = region();
+    let root = tree.path().to_str().unwrap();
+    let args = ["--backend", "directory", "--root", root, "--writable"];
+    let member = Member::Cache(slot());
+
+    let mut cache = CacheChild::start(&region, &args, &[]);
+    assert!(put(&region, "/a.txt", b"stale"));
+    assert!(cache.terminate(TIMEOUT).success());
+    region.note_missed_purge(member);
+    let mut cache = CacheChild::start(&region, &args, &[]);
+    // Ready, and the missed purge already made up for: the first get finds nothing.
+    assert_eq!(get(&region, "/a.txt"), None);
+    assert!(!tree.path().join("a.txt").exists());
+    assert!(!region.missed_purges(member).outstanding());
+
+    // While it runs.
+    assert!(put(&region, "/b.txt", b"stale too"));
+    assert_eq!(get(&region, "/b.txt").as_deref(), Some(&b"stale too"[..]));
+    region.note_missed_purge(member);
+    let deadline = Instant::now() + TIMEOUT;
+    while get(&region, "/b.txt").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "still served after a missed purge"
+        );
+        std::thread::sleep(Duration::from_millis(5)); // polling a condition, not syncing
+    }
+    assert!(!region.missed_purges(member).outstanding());
+    cache.assert_alive();
+}

@@ -375,6 +375,44 @@ fn a_cache_that_does_not_answer_makes_the_purge_fail_and_says_which() {
     });
 }
 
+/// A writable directory cache that did not answer a purge keeps the file on disk, but it
+/// empties itself as soon as it runs again: the purged object is fetched from the origin, not
+/// served from the file the purge did not reach.
+#[test]
+fn a_writable_directory_that_missed_a_purge_does_not_serve_what_it_purged() {
+    let origin = CountingOrigin::serve(files());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut setup = Setup::new(Backend::WritableDirectory(dir.path().join("cache")));
+    setup.caches = 1;
+    setup.origin = Some(format!("http://{}", origin.addr));
+    let run = Run::start(setup);
+    fill(&run, &["/a.txt"]);
+    fetch(&run, "/a.txt");
+    assert_eq!(origin.count("/a.txt"), 1, "the second GET is a hit");
+
+    let cache = run.child("cache", 0);
+    let pid = Pid::from_raw(cache["pid"].as_i64().expect("cache 0 pid") as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP cache 0");
+    let out = purge_cli(&run, &["--timeout", "500ms", "/a.txt"]);
+    kill(pid, Signal::SIGCONT).expect("SIGCONT cache 0");
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("it empties itself once it runs again"),
+        "{}",
+        output_text(&out)
+    );
+    wait_for("the purged file to go to the origin", DEADLINE, || {
+        fetch(&run, "/a.txt");
+        (origin.count("/a.txt") >= 2).then_some(())
+    });
+    assert!(
+        run.log_text().contains("a purge did not reach this cache"),
+        "{}",
+        run.log_text()
+    );
+    stop_and_check_nothing_left(run);
+}
+
 #[test]
 fn purge_without_a_running_supervisor_exits_3_and_bad_config_keys_are_named() {
     let run = Run::prepare(Setup::new(Backend::Memory));

@@ -116,8 +116,11 @@ pub(crate) fn run(
             }
         }
         let mut availability = AvailabilityLog::new(config.slot);
+        let mut missed_purges = MissedPurgeLog::default();
+        // Before the slot is Ready, so that nothing a purge removed while it was down is served.
+        make_up_for_missed_purges(&shared, member, &mut missed_purges);
         region.set_member_state(member, availability.update(backend.refresh()), pid);
-        supervise(&shared, member, pid, &mut availability);
+        supervise(&shared, member, pid, &mut availability, &mut missed_purges);
         Ok(())
     });
     publish_gauges(&shared.stats(), &backend.stats(), 0);
@@ -178,10 +181,54 @@ impl AvailabilityLog {
 
 /// Publishes gauges and the backend's availability until the stop flag is set, then drains
 /// the workers.
-fn supervise(shared: &Shared<'_>, member: Member, pid: i32, availability: &mut AvailabilityLog) {
+/// Whether the last try to make up for missed purges failed (its error is logged once).
+#[derive(Default)]
+struct MissedPurgeLog {
+    failing: bool,
+}
+
+/// Empties the backend when a purge missed this slot (it was down, or did not answer in time):
+/// which objects that purge named is not kept, so every object goes. A memory cache that was
+/// down holds nothing anyway; read-only content and packs are never purged.
+fn make_up_for_missed_purges(shared: &Shared<'_>, member: Member, log: &mut MissedPurgeLog) {
+    let missed = shared.region.missed_purges(member);
+    if !missed.outstanding() {
+        return;
+    }
+    let slot = shared.config.slot.as_raw();
+    match shared.backend.purge("/", true) {
+        Ok(removed) => {
+            if removed > 0 {
+                tracing::warn!(
+                    slot,
+                    removed,
+                    "a purge did not reach this cache (down or not answering): emptied it, so \
+                     that nothing purged is served"
+                );
+                crate::metrics::count_purge(&shared.stats(), removed);
+            }
+            shared.region.set_made_up_purges(member, missed.missed);
+            log.failing = false;
+        }
+        Err(error) if !log.failing => {
+            tracing::error!(slot, %error, "cannot empty the cache after a missed purge; retrying");
+            log.failing = true;
+        }
+        Err(_) => {}
+    }
+}
+
+fn supervise(
+    shared: &Shared<'_>,
+    member: Member,
+    pid: i32,
+    availability: &mut AvailabilityLog,
+    missed_purges: &mut MissedPurgeLog,
+) {
     let mut last_publish: Option<Instant> = None;
     let mut state = shared.region.member_state(member);
     while !shared.stop.load(Ordering::Acquire) && !shared.abort.load(Ordering::Acquire) {
+        make_up_for_missed_purges(shared, member, missed_purges);
         let wanted = availability.update(shared.backend.refresh());
         if wanted != state {
             shared.region.set_member_state(member, wanted, pid);

@@ -18,7 +18,7 @@ use crate::{sys, Error, Result};
 /// "GFCACHE1" as a little-endian u64: the first word of every region.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"GFCACHE1");
 /// Layout version; bumped on any change of the byte layout.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 /// Bytes of the control header (one page).
 pub(crate) const CONTROL_BYTES: usize = 4096;
 /// Bytes of one request channel / member entry (one cache line each, no false sharing).
@@ -195,12 +195,32 @@ pub(crate) struct ControlHeader {
     pub pool: Line<Doorbell>,
 }
 
+/// The purges that did not reach a member (see [`Region::note_missed_purge`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MissedPurges {
+    /// Purges counted as missed, ever (wrapping).
+    pub missed: u32,
+    /// The value of `missed` the member last made up for.
+    pub made_up: u32,
+}
+
+impl MissedPurges {
+    /// Whether a purge was missed since the member last made up for them.
+    pub fn outstanding(&self) -> bool {
+        self.missed != self.made_up
+    }
+}
+
 /// A member's entry in the member table.
 #[repr(C)]
 pub(crate) struct MemberWord {
     pub state: AtomicU32,
     pub pid: AtomicI32,
     pub tag: AtomicU32,
+    /// Purges the member was not reached by (counted by whoever purged).
+    pub missed_purges: AtomicU32,
+    /// How many of `missed_purges` the member has made up for.
+    pub made_up_purges: AtomicU32,
 }
 
 /// Fields of a request, written by the proxy while it holds the segment Reserved.
@@ -514,6 +534,31 @@ impl Region {
     pub fn set_member_tag(&self, member: Member, tag: u32) {
         if let Some(word) = self.member_word(member) {
             word.tag.store(tag, Ordering::Release);
+        }
+    }
+
+    /// Counts a purge that did not reach `member` (it was not up, or did not answer). Like the
+    /// tag it outlives the member's processes, so the next one can make up for it.
+    pub fn note_missed_purge(&self, member: Member) {
+        if let Some(word) = self.member_word(member) {
+            word.missed_purges.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The purges that did not reach `member`, and how many of them it has made up for.
+    pub fn missed_purges(&self, member: Member) -> MissedPurges {
+        self.member_word(member)
+            .map(|word| MissedPurges {
+                missed: word.missed_purges.load(Ordering::SeqCst),
+                made_up: word.made_up_purges.load(Ordering::SeqCst),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records that `member` made up for the first `missed` purges it missed.
+    pub fn set_made_up_purges(&self, member: Member, missed: u32) {
+        if let Some(word) = self.member_word(member) {
+            word.made_up_purges.store(missed, Ordering::SeqCst);
         }
     }
 

@@ -1,6 +1,11 @@
 //! Removing objects from every cache that is up: the one loop behind `gfsupervisor purge`, the
 //! metrics listener's HTTP `PURGE` (both in the supervisor crate, which checks the targets and
 //! reports) and the `dfs://` origin's change follower.
+//!
+//! A cache that a purge does not reach (not up, or no answer) is counted in the region
+//! ([`Region::note_missed_purge`]); the cache process empties itself when it sees the count, before
+//! it goes Ready and while it runs, so a purged object is never served from a cache that kept it
+//! (a writable directory keeps its files across restarts).
 
 use std::time::Duration;
 
@@ -79,15 +84,23 @@ pub fn purge_every_cache(
             .collect();
         handles
             .into_iter()
-            .map(|(slot, state, handle)| SlotReport {
-                slot: slot.as_raw(),
-                answer: match handle {
+            .map(|(slot, state, handle)| {
+                let answer = match handle {
                     None => SlotAnswer::NotUp { state },
                     Some(handle) => handle.join().unwrap_or_else(|_| SlotAnswer::Failed {
                         removed: 0,
                         error: "the purge thread panicked".into(),
                     }),
-                },
+                };
+                if !matches!(answer, SlotAnswer::Purged { .. }) {
+                    // The cache may hold a purged object (a writable directory keeps its files
+                    // while down): it empties itself when it sees the count.
+                    region.note_missed_purge(Member::Cache(slot));
+                }
+                SlotReport {
+                    slot: slot.as_raw(),
+                    answer,
+                }
             })
             .collect()
     })

@@ -168,7 +168,7 @@ pub fn http_target(raw: &str) -> Result<PurgeTarget, PurgeError> {
 }
 
 /// Whether a cache with these settings keeps its objects while its process is down (a writable
-/// directory): a purge that could not reach such a cache is incomplete.
+/// directory): one that a purge could not reach empties itself before it serves again.
 pub fn keeps_objects_when_down(settings: &CacheSettings) -> bool {
     settings.backend == Some(BackendKind::Directory)
         && settings.directory.as_ref().is_some_and(|d| d.writable)
@@ -183,8 +183,8 @@ pub struct PurgeOutcome {
     pub targets: Vec<PurgeTarget>,
     /// Every cache slot, in slot order.
     pub slots: Vec<SlotReport>,
-    /// The caches keep their objects while down (a writable directory), so a cache that was
-    /// not up makes the purge incomplete.
+    /// The caches keep their objects while down (a writable directory): one that was not up
+    /// empties itself before it serves again (the note says so).
     pub keeps_objects_when_down: bool,
 }
 
@@ -205,22 +205,19 @@ impl PurgeOutcome {
             .count()
     }
 
-    /// The caches that may still hold a purged object: one that was up and did not answer,
-    /// and, when caches keep their objects while down, one that was not up.
+    /// The caches that may still serve a purged object: those that were up and did not answer.
+    /// Each empties itself once it can (a purge that missed a cache is counted in the region
+    /// and the cache makes up for it), but until then it serves what it holds. A cache that
+    /// was not up is not among them: it makes up for the purge before it serves again.
     pub fn missed(&self) -> Vec<String> {
         self.slots
             .iter()
             .filter_map(|s| match &s.answer {
-                SlotAnswer::Purged { .. } => None,
-                SlotAnswer::Failed { error, .. } => {
-                    Some(format!("cache {} did not answer: {error}", s.slot))
-                }
-                SlotAnswer::NotUp { state } if self.keeps_objects_when_down => Some(format!(
-                    "cache {} is {} and was not asked; it keeps its objects while down: purge again once it runs",
-                    s.slot,
-                    state_name(*state)
+                SlotAnswer::Failed { error, .. } => Some(format!(
+                    "cache {} did not answer: {error}; it empties itself once it runs again",
+                    s.slot
                 )),
-                SlotAnswer::NotUp { .. } => None,
+                SlotAnswer::Purged { .. } | SlotAnswer::NotUp { .. } => None,
             })
             .collect()
     }
@@ -260,14 +257,17 @@ impl PurgeOutcome {
         }
         for s in &self.slots {
             if let SlotAnswer::NotUp { state } = s.answer {
-                if !self.keeps_objects_when_down {
-                    let _ = writeln!(
-                        out,
-                        "note: cache {} is {} and was not asked (it holds nothing until it runs again)",
-                        s.slot,
-                        state_name(state)
-                    );
-                }
+                let why = if self.keeps_objects_when_down {
+                    "it empties itself before it serves again"
+                } else {
+                    "it holds nothing until it runs again"
+                };
+                let _ = writeln!(
+                    out,
+                    "note: cache {} is {} and was not asked ({why})",
+                    s.slot,
+                    state_name(state)
+                );
             }
         }
         out
@@ -771,9 +771,12 @@ mod tests {
             ],
             true,
         );
-        assert!(!kept.complete());
+        // A writable directory that was down empties itself before it serves again.
+        assert!(kept.complete());
         assert!(
-            kept.render().contains("incomplete: cache 1 is down"),
+            kept.render().contains(
+                "note: cache 1 is down and was not asked (it empties itself before it serves again)"
+            ),
             "{}",
             kept.render()
         );
@@ -792,7 +795,7 @@ mod tests {
         assert_eq!(failed.to_json()["complete"], false);
         assert_eq!(
             failed.to_json()["missed"][0],
-            "cache 0 did not answer: timed out"
+            "cache 0 did not answer: timed out; it empties itself once it runs again"
         );
     }
 
@@ -822,12 +825,17 @@ mod tests {
         assert_eq!(service.answer(local, "/a").status, 403);
         let answer = service.answer(Some("10.0.0.1".parse().unwrap()), "/a");
         assert_eq!(
-            answer.status, 503,
-            "a writable directory cache down: {answer:?}"
+            answer.status, 200,
+            "a writable directory cache down makes up for it when it starts: {answer:?}"
         );
-        assert_eq!(service.count(PurgeResult::Ok), 1);
+        // Both purges missed both slots: each cache empties itself when it starts.
+        for slot in 0..2 {
+            let missed = region.missed_purges(ipc::Member::Cache(ipc::CacheSlot::from_raw(slot)));
+            assert_eq!((missed.missed, missed.made_up), (2, 0));
+        }
+        assert_eq!(service.count(PurgeResult::Ok), 2);
         assert_eq!(service.count(PurgeResult::BadRequest), 1);
         assert_eq!(service.count(PurgeResult::Forbidden), 3);
-        assert_eq!(service.count(PurgeResult::Incomplete), 1);
+        assert_eq!(service.count(PurgeResult::Incomplete), 0);
     }
 }

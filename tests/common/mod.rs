@@ -267,6 +267,8 @@ pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
 #[derive(Clone, Debug)]
 pub enum Backend {
     Directory(PathBuf),
+    /// A directory that stores the origin's fills (`writable = true`).
+    WritableDirectory(PathBuf),
     Memory,
     Pack(PathBuf),
 }
@@ -313,6 +315,7 @@ impl Setup {
     pub fn render(&self, run_dir: &Path) -> String {
         let backend = match &self.backend {
             Backend::Directory(root) => format!("backend = \"directory\"\ndirectory = {{ root = {:?} }}", root.display().to_string()),
+            Backend::WritableDirectory(root) => format!("backend = \"directory\"\ndirectory = {{ root = {:?}, writable = true }}", root.display().to_string()),
             Backend::Memory => "backend = \"memory\"\nmemory = { capacity = \"16MiB\", max_object_size = \"4MiB\" }".to_string(),
             Backend::Pack(path) => format!("backend = \"pack\"\npack = {{ path = {:?} }}", path.display().to_string()),
         };
