@@ -468,7 +468,8 @@ per_conn = (idle["proxy_rss_kib_held"] - idle["proxy_rss_kib_before"]) / idle["h
 line("c. proxy RSS per idle connection (KiB)", per_conn, per_conn <= 8, "goal <= 8")
 h = idle["holder"]
 rows.append(f"     held open to the end: silent {h['silent_open']}/{h['silent']}, half-header {h['half_open']}/{h['half']}")
-ratio("d. req/s with slow readers / without (c)", "d_proxy_32_slow", "c_proxy_32", 0.8)
+# The issue sets no throughput goal here: the slow readers' own transfers share the 2 cores.
+ratio("d. req/s with slow readers / without (c)", "d_proxy_32_slow", "c_proxy_32")
 p99 = m["d_proxy_32_slow"]["p99_us"] / 1000
 line("d. p99 with slow readers (ms)", p99, p99 <= 100, "goal <= 100")
 failed = m["d_proxy_32_slow"]["failed"]

@@ -323,3 +323,43 @@ fn a_dfs_server_killed_mid_fetch_cuts_the_client_short_and_stores_nothing() {
     assert_eq!(whole, Reply::Ok(big.clone()));
     common::stop_and_check_nothing_left(run);
 }
+
+/// A file edited, then removed, by hand under the running server's root (not through gfdfs):
+/// the next Fetch notices, sends the new bytes and tells the watchers, so the cached copy is
+/// purged; after the removal the path is not found.
+#[test]
+fn a_file_edited_under_the_dfs_root_is_noticed_at_the_next_fetch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("dfs-root");
+    std::fs::create_dir(&root).expect("dfs root");
+    let server = DfsServer::start(&root);
+    store(&server, dir.path(), "/e.txt", b"before");
+    let mut setup = Setup::new(Backend::Memory);
+    setup.origin = Some(format!("dfs://{}", server.addr));
+    let run = Run::start(setup);
+    assert_eq!(
+        run.get("/e.txt").expect("get"),
+        Reply::Ok(b"before".to_vec())
+    );
+
+    let edited = b"edited by hand under the root".to_vec();
+    std::fs::write(root.join("e.txt"), &edited).expect("edit by hand");
+    let out = dir.path().join("fetched");
+    gfdfs(
+        &server,
+        &["fetch", "e.txt", "-o", out.to_str().expect("utf-8")],
+    );
+    assert_eq!(std::fs::read(&out).expect("fetched"), edited);
+    until_served(&run, "/e.txt", &Reply::Ok(edited), "the edited file");
+
+    std::fs::remove_file(root.join("e.txt")).expect("remove by hand");
+    let fetch = Command::new(GFDFS)
+        .args(["fetch", "e.txt", "-o"])
+        .arg(&out)
+        .args(["--server", &server.addr.to_string()])
+        .output()
+        .expect("run gfdfs fetch");
+    assert!(!fetch.status.success(), "a removed file was fetched");
+    until_served(&run, "/e.txt", &Reply::FileNotFound, "the removed file");
+    common::stop_and_check_nothing_left(run);
+}

@@ -6,7 +6,7 @@
 //! and subscribes under the same lock misses nothing.
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
 use crate::path::{DfsPath, STATE_DIR};
-use crate::version::{file_meta, now_nanos, time_of, FileMeta};
+use crate::version::{checksum_of, file_meta, nanos_of, now_nanos, time_of, FileMeta};
 
 /// What happened to a path, as `Watch` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,15 +234,79 @@ impl Volume {
 
     /// Opens `path` for reading together with its version, so the bytes read are those of
     /// the version told (a later rename does not change an open file).
+    ///
+    /// A file edited or removed under the root by hand while the server runs (not through a
+    /// Store or Delete) is noticed here: its size or mtime no longer match the index. An
+    /// edited file is indexed again from the open file and the change broadcast as a Modify,
+    /// so that watchers (the mounts, the `dfs://` origin) fetch it again; a removed one gets a
+    /// tombstone and a Delete. Files nobody fetches are noticed at the next start.
     pub fn open_file(&self, path: &DfsPath) -> Result<(File, FileMeta)> {
-        let index = self.index();
-        let meta = *index
+        let indexed = *self
+            .index()
             .files
             .get(path)
             .ok_or_else(|| Error::NotFound(path.to_string()))?;
         let local = path.under(&self.root);
-        let file = File::open(&local).map_err(|e| Error::io(&local, e))?;
+        let mut file = match File::open(&local) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget_removed(path, indexed)?;
+                return Err(Error::NotFound(path.to_string()));
+            }
+            Err(e) => return Err(Error::io(&local, e)),
+        };
+        let stat = file.metadata().map_err(|e| Error::io(&local, e))?;
+        let mtime = stat
+            .modified()
+            .map(nanos_of)
+            .map_err(|e| Error::io(&local, e))?;
+        if stat.len() == indexed.size && mtime == indexed.mtime {
+            return Ok((file, indexed));
+        }
+        let (size, checksum) = checksum_of(&mut file).map_err(|e| Error::io(&local, e))?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| Error::io(&local, e))?;
+        let meta = FileMeta {
+            size,
+            mtime,
+            checksum,
+        };
+        self.adopt_edit(path, indexed, meta);
         Ok((file, meta))
+    }
+
+    /// Indexes `meta` for a file edited under the root, unless a Store changed it meanwhile.
+    fn adopt_edit(&self, path: &DfsPath, indexed: FileMeta, meta: FileMeta) {
+        let mut index = self.index();
+        if index.files.get(path) != Some(&indexed) {
+            return;
+        }
+        tracing::warn!(path = %path, "file changed under the server's root: indexed again");
+        index.files.insert(path.clone(), meta);
+        let _ = self.changes.send(Change {
+            kind: ChangeKind::Modify,
+            path: path.clone(),
+            meta,
+        });
+    }
+
+    /// Tombstones a file removed under the root, unless a Store changed it meanwhile.
+    fn forget_removed(&self, path: &DfsPath, indexed: FileMeta) -> Result<()> {
+        let mut index = self.index();
+        if index.files.get(path) != Some(&indexed) {
+            return Ok(());
+        }
+        tracing::warn!(path = %path, "file removed under the server's root: deleted");
+        let time = now_nanos().max(indexed.mtime);
+        index.files.remove(path);
+        index.tombstones.insert(path.clone(), time);
+        self.save_tombstones(&index.tombstones)?;
+        let _ = self.changes.send(Change {
+            kind: ChangeKind::Delete,
+            path: path.clone(),
+            meta: tombstone_meta(time),
+        });
+        Ok(())
     }
 
     /// A new temporary file for an upload.
