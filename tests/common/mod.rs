@@ -36,9 +36,20 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut condition: impl FnMut() -> O
     }
 }
 
+/// A port that was free a moment ago and that this test process has not handed out before: the
+/// kernel may give the same ephemeral port to two binds in a row once the first is closed, and
+/// a config whose proxy and metrics ports collide does not start.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
