@@ -179,8 +179,6 @@ impl AvailabilityLog {
     }
 }
 
-/// Publishes gauges and the backend's availability until the stop flag is set, then drains
-/// the workers.
 /// Whether the last try to make up for missed purges failed (its error is logged once).
 #[derive(Default)]
 struct MissedPurgeLog {
@@ -218,6 +216,8 @@ fn make_up_for_missed_purges(shared: &Shared<'_>, member: Member, log: &mut Miss
     }
 }
 
+/// Publishes gauges and the backend's availability, and makes up for missed purges, until the
+/// stop flag is set, then drains the workers.
 fn supervise(
     shared: &Shared<'_>,
     member: Member,
