@@ -847,3 +847,46 @@ fn the_blocking_client_streams_fetches_and_follows_changes_across_a_restart() {
 fn tonic_code_invalid() -> dfs::StatusCode {
     dfs::StatusCode::InvalidArgument
 }
+
+/// A mount SIGKILLed right after a local delete and a local edit (before it could tell the
+/// server, or save its state) makes both reach the server when it starts again: the delete is
+/// not undone by the server's copy, and the edit is not overwritten by it.
+#[test]
+fn a_mount_killed_right_after_local_changes_sends_them_when_it_starts_again() {
+    let s = setup(&[]);
+    let mut m1 = Mount::start(&s.base.join("m1"), &s.server.addr());
+    let m2 = Mount::start(&s.base.join("m2"), &s.server.addr());
+    write(&m1.dir, "deleted.txt", b"deleted in m1\n");
+    write(&m1.dir, "edited.txt", b"first version\n");
+    let first = BTreeMap::from([
+        ("deleted.txt".to_string(), b"deleted in m1\n".to_vec()),
+        ("edited.txt".to_string(), b"first version\n".to_vec()),
+    ]);
+    wait_converged(
+        &[&s.server.root, &m1.dir, &m2.dir],
+        &first,
+        "the first sync",
+    );
+    // The agreement on both files is on disk (it is saved at most once a second).
+    let state = m1.dir.join(".gfdfs/mount-state.json");
+    wait_for("m1's saved state", DEADLINE, || {
+        let text = std::fs::read_to_string(&state).ok()?;
+        (text.contains("deleted.txt") && text.contains("edited.txt")).then_some(())
+    });
+
+    std::fs::remove_file(m1.dir.join("deleted.txt")).expect("delete");
+    write(&m1.dir, "edited.txt", b"second version, longer\n");
+    kill(Pid::from_raw(m1.child.id() as i32), Signal::SIGKILL).expect("SIGKILL m1");
+    let _ = m1.child.wait();
+
+    let m1 = Mount::start(&m1.dir.clone(), &s.server.addr());
+    let after = BTreeMap::from([(
+        "edited.txt".to_string(),
+        b"second version, longer\n".to_vec(),
+    )]);
+    wait_converged(
+        &[&s.server.root, &m1.dir, &m2.dir],
+        &after,
+        "the changes made just before the kill",
+    );
+}
