@@ -62,9 +62,14 @@ pub fn now_nanos() -> i64 {
 /// The size, mtime and CRC-32C of the regular file at `path`, read whole.
 pub fn file_meta(path: &Path) -> Result<FileMeta> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    meta_of_open(&mut file, path)
+}
+
+/// The version of an open file (`path` names it in errors); reads it to the end.
+pub fn meta_of_open(file: &mut std::fs::File, path: &Path) -> Result<FileMeta> {
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     let mtime = nanos_of(meta.modified().map_err(|e| Error::io(path, e))?);
-    let (size, checksum) = checksum_of(&mut file).map_err(|e| Error::io(path, e))?;
+    let (size, checksum) = checksum_of(file).map_err(|e| Error::io(path, e))?;
     Ok(FileMeta {
         size,
         mtime,

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
 use crate::path::{DfsPath, STATE_DIR};
-use crate::version::{checksum_of, file_meta, nanos_of, now_nanos, time_of, FileMeta};
+use crate::version::{file_meta, meta_of_open, nanos_of, now_nanos, time_of, FileMeta};
 
 /// What happened to a path, as `Watch` tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,14 +263,9 @@ impl Volume {
         if stat.len() == indexed.size && mtime == indexed.mtime {
             return Ok((file, indexed));
         }
-        let (size, checksum) = checksum_of(&mut file).map_err(|e| Error::io(&local, e))?;
+        let meta = meta_of_open(&mut file, &local)?;
         file.seek(std::io::SeekFrom::Start(0))
             .map_err(|e| Error::io(&local, e))?;
-        let meta = FileMeta {
-            size,
-            mtime,
-            checksum,
-        };
         self.adopt_edit(path, indexed, meta);
         Ok((file, meta))
     }
@@ -297,14 +292,18 @@ impl Volume {
             return Ok(());
         }
         tracing::warn!(path = %path, "file removed under the server's root: deleted");
-        let time = now_nanos().max(indexed.mtime);
+        self.record_delete(&mut index, path, now_nanos().max(indexed.mtime))
+    }
+
+    /// The index side of a delete whose file is gone: the tombstone, saved, and the broadcast.
+    fn record_delete(&self, index: &mut Index, path: &DfsPath, mtime: i64) -> Result<()> {
         index.files.remove(path);
-        index.tombstones.insert(path.clone(), time);
+        index.tombstones.insert(path.clone(), mtime);
         self.save_tombstones(&index.tombstones)?;
         let _ = self.changes.send(Change {
             kind: ChangeKind::Delete,
             path: path.clone(),
-            meta: tombstone_meta(time),
+            meta: tombstone_meta(mtime),
         });
         Ok(())
     }
@@ -385,14 +384,7 @@ impl Volume {
         if let Some(parent) = target.parent() {
             sync_dir(parent);
         }
-        index.files.remove(path);
-        index.tombstones.insert(path.clone(), mtime);
-        self.save_tombstones(&index.tombstones)?;
-        let _ = self.changes.send(Change {
-            kind: ChangeKind::Delete,
-            path: path.clone(),
-            meta: tombstone_meta(mtime),
-        });
+        self.record_delete(&mut index, path, mtime)?;
         Ok(true)
     }
 
