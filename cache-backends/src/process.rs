@@ -120,6 +120,10 @@ pub(crate) fn run(
         // Before the slot is Ready, so that nothing a purge removed while it was down is served.
         make_up_for_missed_purges(&shared, member, &mut missed_purges);
         region.set_member_state(member, availability.update(backend.refresh()), pid);
+        // This process may serve other content than the one before it in the slot (a reload
+        // changed the backend, or it emptied itself above): copies of objects kept outside the
+        // caches (the proxies' hot objects) are dropped.
+        region.advance_content_epoch();
         supervise(&shared, member, pid, &mut availability, &mut missed_purges);
         Ok(())
     });

@@ -100,6 +100,70 @@ pub(crate) trait HeaderFramer {
     fn report_timeout(handler: &dyn Handler, peer: SocketAddr) {
         handler.header_timed_out(peer);
     }
+    /// The whole answer to `request` from an object the handler holds in memory
+    /// ([`Handler::answer_held`]), `served` requests after the connection's first; or the
+    /// request back, for a worker.
+    fn answer_held(
+        request: Self::Request,
+        handler: &dyn Handler,
+        served: u32,
+        max_requests: u32,
+    ) -> Result<HeldAnswer, Self::Request>;
+}
+
+/// An answer the front door sends itself, from an object a handler holds in memory.
+pub(crate) struct HeldAnswer {
+    pub(crate) head: Vec<u8>,
+    pub(crate) body: Arc<[u8]>,
+    /// The bytes of `body` that follow the head.
+    pub(crate) body_range: std::ops::Range<usize>,
+    /// What becomes of the connection once it is sent.
+    pub(crate) after: AfterAnswer,
+}
+
+/// Tells the handler that a held answer went out whole.
+pub(crate) fn report_held(handler: &dyn Handler, answer: &HeldAnswer, started: Instant) {
+    let body_bytes = answer.body_range.len() as u64;
+    let elapsed = started.elapsed();
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        handler.held_answered(body_bytes, elapsed)
+    }));
+}
+
+impl HeldAnswer {
+    /// The head and the body bytes, from `sent` bytes on.
+    pub(crate) fn unsent(&self, sent: usize) -> (&[u8], &[u8]) {
+        let body = self.body.get(self.body_range.clone()).unwrap_or_default();
+        match sent.checked_sub(self.head.len()) {
+            None => (self.head.get(sent..).unwrap_or_default(), body),
+            Some(into_body) => (&[], body.get(into_body..).unwrap_or_default()),
+        }
+    }
+}
+
+/// What becomes of a connection after a held answer.
+pub(crate) enum AfterAnswer {
+    /// It closes (GetFile: one request per connection).
+    Close,
+    /// It stays open for the next request, which may start in these bytes (pipelined).
+    KeepAlive(Vec<u8>),
+    /// Its write side closes and the loop drains what the client still sends (HTTP
+    /// `Connection: close`, the last request allowed), as after a refusal.
+    Linger,
+}
+
+/// Asks the handler for a held object, a panic counting as none.
+pub(crate) fn held_object(
+    handler: &dyn Handler,
+    path: &str,
+    query: Option<&str>,
+) -> Option<crate::HeldObject> {
+    catch_unwind(AssertUnwindSafe(|| handler.answer_held(path, query)))
+        .unwrap_or_else(|_| {
+            tracing::error!(path, "answer_held panicked");
+            None
+        })
+        .filter(|held| held.head.len == held.body.len() as u64)
 }
 
 /// The GetFile request header; yields the path.
@@ -131,11 +195,30 @@ impl HeaderFramer for GetFileFramer {
     fn report(handler: &dyn Handler, peer: SocketAddr, error: &Malformed) {
         handler.rejected(peer, error);
     }
+    fn answer_held(
+        path: String,
+        handler: &dyn Handler,
+        _served: u32,
+        _max_requests: u32,
+    ) -> Result<HeldAnswer, String> {
+        let Some(held) = held_object(handler, &path, None) else {
+            return Err(path);
+        };
+        Ok(HeldAnswer {
+            head: ResponseHeader::Ok {
+                length: held.head.len,
+            }
+            .encode(),
+            body_range: 0..held.body.len(),
+            body: held.body,
+            after: AfterAnswer::Close,
+        })
+    }
 }
 
 /// A worker pool's job that carries a request of type `R` (the pool serves several protocols).
-pub(crate) trait JobOf<R>: From<Ready<R>> + Send + 'static {}
-impl<R, J: From<Ready<R>> + Send + 'static> JobOf<R> for J {}
+pub(crate) trait JobOf<R>: From<Ready<R>> + From<Parked> + Send + 'static {}
+impl<R, J: From<Ready<R>> + From<Parked> + Send + 'static> JobOf<R> for J {}
 
 /// A connection handed back by a worker after its response: kept open, it waits in the loop (no
 /// worker) for its next request, up to the idle timeout; closing, it lingers.
@@ -195,6 +278,28 @@ pub(crate) struct FrontDoorConfig {
     pub(crate) max_connections: usize,
     /// How long a kept-alive connection may wait for its next request.
     pub(crate) idle_timeout: Duration,
+    /// Requests on one kept-alive connection at most.
+    pub(crate) max_requests: u32,
+}
+
+/// When a connection's header or idle time runs out: `(when, token, served)`. The loop answers
+/// several requests of a kept-alive connection under one token, so an entry counts only while
+/// the connection has answered `served` requests, as when it was queued.
+type Deadline = (Instant, usize, u32);
+
+/// A held answer the socket could not take whole: a worker sends the rest (blocking, bounded
+/// by the send timeout), then hands the connection back as the answer says.
+pub(crate) struct Parked {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) connection: Tracked,
+    pub(crate) answer: HeldAnswer,
+    /// Bytes of the answer already sent.
+    pub(crate) sent: usize,
+    /// Requests answered on the connection, this one included.
+    pub(crate) served: u32,
+    /// When the request was taken.
+    pub(crate) started: Instant,
 }
 
 enum State<F> {
@@ -237,14 +342,14 @@ pub(crate) struct FrontDoor<F: HeaderFramer, J: JobOf<F::Request>> {
     config: FrontDoorConfig,
     /// Connections handed back by workers (a protocol with keep-alive).
     returns: Option<std::sync::mpsc::Receiver<KeptAlive>>,
-    idle_deadlines: VecDeque<(Instant, usize)>,
+    idle_deadlines: VecDeque<Deadline>,
     handler: Arc<dyn Handler>,
     tracker: Arc<Tracker>,
     poll: Poll,
     listener: Option<TcpListener>,
     wake: OwnedFd,
     connections: HashMap<usize, Connection<F>>,
-    header_deadlines: VecDeque<(Instant, usize)>,
+    header_deadlines: VecDeque<Deadline>,
     linger_deadlines: VecDeque<(Instant, usize)>,
     next_token: usize,
     /// Complete requests the worker queue had no room for, as the pool's jobs.
@@ -354,13 +459,12 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
         }
         let now = Instant::now();
         let next = [
-            self.header_deadlines.front(),
-            self.linger_deadlines.front(),
-            self.idle_deadlines.front(),
+            self.header_deadlines.front().map(|(at, ..)| *at),
+            self.linger_deadlines.front().map(|(at, _)| *at),
+            self.idle_deadlines.front().map(|(at, ..)| *at),
         ]
         .into_iter()
         .flatten()
-        .map(|(deadline, _)| *deadline)
         .chain(self.accept_paused_until)
         .min()?;
         // Rounded up so the deadline has passed when poll returns.
@@ -485,7 +589,7 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
         let token = self.next_token;
         self.next_token += 1;
         self.header_deadlines
-            .push_back((Instant::now() + self.config.header_timeout, token));
+            .push_back((Instant::now() + self.config.header_timeout, token, 0));
         self.connections.insert(
             token,
             Connection {
@@ -563,8 +667,11 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
             }
             false => {
                 tracked.set(ConnectionState::Idle);
-                self.idle_deadlines
-                    .push_back((Instant::now() + self.config.idle_timeout, token));
+                self.idle_deadlines.push_back((
+                    Instant::now() + self.config.idle_timeout,
+                    token,
+                    served,
+                ));
                 State::Idle(F::new())
             }
         };
@@ -611,11 +718,10 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
         match step {
             Step::More => return self.ensure_registered(token),
             Step::Started => {
-                self.header_deadlines
-                    .push_back((Instant::now() + self.config.header_timeout, token));
+                self.start_header_deadline(token);
                 return self.ensure_registered(token);
             }
-            Step::Complete(request) => self.queue_for_worker(token, request),
+            Step::Complete(request) => self.take_request(token, request),
             Step::Malformed(reason) => self.reject(token, Refusal::Malformed(reason)),
             Step::Close => drop(self.remove(token)),
         }
@@ -674,14 +780,7 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
             }
         }
         match answered {
-            Ok(()) => {
-                connection.state = State::Lingering { drained: 0 };
-                connection.tracked.set(ConnectionState::Closing);
-                self.linger_deadlines
-                    .push_back((Instant::now() + LINGER_TIME, token));
-                // Whatever is already buffered is drained now (edge-triggered epoll).
-                self.on_readable(token);
-            }
+            Ok(()) => self.start_lingering(token),
             Err(e) => {
                 tracing::debug!(error = %e, "sending INVALID failed");
                 drop(self.remove(token));
@@ -689,8 +788,115 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
         }
     }
 
+    /// A connection whose write side is closed drains what its client still sends, for a
+    /// bounded time, so that the close cannot turn into a reset that destroys the answer.
+    fn start_lingering(&mut self, token: usize) {
+        let Some(connection) = self.connections.get_mut(&token) else {
+            return;
+        };
+        connection.state = State::Lingering { drained: 0 };
+        connection.tracked.set(ConnectionState::Closing);
+        self.linger_deadlines
+            .push_back((Instant::now() + LINGER_TIME, token));
+        // Whatever is already buffered is drained now (edge-triggered epoll).
+        self.on_readable(token);
+    }
+
+    fn start_header_deadline(&mut self, token: usize) {
+        if let Some(connection) = self.connections.get(&token) {
+            let deadline = Instant::now() + self.config.header_timeout;
+            self.header_deadlines
+                .push_back((deadline, token, connection.served));
+        }
+    }
+
+    /// A complete request: answered from here when the handler holds its object, else queued
+    /// for a worker. A kept-alive connection's next requests already read (pipelined) are taken
+    /// in turn, in a loop, so that a client cannot make the loop recurse.
+    fn take_request(&mut self, token: usize, mut request: F::Request) {
+        let mut buf = [0u8; HEADER_READ_CHUNK];
+        loop {
+            let Some(connection) = self.connections.get_mut(&token) else {
+                return;
+            };
+            let started = Instant::now();
+            let answer = match F::answer_held(
+                request,
+                self.handler.as_ref(),
+                connection.served,
+                self.config.max_requests,
+            ) {
+                Ok(answer) => answer,
+                Err(request) => return self.queue_for_worker(token, request),
+            };
+            connection.served = connection.served.saturating_add(1);
+            connection.tracked.set(ConnectionState::Sending);
+            let sent = match send_held_now(&connection.stream, &answer) {
+                Ok(sent) => sent,
+                Err(e) => {
+                    tracing::debug!(error = %e, "sending a held answer failed");
+                    drop(self.remove(token));
+                    return;
+                }
+            };
+            if sent < answer.head.len() + answer.body_range.len() {
+                return self.park(token, answer, sent, started);
+            }
+            report_held(self.handler.as_ref(), &answer, started);
+            let leftover = match answer.after {
+                AfterAnswer::Close => return drop(self.remove(token)),
+                AfterAnswer::Linger => {
+                    let _ = connection.stream.shutdown(Shutdown::Write);
+                    return self.start_lingering(token);
+                }
+                AfterAnswer::KeepAlive(leftover) => leftover,
+            };
+            connection.state = State::Idle(F::new());
+            connection.tracked.set(ConnectionState::Idle);
+            let deadline = Instant::now() + self.config.idle_timeout;
+            self.idle_deadlines
+                .push_back((deadline, token, connection.served));
+            let mut step = feed(connection, &leftover);
+            if let Step::Started = step {
+                self.start_header_deadline(token);
+                step = Step::More;
+            }
+            if let Step::More = step {
+                // Bytes past what was read may wait in the socket, and an edge-triggered poll
+                // reports only new ones.
+                step = match self.connections.get_mut(&token) {
+                    Some(connection) => read_available(connection, &mut buf),
+                    None => return,
+                };
+            }
+            match step {
+                Step::Complete(next) => request = next,
+                step => {
+                    self.after_step(token, step);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The socket took only part of a held answer: a worker sends the rest.
+    fn park(&mut self, token: usize, answer: HeldAnswer, sent: usize, started: Instant) {
+        if let Some(mut connection) = self.remove(token) {
+            connection.tracked.set(ConnectionState::WaitingForWorker);
+            self.waiting.push_back(J::from(Parked {
+                stream: connection.stream,
+                peer: connection.peer,
+                connection: connection.tracked,
+                served: connection.served,
+                answer,
+                sent,
+                started,
+            }));
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
-        while let Some(&(deadline, token)) = self.header_deadlines.front() {
+        while let Some(&(deadline, token, served)) = self.header_deadlines.front() {
             if deadline > now {
                 break;
             }
@@ -698,7 +904,7 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
             let reading = self
                 .connections
                 .get(&token)
-                .is_some_and(|c| matches!(c.state, State::Reading(_)));
+                .is_some_and(|c| c.served == served && matches!(c.state, State::Reading(_)));
             if reading {
                 self.reject(token, Refusal::TimedOut);
             }
@@ -710,7 +916,7 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
             self.linger_deadlines.pop_front();
             drop(self.remove(token));
         }
-        while let Some(&(deadline, token)) = self.idle_deadlines.front() {
+        while let Some(&(deadline, token, served)) = self.idle_deadlines.front() {
             if deadline > now {
                 break;
             }
@@ -718,7 +924,7 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
             let idle = self
                 .connections
                 .get(&token)
-                .is_some_and(|c| matches!(c.state, State::Idle(_)));
+                .is_some_and(|c| c.served == served && matches!(c.state, State::Idle(_)));
             if idle {
                 drop(self.remove(token));
             }
@@ -820,6 +1026,31 @@ fn feed<F: HeaderFramer>(
             Err(reason) => Step::Malformed(reason),
         },
         _ => Step::More,
+    }
+}
+
+/// Sends what the socket takes of a held answer at once; how many bytes went.
+fn send_held_now(stream: &TcpStream, answer: &HeldAnswer) -> io::Result<usize> {
+    let mut sent = 0;
+    loop {
+        let (head, body) = answer.unsent(sent);
+        if head.is_empty() && body.is_empty() {
+            return Ok(sent);
+        }
+        let iov = [io::IoSlice::new(head), io::IoSlice::new(body)];
+        match nix::sys::socket::sendmsg::<nix::sys::socket::SockaddrStorage>(
+            stream.as_raw_fd(),
+            &iov,
+            &[],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => return Ok(sent),
+            Err(e) => return Err(io::Error::from(e)),
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use crate::frontdoor::HeaderFramer;
+use crate::frontdoor::{held_object, AfterAnswer, HeaderFramer, HeldAnswer};
 use crate::http::{
     body_follows, etag_of, if_range_allows, not_modified, parse_range, parse_request,
     write_error_response, write_text_response, CacheStatus, HttpError, HttpRequest, Limits, Method,
@@ -121,6 +121,47 @@ impl HeaderFramer for HttpFramer {
     fn report_timeout(handler: &dyn Handler, peer: SocketAddr) {
         handler.header_timed_out(peer);
         handler.http_answered(StatusCode::RequestTimeout.as_u16());
+    }
+
+    fn answer_held(
+        job: HttpJob,
+        handler: &dyn Handler,
+        served: u32,
+        max_requests: u32,
+    ) -> Result<HeldAnswer, HttpJob> {
+        // A body left unread closes the connection: a worker does that.
+        if job.body_unread {
+            return Err(job);
+        }
+        let Some(held) = held_object(handler, &job.request.path, job.request.query.as_deref())
+        else {
+            return Err(job);
+        };
+        let keep_alive = served.saturating_add(1) < max_requests;
+        let mut exchange = HttpExchange::new(job.request, keep_alive);
+        let answer = exchange.object(&held.head);
+        if let Some(status) = exchange.status {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.http_answered(status.as_u16())
+            }));
+        }
+        let body_range = match answer.delivery {
+            Delivery::Body { offset, len } => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                start.min(held.body.len())..end.min(held.body.len())
+            }
+            Delivery::NoBody => 0..0,
+        };
+        Ok(HeldAnswer {
+            head: answer.head,
+            body: held.body,
+            body_range,
+            after: match exchange.keep_alive {
+                true => AfterAnswer::KeepAlive(job.leftover),
+                false => AfterAnswer::Linger,
+            },
+        })
     }
 }
 

@@ -118,6 +118,16 @@ pub struct Request {
     pub peer: SocketAddr,
 }
 
+/// An object a handler holds in memory whole, which the front door answers from its own thread
+/// (see [`Handler::answer_held`]).
+#[derive(Clone, Debug)]
+pub struct HeldObject {
+    /// What the response head says of it (`len` must be `body.len()`).
+    pub head: ObjectHead,
+    /// Every byte of it.
+    pub body: std::sync::Arc<[u8]>,
+}
+
 /// Answers requests. Called on a worker thread; may stream a body of any size at any pace.
 /// If it returns without sending a header the server sends `ERROR`; if it returns before the
 /// announced body length was sent the server closes the connection (the client sees a short body).
@@ -137,6 +147,34 @@ pub trait Handler: Send + Sync + 'static {
     /// `INVALID` (HTTP: 408, also told to [`http_answered`](Handler::http_answered)) and closes
     /// it. Not told to [`rejected`](Handler::rejected). For counting; does nothing by default.
     fn header_timed_out(&self, peer: SocketAddr) {
+        let _ = peer;
+    }
+
+    /// Asked on the front door's thread for every complete request (`query`: an HTTP request's
+    /// query string, undecoded) before it goes to a worker: an object the handler holds in
+    /// memory, which the front door then answers itself (200, 206, 304, 416 or a HEAD's head for
+    /// HTTP, `OK` for GetFile) with no worker and no thread switch; `None` (the default): a
+    /// worker calls [`handle`](Handler::handle). It must not block: no I/O, no lock held across
+    /// I/O. The end of such an answer is told to [`held_answered`](Handler::held_answered)
+    /// (HTTP answers also to [`http_answered`](Handler::http_answered)). An answer the socket
+    /// cannot take at once is finished by a worker, and one that makes no progress for
+    /// `send_timeout` is told to [`held_send_timed_out`](Handler::held_send_timed_out) instead.
+    fn answer_held(&self, path: &str, query: Option<&str>) -> Option<HeldObject> {
+        let _ = (path, query);
+        None
+    }
+
+    /// Told after the answer of a held object went out whole: `body_bytes` of its body (none
+    /// for a HEAD or a 304), `elapsed` since the request was taken. For counting; does nothing
+    /// by default.
+    fn held_answered(&self, body_bytes: u64, elapsed: Duration) {
+        let _ = (body_bytes, elapsed);
+    }
+
+    /// Told after the answer of a held object (see [`answer_held`](Handler::answer_held)) made
+    /// no progress for `send_timeout`: the connection was closed after part of it. For counting;
+    /// does nothing by default.
+    fn held_send_timed_out(&self, peer: SocketAddr) {
         let _ = peer;
     }
 

@@ -37,7 +37,8 @@ mod paced;
 
 use crate::connections::{ConnectionCounts, ConnectionState, Tracker};
 use crate::frontdoor::{
-    FrontDoor, FrontDoorConfig, GetFileFramer, HeaderFramer, KeptAlive, Ready, ReturnPath,
+    report_held, AfterAnswer, FrontDoor, FrontDoorConfig, GetFileFramer, HeaderFramer, KeptAlive,
+    Parked, Ready, ReturnPath,
 };
 use crate::http_front::{HttpExchange, HttpFramer, HttpJob};
 use crate::pool::{Pool, PoolConfig};
@@ -623,6 +624,7 @@ impl Server {
             header_timeout: self.config.header_timeout,
             max_connections: self.config.max_connections,
             idle_timeout: self.config.http_keepalive_timeout,
+            max_requests: self.config.http_max_requests_per_connection,
         };
         let shared = Arc::clone(&self.shared);
         let stopping = move || shared.stopping.load(Ordering::SeqCst);
@@ -760,10 +762,17 @@ fn readable_within(stream: &TcpStream, wait: Duration) -> bool {
     matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
 }
 
-/// A complete request for a worker, by protocol.
+/// Work for a worker: a complete request, by protocol, or the rest of a held answer.
 enum Job {
     GetFile(Ready<String>),
     Http(Ready<HttpJob>),
+    Held(Parked),
+}
+
+impl From<Parked> for Job {
+    fn from(parked: Parked) -> Job {
+        Job::Held(parked)
+    }
 }
 
 impl From<Ready<HttpJob>> for Job {
@@ -803,6 +812,49 @@ impl Serving {
         match job {
             Job::GetFile(ready) => self.serve_getfile(ready),
             Job::Http(ready) => self.serve_http(ready),
+            Job::Held(parked) => self.finish_held(parked),
+        }
+    }
+
+    /// Sends the rest of a held answer the front door began (blocking, each write bounded by
+    /// the send timeout), then closes the connection or hands it back as the answer says.
+    fn finish_held(&self, parked: Parked) {
+        let Parked {
+            stream,
+            peer,
+            mut connection,
+            answer,
+            sent,
+            served,
+            started,
+        } = parked;
+        connection.set(ConnectionState::Sending);
+        let (head, body) = answer.unsent(sent);
+        if let Err(e) = send_all_vectored(stream.as_fd(), head, body) {
+            tracing::debug!(%peer, error = %e, "a held answer was cut");
+            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
+                let _ = catch_unwind(AssertUnwindSafe(|| self.handler.held_send_timed_out(peer)));
+            }
+            return;
+        }
+        report_held(self.handler.as_ref(), &answer, started);
+        let (leftover, closing) = match answer.after {
+            AfterAnswer::Close => return,
+            AfterAnswer::KeepAlive(leftover) if !self.stopping() => (leftover, false),
+            AfterAnswer::KeepAlive(_) | AfterAnswer::Linger => {
+                let _ = stream.shutdown(Shutdown::Write);
+                (Vec::new(), true)
+            }
+        };
+        if let Some(return_path) = &self.return_path {
+            return_path.hand_back(KeptAlive {
+                stream,
+                peer,
+                connection,
+                leftover,
+                served,
+                closing,
+            });
         }
     }
 

@@ -18,7 +18,7 @@ use crate::{sys, Error, Result};
 /// "GFCACHE1" as a little-endian u64: the first word of every region.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"GFCACHE1");
 /// Layout version; bumped on any change of the byte layout.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 /// Bytes of the control header (one page).
 pub(crate) const CONTROL_BYTES: usize = 4096;
 /// Bytes of one request channel / member entry (one cache line each, no false sharing).
@@ -193,6 +193,8 @@ pub(crate) struct ControlHeader {
     pub identity: Line<Identity>,
     pub next_request_id: Line<AtomicU64>,
     pub pool: Line<Doorbell>,
+    /// Advanced by whoever removed objects from a cache (see [`Region::advance_content_epoch`]).
+    pub content_epoch: Line<AtomicU64>,
 }
 
 /// The purges that did not reach a member (see [`Region::note_missed_purge`]).
@@ -562,6 +564,19 @@ impl Region {
         }
     }
 
+    /// A counter that whoever removed objects from a cache advances once it is done, so that a
+    /// copy of an object kept outside the caches (read before a removal began) can tell it may
+    /// be gone: such a copy is good only while the epoch it read before its cache lookup is
+    /// still the current one.
+    pub fn content_epoch(&self) -> u64 {
+        self.control().content_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Advances [`content_epoch`](Region::content_epoch).
+    pub fn advance_content_epoch(&self) {
+        self.control().content_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// The pid recorded with the member's state.
     pub fn member_pid(&self, member: Member) -> i32 {
         self.member_word(member)
@@ -722,6 +737,7 @@ mod tests {
     fn documented_offsets_hold() {
         assert_eq!(offset_of!(ControlHeader, next_request_id), 64);
         assert_eq!(offset_of!(ControlHeader, pool), 128);
+        assert_eq!(offset_of!(ControlHeader, content_epoch), 192);
         assert_eq!(offset_of!(Identity, segment_size), 32);
         assert_eq!(offset_of!(Identity, nonce), 48);
         assert_eq!(offset_of!(SegmentHeader, produced), 64);

@@ -194,6 +194,16 @@ pub fn current_age(meta: &ObjectMeta, now: SystemTime) -> u64 {
     meta.initial_age.saturating_add(resident)
 }
 
+/// When `meta` goes stale (it is fresh strictly before); `None` for a copy that never does.
+pub fn expires_at(meta: &ObjectMeta) -> Option<SystemTime> {
+    let fresh_for = meta.fresh_for?;
+    let expires = meta
+        .stored_at
+        .saturating_add(fresh_for)
+        .saturating_sub(meta.initial_age);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(expires))
+}
+
 /// What a request may do with a stored copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {

@@ -55,6 +55,7 @@ pub mod dfs_origin;
 mod error;
 pub mod fill;
 pub mod freshness;
+mod hot;
 pub mod metrics;
 pub mod origin;
 mod paced;
@@ -70,7 +71,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use gfprotocol::{Handler, ResponseWriter, Server, ServerConfig, ShutdownHandle};
 use ipc::{Member, MemberState, Region};
@@ -203,6 +204,7 @@ impl Proxy {
             flights: collapse::Flights::new(),
             fill_budget: Arc::new(fill::FillBudget::new(fill::FILL_BUDGET)),
             origin_warnings: warn_limit::WarnLimit::new(ORIGIN_WARN_INTERVAL),
+            hot: hot::HotObjects::of(&config.settings),
             origin,
             config,
             region,
@@ -239,6 +241,35 @@ impl Handler for Frontend {
             tracing::debug!(peer = %request.peer, path = %request.path, "client stopped reading: send timed out");
             self.ctx.stats.incr(metrics::Counter::SendTimeouts);
         }
+    }
+
+    fn answer_held(&self, path: &str, query: Option<&str>) -> Option<gfprotocol::HeldObject> {
+        let hot = self.ctx.hot.as_ref()?;
+        let key = request::cache_key(&self.ctx, path, query).ok()?;
+        let held = hot.get(
+            key.as_str(),
+            self.ctx.region.content_epoch(),
+            SystemTime::now(),
+        );
+        if held.is_some() {
+            self.ctx.stats.incr(metrics::Counter::LookupHits);
+            self.ctx.stats.incr(metrics::Counter::HotHits);
+        }
+        held
+    }
+
+    fn held_answered(&self, body_bytes: u64, elapsed: Duration) {
+        self.ctx
+            .stats
+            .finished(stats::Outcome::Hit, elapsed, body_bytes);
+    }
+
+    fn held_send_timed_out(&self, peer: SocketAddr) {
+        tracing::debug!(%peer, "client stopped reading a hot object: send timed out");
+        self.ctx.stats.incr(metrics::Counter::SendTimeouts);
+        self.ctx
+            .stats
+            .finished(stats::Outcome::Aborted, Duration::ZERO, 0);
     }
 
     fn header_timed_out(&self, peer: SocketAddr) {

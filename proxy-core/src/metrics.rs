@@ -63,6 +63,8 @@ pub enum Counter {
     ClientPaced,
     /// Hits whose cache broke off mid-body, finished from another cache holding the same version.
     Resumed,
+    /// Hits answered by the front door from a hot object (also counted as lookup hits).
+    HotHits,
     /// Responses cut because a write made no progress for `send_timeout` (also counted as
     /// aborted).
     SendTimeouts,
@@ -113,6 +115,7 @@ impl Counter {
         Counter::ConnectionsRefused,
         Counter::ClientPaced,
         Counter::Resumed,
+        Counter::HotHits,
         Counter::SendTimeouts,
         Counter::HeaderTimeouts,
         Counter::Http(200),
@@ -161,6 +164,7 @@ impl Counter {
             Counter::OriginConditional => CounterId::at::<22>(),
             Counter::OriginNotModified => CounterId::at::<23>(),
             Counter::BackgroundRefreshes => CounterId::at::<26>(),
+            Counter::HotHits => CounterId::at::<27>(),
             Counter::Http(status) => http_cell(status),
         }
     }
@@ -194,6 +198,8 @@ pub enum Gauge {
     InFlight,
     /// Open client connections in one state of the front end.
     Connections(ConnectionState),
+    /// Bytes of hot objects held (bodies and bookkeeping), as of the last one kept.
+    HotBytes,
 }
 
 impl Gauge {
@@ -205,6 +211,7 @@ impl Gauge {
         Gauge::Connections(ConnectionState::Sending),
         Gauge::Connections(ConnectionState::Idle),
         Gauge::Connections(ConnectionState::Closing),
+        Gauge::HotBytes,
     ];
 
     /// Its cell in the proxy's stats block.
@@ -216,6 +223,7 @@ impl Gauge {
             Gauge::Connections(ConnectionState::Sending) => GaugeId::at::<3>(),
             Gauge::Connections(ConnectionState::Idle) => GaugeId::at::<4>(),
             Gauge::Connections(ConnectionState::Closing) => GaugeId::at::<5>(),
+            Gauge::HotBytes => GaugeId::at::<6>(),
         }
     }
 }
@@ -384,6 +392,16 @@ pub const SCHEMA: &[Family] = &[
         series: &[Series {
             labels: &[],
             cell: Cell::Counter(Counter::ConnectionsRefused.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_hot_hits_total",
+        help: "Hits answered by the proxy's front door from a hot object kept in its memory \
+               (proxy.hot_cache_size), with no cache round trip; also counted as hits.",
+        kind: MetricKind::Counter,
+        series: &[Series {
+            labels: &[],
+            cell: Cell::Counter(Counter::HotHits.id()),
         }],
     },
     Family {
@@ -580,6 +598,16 @@ pub const SCHEMA: &[Family] = &[
         series: &[Series {
             labels: &[Label::fixed("role", "proxy"), Label::slot("slot")],
             cell: Cell::Gauge(Gauge::InFlight.id()),
+        }],
+    },
+    Family {
+        name: "gfcache_hot_object_bytes",
+        help: "Memory held by hot objects in each proxy process (bodies and bookkeeping, at most \
+               proxy.hot_cache_size), as of the last object kept.",
+        kind: MetricKind::Gauge,
+        series: &[Series {
+            labels: &[Label::slot("slot")],
+            cell: Cell::Gauge(Gauge::HotBytes.id()),
         }],
     },
 ];

@@ -72,7 +72,7 @@ pub fn purge_every_cache(
     timeout: Duration,
 ) -> Vec<SlotReport> {
     let slots = (0..region.config().cache_slots).map(CacheSlot::from_raw);
-    std::thread::scope(|scope| {
+    let reports = std::thread::scope(|scope| {
         let handles: Vec<_> = slots
             .map(|slot| {
                 let state = region.member_state(Member::Cache(slot));
@@ -103,7 +103,11 @@ pub fn purge_every_cache(
                 }
             })
             .collect()
-    })
+    });
+    // Copies of objects kept outside the caches (the proxies' hot objects) read before now may
+    // be gone: they are dropped at their next lookup.
+    region.advance_content_epoch();
+    reports
 }
 
 fn purge_slot(

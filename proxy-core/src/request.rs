@@ -29,7 +29,8 @@ use crate::collapse::{Answer, Flights, Follower, Joined, Leader, SHARED_BODY_LIM
 use crate::error::{Error, Side};
 use crate::fill::{run_fill, FillBudget, FillFeed, PiecePool, FILL_BACKLOG, PIECE_SIZE};
 use crate::freshness::{self, Rules, Storable, Verdict};
-use crate::metrics::Counter;
+use crate::hot::{Candidate, HotObjects};
+use crate::metrics::{Counter, Gauge};
 use crate::origin::{Origin, OriginAnswer, OriginBody, OriginHeaders};
 use crate::paced::{self, ChunkSent, Paced};
 use crate::path::CanonicalPath;
@@ -60,6 +61,8 @@ pub(crate) struct Context {
     pub(crate) stats: Stats,
     /// Rate limit of the origin-failure warnings.
     pub(crate) origin_warnings: WarnLimit,
+    /// Small fresh hits kept whole, answered by the front door itself; `None`: none are kept.
+    pub(crate) hot: Option<HotObjects>,
 }
 
 /// Logs an origin failure at warn with the path and the reason, at most once a second (a dead
@@ -97,8 +100,10 @@ pub(crate) fn handle(ctx: &Context, request: &Request, response: &mut ResponseWr
 
 fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Outcome {
     // 1. Validate and normalise the path.
-    let path = match CanonicalPath::parse(raw_path).and_then(|path| with_query(ctx, path, response))
-    {
+    let query = response
+        .http_request()
+        .and_then(|request| request.query.as_deref());
+    let path = match cache_key(ctx, raw_path, query) {
         Ok(path) => path,
         Err(error) => {
             tracing::debug!(%error, "refused path");
@@ -134,15 +139,14 @@ fn serve(ctx: &Context, raw_path: &str, response: &mut ResponseWriter<'_>) -> Ou
     }
 }
 
-/// With `proxy.http_cache_query`, an HTTP request's query string joins the object's name.
-fn with_query(
+/// The object a request names: its canonical path and, with `proxy.http_cache_query`, an
+/// HTTP request's query string.
+pub(crate) fn cache_key(
     ctx: &Context,
-    path: CanonicalPath,
-    response: &ResponseWriter<'_>,
+    raw_path: &str,
+    query: Option<&str>,
 ) -> Result<CanonicalPath, crate::path::PathError> {
-    let query = response
-        .http_request()
-        .and_then(|request| request.query.as_deref());
+    let path = CanonicalPath::parse(raw_path)?;
     match query {
         Some(query) if ctx.config.settings.http_cache_query => path.with_query(query),
         _ => Ok(path),
@@ -293,6 +297,9 @@ fn from_cache(
         (offset, Some(len)) => ByteRange::new(offset, len),
         (offset, None) => ByteRange::from(offset),
     };
+    // Read before the lookup: a copy kept as a hot object must not outlive a purge that ran
+    // while it was read.
+    let read_under = ctx.region.content_epoch();
     let mut stream = match lease.get_range(slot, path.as_str(), wanted, timeout) {
         Ok(stream) => stream,
         Err(source) => return cache_failed(ctx, slot, source),
@@ -317,11 +324,21 @@ fn from_cache(
     let meta = stored_meta(stream.meta());
     let now = SystemTime::now();
     let mut served_as = mode.counter();
+    // Until when the copy is fresh (`None`: as long as it is there); the epoch for a copy
+    // that is not served as fresh.
+    let mut fresh_until = None;
+    if let (Some(meta), Some(_)) = (&meta, &ctx.origin) {
+        fresh_until = freshness::expires_at(meta);
+    }
+    if mode != LookupMode::Check {
+        fresh_until = Some(SystemTime::UNIX_EPOCH);
+    }
     if let (Some(meta), LookupMode::Check, Some(_)) = (&meta, mode, &ctx.origin) {
         match freshness::verdict(meta, now, &ctx.rules) {
             Verdict::Fresh => {}
             Verdict::ServeAndRefresh => {
                 served_as = Counter::LookupStale;
+                fresh_until = Some(SystemTime::UNIX_EPOCH);
                 refresh_in_background(ctx, path, slot, meta, version);
             }
             Verdict::Revalidate => {
@@ -400,7 +417,20 @@ fn from_cache(
         // header with these bytes, so a small object still leaves in one segment). A client
         // that reads slowly goes on at its own pace, without the segment.
         match paced::send_chunk(response, &chunk, may_release, client_buffer) {
-            ChunkSent::Whole => sent += chunk_len,
+            ChunkSent::Whole => {
+                if first == 0 && chunk_len == object_len && body_len == object_len {
+                    keep_hot(
+                        ctx,
+                        path,
+                        &head,
+                        &chunk,
+                        meta.as_ref(),
+                        read_under,
+                        fresh_until,
+                    );
+                }
+                sent += chunk_len;
+            }
             ChunkSent::ClientSlow(buffer) => {
                 // The buffer holds the rest of this chunk: the next range starts after it.
                 let next = first + sent + chunk_len;
@@ -429,6 +459,33 @@ fn from_cache(
     }
     // 6. Release: `stream` drops here and its segment goes back to the pool.
     CacheResult::Served(Outcome::Hit)
+}
+
+/// Keeps a copy of a whole object just served fresh from its cache as a hot object, when
+/// hot objects are kept and it is small.
+fn keep_hot(
+    ctx: &Context,
+    path: &CanonicalPath,
+    head: &ObjectHead,
+    chunk: &ipc::Chunk<'_>,
+    meta: Option<&ObjectMeta>,
+    read_under: u64,
+    fresh_until: Option<SystemTime>,
+) {
+    let Some(hot) = ctx.hot.as_ref().filter(|hot| hot.takes(chunk.len() as u64)) else {
+        return;
+    };
+    let mut body = Vec::with_capacity(chunk.len());
+    chunk.append_to(&mut body);
+    let copy = Candidate {
+        head: head.clone(),
+        body,
+        meta,
+        fresh_until,
+    };
+    let epoch = ctx.region.content_epoch();
+    hot.keep(path.as_str(), copy, read_under, epoch, SystemTime::now());
+    ctx.stats.set(Gauge::HotBytes, hot.bytes());
 }
 
 fn cache_failed(ctx: &Context, slot: CacheSlot, source: ipc::Error) -> CacheResult {
@@ -888,6 +945,7 @@ fn purge_copy(ctx: &Context, path: &CanonicalPath, slot: CacheSlot) {
     if let Err(error) = purged {
         tracing::debug!(key = %path, %error, "removing a stale copy failed");
     }
+    ctx.region.advance_content_epoch();
 }
 
 /// Stores a 404/410 as an empty object whose metadata says so (negative caching).

@@ -90,6 +90,19 @@ pub struct ProxySettings {
     /// when the origin does not say (its `stale-if-error` wins).
     #[serde(with = "settings::duration")]
     pub stale_if_error: Duration,
+    /// Memory for hot objects: small fresh hits kept whole in the proxy, which the front door
+    /// answers from its own thread with no cache round trip (see docs/proxy.md, "Hot
+    /// objects"). "0": none, every hit asks its cache.
+    #[serde(with = "settings::size")]
+    pub hot_cache_size: u64,
+    /// Objects larger than this are never held as hot objects.
+    #[serde(with = "settings::size")]
+    pub hot_object_max_size: u64,
+    /// How long a hot object is answered from the proxy's memory before its cache is asked
+    /// again (never past its freshness): how long a file changed under a read-only directory
+    /// cache may still be served in its old version. "0s": no hot objects.
+    #[serde(with = "settings::duration")]
+    pub hot_cache_ttl: Duration,
 }
 
 impl Default for ProxySettings {
@@ -121,6 +134,9 @@ impl Default for ProxySettings {
             negative_ttl: None,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::from_secs(3600),
+            hot_cache_size: 64 << 20,
+            hot_object_max_size: 16 << 10,
+            hot_cache_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -133,6 +149,13 @@ const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// per few kilobytes; above, memory per slow client grows for nothing.
 const CLIENT_BUFFER_MIN: u64 = 16 << 10;
 const CLIENT_BUFFER_MAX: u64 = 64 << 20;
+
+/// The largest `hot_object_max_size`: a held answer the socket cannot take at once costs a
+/// worker, so hot objects are the ones a socket buffer takes whole.
+const HOT_OBJECT_MAX_LIMIT: u64 = 1 << 20;
+/// The longest `hot_cache_ttl`: a hot object skips its cache, so a file edited under a running
+/// read-only cache is seen within it.
+const HOT_TTL_MAX: Duration = Duration::from_secs(3600);
 
 /// The largest `max_object_size`.
 const MAX_OBJECT_SIZE_LIMIT: u64 = 1 << 40;
@@ -178,6 +201,16 @@ impl ProxySettings {
             CLIENT_BUFFER_MIN,
             CLIENT_BUFFER_MAX,
         );
+        problems.check_size("hot_cache_size", self.hot_cache_size, 0, 1 << 40);
+        problems.check_size(
+            "hot_object_max_size",
+            self.hot_object_max_size,
+            1,
+            HOT_OBJECT_MAX_LIMIT,
+        );
+        if self.hot_cache_ttl > HOT_TTL_MAX {
+            problems.add("hot_cache_ttl", "must be at most 1h");
+        }
         problems.check_size(
             "max_object_size",
             self.max_object_size,

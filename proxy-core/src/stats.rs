@@ -97,6 +97,11 @@ impl Stats {
         block.observe(histogram.id(), elapsed);
     }
 
+    /// Sets a gauge that this process alone moves.
+    pub fn set(&self, gauge: Gauge, value: u64) {
+        self.region.stats(self.member).set(gauge.id(), value);
+    }
+
     /// Counts a request in flight until the guard drops.
     pub fn in_flight(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;

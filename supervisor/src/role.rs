@@ -39,8 +39,8 @@ pub enum ChildSpec {
         slot: u32,
         /// Whether other proxies share its port (SO_REUSEPORT).
         reuse_port: bool,
-        /// `[proxy]`.
-        proxy: ProxySettings,
+        /// `[proxy]` (boxed: it is most of the spec).
+        proxy: Box<ProxySettings>,
         /// Drain limit on SIGTERM.
         shutdown_timeout: Duration,
     },
@@ -197,7 +197,7 @@ pub fn run_role(role: Role, slot: u32, stop: &AtomicBool) -> Result<(), Error> {
             let config = proxy_core::ProxyConfig {
                 slot: ipc::ProxySlot::from_raw(slot),
                 reuse_port,
-                settings: proxy,
+                settings: *proxy,
             };
             proxy_core::run(Arc::new(region), config, stop, shutdown_timeout)?;
         }

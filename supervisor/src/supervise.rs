@@ -1100,7 +1100,7 @@ fn child_specs(config: &Config) -> Vec<ChildSpec> {
     let proxies = (0..config.proxy.processes).map(|slot| ChildSpec::Proxy {
         slot,
         reuse_port: config.proxy.processes > 1,
-        proxy: config.proxy.settings.clone(),
+        proxy: Box::new(config.proxy.settings.clone()),
         shutdown_timeout,
     });
     let caches = (0..config.cache.processes).map(|slot| ChildSpec::Cache {

@@ -268,9 +268,12 @@ pub fn region_config(segments: u32, cache_slots: u32, proxy_slots: u32) -> Regio
 }
 
 /// A proxy config for tests: port 0, generous cache timeout, and origin answers that say
-/// nothing of their freshness kept an hour (the freshness tests set their own rules).
+/// nothing of their freshness kept an hour (the freshness tests set their own rules). No hot
+/// objects: every hit asks its cache, which is what most tests look at (the hot object tests
+/// turn them on).
 pub fn proxy_config(origin: Option<String>) -> ProxyConfig {
     let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.settings.hot_cache_size = 0;
     config.settings.default_ttl = Duration::from_secs(3600);
     config.settings.threads = 8;
     config.settings.origin = origin;

@@ -8,6 +8,7 @@ mod degraded;
 mod freshness;
 mod front_end;
 mod hits;
+mod hot;
 mod misses;
 mod pieces;
 mod process;
