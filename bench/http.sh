@@ -23,6 +23,7 @@
 #
 # usage: bench/http.sh [FILESET_DIR]
 # env:   SECS (5, each timed load)  ROUNDS (3)  CONNECTIONS (32)  LOAD_THREADS (2)
+#        PROXIES (proxy processes, default one per CPU like nginx's workers)
 #        BIG_TRIES (3)  THREADS (16, proxy and gfserver workers)  CACHES (2)
 #        NGINX_WORKERS (the CPU count)  VARNISH_MEMORY (256m)
 #        GF_BIN_DIR (prebuilt binaries; default: cargo build --release)
@@ -39,6 +40,8 @@ load_threads=${LOAD_THREADS:-2}
 big_tries=${BIG_TRIES:-3}
 threads=${THREADS:-16}
 caches=${CACHES:-2}
+# Proxy processes sharing the port (SO_REUSEPORT), as nginx runs one worker per CPU.
+proxies=${PROXIES:-$(nproc)}
 nginx_workers=${NGINX_WORKERS:-$(nproc)}
 varnish_memory=${VARNISH_MEMORY:-256m}
 cargo=${CARGO:-cargo}
@@ -222,7 +225,8 @@ gfcache_http=127.0.0.1:$(free_port)
 metrics=127.0.0.1:$(free_port)
 config=$work/gfcache.toml
 # As nginx's proxy_cache_valid 200 1d and Varnish's -t 86400: the origin sends no Cache-Control.
-memory_config "$config" "$gfcache_http" "$origin" "$work/run" "$metrics" 'default_ttl = "1d"'
+memory_config "$config" "$gfcache_http" "$origin" "$work/run" "$metrics" "default_ttl = \"1d\"
+processes = $proxies"
 "$gfsupervisor" start -c "$config" >"$work/gfsupervisor.out" 2>"$work/gfsupervisor.err" &
 pids+=($!)
 if ! wait_http "http://$metrics/readyz" 60; then
@@ -330,11 +334,11 @@ origin_after_loads=$(origin_requests)
 mkdir -p "$root/bench/results"
 out=$root/bench/results/http-$(date -u +%Y%m%dT%H%M%SZ).json
 python3 - "$runs" "$out" "$(machine_json)" "$secs" "$rounds" "$connections" "$load_threads" \
-    "$threads" "$caches" "$nginx_workers" "$((origin_after_loads - origin_after_warm))" <<'PY'
+    "$threads" "$caches" "$nginx_workers" "$((origin_after_loads - origin_after_warm))" "$proxies" <<'PY'
 import datetime, json, statistics, sys
 
 runs, out, machine = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-secs, rounds, connections, load_threads, threads, caches, nginx_workers, origin_hits = map(int, sys.argv[4:12])
+secs, rounds, connections, load_threads, threads, caches, nginx_workers, origin_hits, proxies = map(int, sys.argv[4:13])
 measured = {}
 for line in open(runs):
     entry = json.loads(line)
@@ -342,7 +346,7 @@ for line in open(runs):
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 report = {"bench": "http", "date": date, "machine": machine, "secs": secs, "rounds": rounds,
           "connections": connections, "load_threads": load_threads, "threads": threads,
-          "caches": caches, "nginx_workers": nginx_workers,
+          "caches": caches, "proxies": proxies, "nginx_workers": nginx_workers,
           "origin_requests_during_loads": origin_hits, "measurements": measured}
 with open(out, "w") as f:
     json.dump(report, f)
@@ -359,7 +363,7 @@ def ratio(num, den, load, field):
 
 print(f"\ngfcache HTTP vs nginx proxy_cache and Varnish, {date}, {machine['cpus']} CPUs, "
       f"load average {machine['loadavg_1m']:.2f} at the end; wrk -t{load_threads} over 1000 1 KiB hits, "
-      f"{secs} s per run, medians of {rounds} rounds; gfcache: {caches} memory caches, {threads} threads; "
+      f"{secs} s per run, medians of {rounds} rounds; gfcache: {proxies} proxies, {caches} memory caches, {threads} threads; "
       f"nginx: {nginx_workers} workers")
 print(f"{'':<9} {'keep-alive x' + str(connections):>32} {'close x' + str(connections):>24} {'keep-alive x1':>15} {'64 MiB':>8}")
 print(f"{'':<9} {'req/s':>8} {'p50 us':>7} {'p99 us':>7} {'CPU us':>7} {'req/s':>8} {'p99 us':>7} {'CPU us':>7} "
