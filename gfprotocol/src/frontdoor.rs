@@ -814,7 +814,6 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
     /// for a worker. A kept-alive connection's next requests already read (pipelined) are taken
     /// in turn, in a loop, so that a client cannot make the loop recurse.
     fn take_request(&mut self, token: usize, mut request: F::Request) {
-        let mut buf = [0u8; HEADER_READ_CHUNK];
         loop {
             let Some(connection) = self.connections.get_mut(&token) else {
                 return;
@@ -864,6 +863,8 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
             if let Step::More = step {
                 // Bytes past what was read may wait in the socket, and an edge-triggered poll
                 // reports only new ones.
+                // Only a kept-alive connection reads on: a GetFile answer needs no buffer.
+                let mut buf = [0u8; HEADER_READ_CHUNK];
                 step = match self.connections.get_mut(&token) {
                     Some(connection) => read_available(connection, &mut buf),
                     None => return,

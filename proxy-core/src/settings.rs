@@ -360,6 +360,23 @@ mod tests {
     }
 
     #[test]
+    fn hot_object_settings_are_bounded_and_named() {
+        let settings = ProxySettings {
+            hot_object_max_size: 2 << 20,
+            hot_cache_ttl: Duration::from_secs(7200),
+            ..ProxySettings::default()
+        };
+        let keys: Vec<String> = settings.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["hot_object_max_size", "hot_cache_ttl"]);
+        let off = ProxySettings {
+            hot_cache_size: 0,
+            hot_cache_ttl: Duration::ZERO,
+            ..ProxySettings::default()
+        };
+        assert!(off.validate().is_empty(), "0 turns hot objects off");
+    }
+
+    #[test]
     fn max_threads_is_at_least_threads_and_send_timeout_is_not_zero() {
         let settings = ProxySettings {
             threads: 32,
