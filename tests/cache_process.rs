@@ -720,13 +720,15 @@ fn a_writable_directory_that_missed_a_purge_empties_itself() {
     assert_eq!(get(&region, "/b.txt").as_deref(), Some(&b"stale too"[..]));
     region.note_missed_purge(member);
     let deadline = Instant::now() + TIMEOUT;
-    while get(&region, "/b.txt").is_some() {
+    // The cache empties itself first and then records the purge as made up, so the record
+    // may trail the emptying by a moment.
+    while get(&region, "/b.txt").is_some() || region.missed_purges(member).outstanding() {
         assert!(
             Instant::now() < deadline,
-            "still served after a missed purge"
+            "still served, or not recorded as made up, after a missed purge"
         );
         std::thread::sleep(Duration::from_millis(5)); // polling a condition, not syncing
     }
-    assert!(!region.missed_purges(member).outstanding());
+    assert_eq!(get(&region, "/b.txt"), None);
     cache.assert_alive();
 }
