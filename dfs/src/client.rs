@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::proto::dfs_client::DfsClient;
 use crate::proto::{self, StoreOutcome};
-use crate::server::{CHUNK, FRAME, MAX_MESSAGE, WINDOW};
+use crate::server::{read_chunk, FRAME, MAX_MESSAGE, WINDOW};
 use crate::version::{file_meta, time_of, FileMeta};
 use crate::wire;
 
@@ -224,12 +224,23 @@ impl Client {
         progress: Box<dyn Progress>,
     ) -> Result<(StoreOutcome, FileMeta)> {
         let owned = local.to_path_buf();
-        let offered = tokio::task::spawn_blocking(move || file_meta(&owned))
-            .await
-            .map_err(|e| Error::Invalid(format!("checksum task: {e}")))??;
+        // The checksum is summed while the lock request is in flight.
+        let summing = tokio::task::spawn_blocking(move || file_meta(&owned));
         let grant = self.acquire_lock(path).await?;
+        let summed = summing
+            .await
+            .map_err(|e| Error::Invalid(format!("checksum task: {e}")))
+            .and_then(|meta| meta);
+        let offered = match summed {
+            Ok(offered) => offered,
+            Err(e) => {
+                let _ = self.release_lock(path).await;
+                return Err(e);
+            }
+        };
+        let with_data = grant.wants(&offered);
         let result = self
-            .send_store(local, path, offered, grant.wants(&offered), progress)
+            .send_store(local, path, offered, with_data, progress)
             .await;
         if result.is_err() {
             // Let another writer in at once rather than after the lease.
@@ -238,6 +249,7 @@ impl Client {
         result.map(|outcome| (outcome, offered))
     }
 
+    /// Sends a Store call: the header, then the file unless the server would not take it.
     async fn send_store(
         &mut self,
         local: &Path,
@@ -405,17 +417,14 @@ fn read_chunks(
     tx: mpsc::Sender<proto::StoreRequest>,
     mut progress: Box<dyn Progress>,
 ) {
-    use std::io::Read;
     loop {
-        let mut data = vec![0u8; CHUNK];
-        let n = match file.read(&mut data) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let data = match read_chunk(&mut file) {
+            Ok(data) if data.is_empty() => break,
+            Ok(data) => data,
             // The server sees a short upload and refuses it (DATA_LOSS).
             Err(_) => break,
         };
-        data.truncate(n);
+        let n = data.len() as u64;
         let message = proto::StoreRequest {
             data: data.into(),
             ..Default::default()
@@ -423,7 +432,7 @@ fn read_chunks(
         if tx.blocking_send(message).is_err() {
             break; // the call ended early (a refusal, or the server went away)
         }
-        progress.advance(n as u64);
+        progress.advance(n);
     }
     progress.finish();
 }

@@ -139,6 +139,15 @@ pub(crate) const MAX_MESSAGE: usize = 8 << 20;
 /// fewer page faults), while the messages are still few.
 pub(crate) const CHUNK: usize = 256 << 10;
 
+/// The next [`CHUNK`] of `reader` (less only at its end; empty at the end), read into fresh
+/// memory that is not zeroed first.
+pub(crate) fn read_chunk(reader: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::with_capacity(CHUNK);
+    reader.take(CHUNK as u64).read_to_end(&mut data)?;
+    Ok(data)
+}
+
 fn serve_metrics(
     at: SocketAddr,
     metrics: Arc<Metrics>,
@@ -403,21 +412,23 @@ impl Service {
         offered: FileMeta,
     ) -> Result<StoreOutcome> {
         let client_id = first.client_id.clone();
-        let mut upload = self.volume.begin_upload()?;
-        let (mut size, mut crc) = (0u64, 0u32);
+        let mut writer = UploadWriter::start(self.volume.begin_upload()?);
+        let mut size = 0u64;
         let mut message = Some(first);
         while let Some(current) = message {
             if size + current.data.len() as u64 > offered.size {
                 return Err(corrupt(path, "more data than the announced size"));
             }
-            crc = crc32c::crc32c_append(crc, &current.data);
             size += current.data.len() as u64;
             self.metrics
                 .bytes_received
                 .inc_by(current.data.len() as u64);
-            upload = write_chunk(upload, current.data).await?;
+            if !current.data.is_empty() {
+                writer.send(current.data).await?;
+            }
             message = next_message(&mut stream).await?;
         }
+        let (upload, crc) = writer.finish().await?;
         if size != offered.size {
             return Err(corrupt(path, "less data than the announced size"));
         }
@@ -440,23 +451,63 @@ impl Service {
     }
 }
 
+/// Writes an upload's chunks and sums their CRC off the async threads (a file write may
+/// block on the disk), one chunk behind the network: the write of a chunk runs while the
+/// next one is received. No thread is held while the client is slow to send, so slow
+/// uploads cannot use up the blocking pool that Fetch and the commits need. The upload
+/// travels with its write, so a call dropped meanwhile still removes its temporary file.
+struct UploadWriter {
+    stage: WriterStage,
+}
+
+enum WriterStage {
+    /// No write under way: the upload and the CRC of what it holds.
+    Idle(Upload, u32),
+    /// A write under way; it gives the upload back.
+    Writing(tokio::task::JoinHandle<Result<(Upload, u32)>>),
+    /// A write failed or its task was lost.
+    Failed,
+}
+
+impl UploadWriter {
+    fn start(upload: Upload) -> UploadWriter {
+        UploadWriter {
+            stage: WriterStage::Idle(upload, 0),
+        }
+    }
+
+    /// Waits for the previous write, then starts writing `data`.
+    async fn send(&mut self, data: Bytes) -> Result<()> {
+        let (mut upload, crc) = self.settle().await?;
+        self.stage = WriterStage::Writing(tokio::task::spawn_blocking(move || {
+            let crc = crc32c::crc32c_append(crc, &data);
+            upload.write(&data)?;
+            Ok((upload, crc))
+        }));
+        Ok(())
+    }
+
+    /// Waits until everything sent is written: the upload and the CRC of its data.
+    async fn finish(mut self) -> Result<(Upload, u32)> {
+        self.settle().await
+    }
+
+    async fn settle(&mut self) -> Result<(Upload, u32)> {
+        match std::mem::replace(&mut self.stage, WriterStage::Failed) {
+            WriterStage::Idle(upload, crc) => Ok((upload, crc)),
+            WriterStage::Writing(task) => task
+                .await
+                .map_err(|e| Error::Invalid(format!("write task: {e}")))?,
+            WriterStage::Failed => Err(Error::Invalid("an earlier write failed".into())),
+        }
+    }
+}
+
 fn corrupt(path: &crate::path::DfsPath, what: &str) -> Error {
     Error::Corrupt {
         path: path.to_string(),
         what: what.to_string(),
     }
-}
-
-/// Writes off the async threads (a file write may block on the disk). The upload travels
-/// with the write, so a call dropped meanwhile still removes its temporary file.
-async fn write_chunk(mut upload: Upload, data: Bytes) -> Result<Upload> {
-    let (upload, written) = tokio::task::spawn_blocking(move || {
-        let written = upload.write(&data);
-        (upload, written)
-    })
-    .await
-    .map_err(|e| Error::Invalid(format!("write task: {e}")))?;
-    written.map(|()| upload)
 }
 
 /// The next message of a client stream; a stream that broke off (the client went away) is
@@ -477,22 +528,19 @@ fn send_file(
     tx: mpsc::Sender<std::result::Result<proto::FetchReply, Status>>,
     metrics: &Metrics,
 ) {
-    use std::io::Read;
     let mut first = Some(meta);
     loop {
-        let mut data = vec![0u8; CHUNK];
-        let n = match file.read(&mut data) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let data = match read_chunk(&mut file) {
+            Ok(data) => data,
             Err(e) => {
                 let _ = tx.blocking_send(Err(Status::internal(format!("read: {e}"))));
                 return;
             }
         };
+        let n = data.len();
         if n == 0 && first.is_none() {
             return;
         }
-        data.truncate(n);
         metrics.bytes_sent.inc_by(n as u64);
         let head = first.take();
         let reply = proto::FetchReply {
