@@ -339,13 +339,15 @@ fn escapes_get_file_not_found() {
 fn listing_mode_serves_named_files() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("file"), b"listed").unwrap();
+    nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     let listing = dir.path().join("content.txt");
     std::fs::write(
         &listing,
         format!(
-            "/named.txt {}\n/gone {}\n",
+            "/named.txt {}\n/gone {}\n/fifo {}\n",
             dir.path().join("file").display(),
-            dir.path().join("nope").display()
+            dir.path().join("nope").display(),
+            dir.path().join("fifo").display()
         ),
     )
     .unwrap();
@@ -361,6 +363,10 @@ fn listing_mode_serves_named_files() {
     );
     assert_eq!(fetch(server.addr, "/gone").0, Status::FileNotFound);
     assert_eq!(fetch(server.addr, "/file").0, Status::FileNotFound);
+    // A FIFO with no writer: opening it must not hold up the front door (small files are
+    // opened there), so it is refused at once, and the server goes on answering.
+    assert_eq!(fetch(server.addr, "/fifo").0, Status::FileNotFound);
+    assert_eq!(fetch(server.addr, "/named.txt").0, Status::Ok);
 }
 
 #[test]
@@ -406,4 +412,142 @@ fn bad_arguments_are_usage_errors() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(1));
+}
+
+impl ServerProcess {
+    /// The HTTP listener's address, from the line after the GetFile one.
+    fn http_addr(&mut self) -> SocketAddr {
+        let mut line = String::new();
+        self._stdout
+            .read_line(&mut line)
+            .expect("read the http line");
+        line.trim()
+            .strip_prefix("http listening on ")
+            .unwrap_or_else(|| panic!("no http line: {line:?}"))
+            .parse()
+            .expect("http address")
+    }
+}
+
+/// An HTTP exchange on its own connection, with the `Date` line taken out (it is the one
+/// header two servers may answer differently).
+fn http_exchange(addr: SocketAddr, path: &str, extra: &str) -> Vec<u8> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n");
+    let answer = raw_exchange(addr, request.as_bytes(), false);
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let (head, body) = answer.split_at(split);
+    let head = String::from_utf8_lossy(head);
+    let mut kept: Vec<u8> = head
+        .split("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("date:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        .into_bytes();
+    kept.extend_from_slice(body);
+    kept
+}
+
+/// Small files are read and answered by the front door's thread itself: byte-exact over
+/// GetFile and HTTP (whole, a range, HEAD, a range past the end) and answered exactly as a
+/// worker answers them (a server with `--inline-max-size 0` beside it); an edit is seen by the
+/// very next request, because every answer reads the file afresh; files at and just over the
+/// limit are served alike.
+#[test]
+fn small_files_answered_by_the_front_door_are_exact_and_never_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = gfprotocol::DEFAULT_INLINE_MAX_SIZE as usize;
+    let files = [
+        ("empty", 0),
+        ("one_k", 1024),
+        ("at", limit),
+        ("over", limit + 1),
+    ];
+    for (seed, (name, len)) in files.iter().enumerate() {
+        write_random_file(&dir.path().join(name), *len, seed as u64 + 1);
+    }
+    let mut inline = ServerProcess::root(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let mut workers = ServerProcess::root(
+        dir.path(),
+        &["--http-listen", "127.0.0.1:0", "--inline-max-size", "0"],
+    );
+    let (inline_http, workers_http) = (inline.http_addr(), workers.http_addr());
+
+    for (name, _) in files {
+        let path = format!("/{name}");
+        let expected = std::fs::read(dir.path().join(name)).unwrap();
+        for server in [&inline, &workers] {
+            assert_eq!(
+                fetch(server.addr, &path),
+                (Status::Ok, expected.clone()),
+                "{path}"
+            );
+        }
+        for extra in [
+            "",
+            "Range: bytes=10-19\r\n",
+            "Range: bytes=-5\r\n",
+            "Range: bytes=999999-\r\n",
+        ] {
+            assert_eq!(
+                http_exchange(inline_http, &path, extra),
+                http_exchange(workers_http, &path, extra),
+                "{path} {extra:?}"
+            );
+        }
+        let head = |addr| {
+            let request = format!("HEAD {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let answer = raw_exchange(addr, request.as_bytes(), false);
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(head(inline_http), head(workers_http), "HEAD {path}");
+    }
+    let whole = http_exchange(inline_http, "/one_k", "");
+    assert!(
+        whole.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&whole)
+    );
+
+    // An edit, a shrink and a removal, each seen by the next request.
+    for (round, len) in [(1u64, 700usize), (2, 1024), (3, 0)] {
+        write_random_file(&dir.path().join("one_k"), len, 100 + round);
+        let expected = std::fs::read(dir.path().join("one_k")).unwrap();
+        assert_eq!(
+            fetch(inline.addr, "/one_k"),
+            (Status::Ok, expected),
+            "edit {round}"
+        );
+    }
+    std::fs::remove_file(dir.path().join("one_k")).unwrap();
+    assert_eq!(fetch(inline.addr, "/one_k").0, Status::FileNotFound);
+    assert!(inline.is_running() && workers.is_running());
+}
+
+#[test]
+fn an_inline_size_limit_above_1_mib_is_refused_with_the_flag_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(GFSERVER)
+        .args([
+            "--root",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--inline-max-size", "1048577"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--inline-max-size") && stderr.contains("at most 1048576"),
+        "{stderr}"
+    );
 }

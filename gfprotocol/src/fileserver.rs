@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::paths::Root;
@@ -31,11 +32,20 @@ pub enum BodyMode {
 /// Buffer of [`BodyMode::ReadWrite`].
 const COPY_CHUNK: usize = 256 * 1024;
 
+/// Files up to this size are answered by the front door's own thread by default (see
+/// [`FileServer::with_inline_max_size`]).
+pub const DEFAULT_INLINE_MAX_SIZE: u64 = 16 * 1024;
+
+/// The largest `inline_max_size`: a file answered inline is read whole into memory on the
+/// thread every connection shares.
+pub const MAX_INLINE_MAX_SIZE: u64 = 1 << 20;
+
 /// A [`Handler`] that serves files.
 #[derive(Debug)]
 pub struct FileServer {
     source: Source,
     mode: BodyMode,
+    inline_max_size: u64,
 }
 
 impl FileServer {
@@ -46,6 +56,7 @@ impl FileServer {
         Ok(FileServer {
             source: Source::Root(root),
             mode: BodyMode::default(),
+            inline_max_size: DEFAULT_INLINE_MAX_SIZE,
         })
     }
 
@@ -60,6 +71,7 @@ impl FileServer {
         Ok(FileServer {
             source: Source::Listing(entries),
             mode: BodyMode::default(),
+            inline_max_size: DEFAULT_INLINE_MAX_SIZE,
         })
     }
 
@@ -67,6 +79,49 @@ impl FileServer {
     pub fn with_body_mode(mut self, mode: BodyMode) -> FileServer {
         self.mode = mode;
         self
+    }
+
+    /// Answers regular files of at most `bytes` on the front door's thread, read afresh for
+    /// every request (0: every request goes to a worker). That saves the hand-off to a worker,
+    /// most of the cost of a small file, at the price of a short file read on the thread every
+    /// connection shares, as nginx's event loop reads files itself: right for a root in the
+    /// page cache or on a local disk, not for one on a network file system. Errors above
+    /// [`MAX_INLINE_MAX_SIZE`].
+    pub fn with_inline_max_size(mut self, bytes: u64) -> Result<FileServer, Error> {
+        if bytes > MAX_INLINE_MAX_SIZE {
+            return Err(Error::Config(format!(
+                "the inline file size limit must be at most {MAX_INLINE_MAX_SIZE} bytes (got {bytes})"
+            )));
+        }
+        self.inline_max_size = bytes;
+        Ok(self)
+    }
+
+    /// The whole of a small regular file, read now; `None` for anything else (a missing or
+    /// larger file, an error, a file that changed size while read), which a worker then
+    /// answers as usual.
+    fn read_small(&self, path: &str) -> Option<crate::HeldObject> {
+        if self.inline_max_size == 0 {
+            return None;
+        }
+        let mut file = self.open(path).ok()??;
+        let len = file.metadata().ok()?.len();
+        if len > self.inline_max_size {
+            return None;
+        }
+        let mut body = Vec::with_capacity(usize::try_from(len).ok()?);
+        (&mut file).take(len + 1).read_to_end(&mut body).ok()?;
+        if body.len() as u64 != len {
+            return None;
+        }
+        Some(crate::HeldObject {
+            // What a worker's `send_header(Ok { length })` says of a file: its length only.
+            head: crate::ObjectHead {
+                len,
+                ..crate::ObjectHead::default()
+            },
+            body: body.into(),
+        })
     }
 
     /// Opens the file for `path`; `Ok(None)` when there is nothing to serve.
@@ -77,7 +132,13 @@ impl FileServer {
                 let Some(file) = entries.get(path) else {
                     return Ok(None);
                 };
-                match File::open(file) {
+                // O_NONBLOCK: a FIFO named by the listing must not block the open (it is then
+                // refused as not regular); small files are opened on the front door's thread.
+                let opened = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                    .open(file);
+                match opened {
                     Ok(f) if f.metadata()?.file_type().is_file() => Ok(Some(f)),
                     Ok(_) => Ok(None),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -114,6 +175,10 @@ fn parse_listing(text: &str) -> Result<HashMap<String, PathBuf>, String> {
 }
 
 impl Handler for FileServer {
+    fn answer_held(&self, path: &str, _query: Option<&str>) -> Option<crate::HeldObject> {
+        self.read_small(path)
+    }
+
     fn handle(&self, request: &Request, response: &mut ResponseWriter<'_>) {
         let file = match self.open(&request.path) {
             Ok(Some(file)) => file,

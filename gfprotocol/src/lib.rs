@@ -73,7 +73,7 @@ mod server;
 pub use client::{Client, FetchOutcome};
 pub use codec::Malformed;
 pub use connections::{ConnectionCounts, ConnectionState};
-pub use fileserver::{BodyMode, FileServer};
+pub use fileserver::{BodyMode, FileServer, DEFAULT_INLINE_MAX_SIZE, MAX_INLINE_MAX_SIZE};
 pub use http_front::{Delivery, Failure, ObjectHead};
 pub use server::{ResponseWriter, Server, ShutdownHandle};
 
@@ -154,8 +154,10 @@ pub trait Handler: Send + Sync + 'static {
     /// query string, undecoded) before it goes to a worker: an object the handler holds in
     /// memory, which the front door then answers itself (200, 206, 304, 416 or a HEAD's head for
     /// HTTP, `OK` for GetFile) with no worker and no thread switch; `None` (the default): a
-    /// worker calls [`handle`](Handler::handle). It must not block: no I/O, no lock held across
-    /// I/O. The end of such an answer is told to [`held_answered`](Handler::held_answered)
+    /// worker calls [`handle`](Handler::handle). It must not block: nothing that waits on a
+    /// peer, no lock held across I/O; every connection waits while it runs. The one I/O allowed
+    /// is a short read of a small local file ([`FileServer`] reads the files it answers here,
+    /// as nginx's event loop does). The end of such an answer is told to [`held_answered`](Handler::held_answered)
     /// (HTTP answers also to [`http_answered`](Handler::http_answered)). An answer the socket
     /// cannot take at once is finished by a worker, and one that makes no progress for
     /// `send_timeout` is told to [`held_send_timed_out`](Handler::held_send_timed_out) instead.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use gfprotocol::{BodyMode, FileServer, Handler, Server, ServerConfig};
+use gfprotocol::{BodyMode, FileServer, Handler, Server, ServerConfig, DEFAULT_INLINE_MAX_SIZE};
 
 /// Serve files with the GetFile protocol.
 #[derive(Parser, Debug)]
@@ -68,6 +68,11 @@ struct Args {
     /// How file bodies are sent: sendfile(2), or read(2) + send(2).
     #[arg(long, value_enum, default_value_t = SendMode::Sendfile)]
     send_mode: SendMode,
+    /// Files of at most this many bytes are read and answered by the front door thread itself,
+    /// with no hand-off to a worker (0: never; at most 1 MiB). Set 0 for a root on a slow or
+    /// network file system: such a read holds up every connection while it waits.
+    #[arg(long, default_value_t = DEFAULT_INLINE_MAX_SIZE)]
+    inline_max_size: u64,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -97,7 +102,11 @@ fn main() -> anyhow::Result<()> {
         SendMode::Sendfile => BodyMode::Sendfile,
         SendMode::ReadWrite => BodyMode::ReadWrite,
     };
-    let handler: Arc<dyn Handler> = Arc::new(files.with_body_mode(mode));
+    let files = files
+        .with_body_mode(mode)
+        .with_inline_max_size(args.inline_max_size)
+        .context("--inline-max-size")?;
+    let handler: Arc<dyn Handler> = Arc::new(files);
     let header_timeout = seconds(args.header_timeout, "--header-timeout")?;
     let send_timeout = seconds(args.send_timeout, "--send-timeout")?;
     let config = ServerConfig {
