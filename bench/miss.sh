@@ -174,10 +174,15 @@ start_gfcache() {
     printf -v "${name}_caches" '%s' "$(python3 -c 'import json,sys; print(" ".join(str(c["pid"]) for c in json.loads(sys.argv[1])["children"] if c["role"] == "cache"))' "$status")"
 }
 # Hits are timed too: the origin sends no Cache-Control, so its answers are kept a day (a base
-# before freshness keeps them for ever, and knows no such key).
+# before freshness, d30c7bd, keeps them for ever and knows no such key; a later base gets it
+# too, or its every hit would be a revalidation).
 start_gfcache new "$new_bin" 'default_ttl = "1d"'
 config=$new_config
-start_gfcache base "$base_bin"
+if git -C "$root" merge-base --is-ancestor d30c7bd "$base_rev" 2>/dev/null; then
+    start_gfcache base "$base_bin" 'default_ttl = "1d"'
+else
+    start_gfcache base "$base_bin"
+fi
 
 # metric NAME SERIES: one series of a gfcache's /metrics, summed over its lines.
 metric() {

@@ -28,6 +28,9 @@ use crate::settings::ProxySettings;
 /// What a copy costs beside its body and key (the entry and its clock slot).
 const ENTRY_OVERHEAD: u64 = 256;
 
+/// Dead places the clock may hold beyond twice its live ones before it is compacted.
+const CLOCK_SLACK: usize = 64;
+
 /// The hot objects of one proxy process.
 pub(crate) struct HotObjects {
     budget: u64,
@@ -155,6 +158,7 @@ impl HotObjects {
         state.bytes += cost;
         state.clock.push_back((key.to_owned(), id));
         state.entries.insert(key.to_owned(), entry);
+        state.compact_clock();
     }
 
     /// Bytes held now (bodies, keys and bookkeeping).
@@ -183,6 +187,19 @@ impl State {
         if let Some(entry) = self.entries.remove(key) {
             self.bytes = self.bytes.saturating_sub(entry.cost(key));
         }
+    }
+
+    /// Drops the clock's places of copies replaced or removed since, once they outnumber the
+    /// live ones. Under budget nothing else ever pops them, and a copy kept again every
+    /// `hot_cache_ttl` adds a place each time: without this the clock would grow for as long
+    /// as the process runs. Amortised over the keeps that made them, so O(1) per keep.
+    fn compact_clock(&mut self) {
+        if self.clock.len() <= 2 * self.entries.len() + CLOCK_SLACK {
+            return;
+        }
+        let entries = &self.entries;
+        self.clock
+            .retain(|(key, id)| entries.get(key).is_some_and(|entry| entry.id == *id));
     }
 
     /// Evicts until `cost` more bytes fit in `budget`, or nothing is left to evict.
@@ -254,6 +271,24 @@ mod tests {
             None,
             "nor does an old epoch bring it back"
         );
+    }
+
+    #[test]
+    fn copies_kept_again_and_again_under_budget_leave_the_clock_bounded() {
+        let hot = hot(1 << 30);
+        for round in 0..10_000 {
+            keep(&hot, &format!("/k{}", round % 10), b"again", 1);
+        }
+        let state = hot.lock();
+        assert_eq!(state.entries.len(), 10);
+        assert!(
+            state.clock.len() <= 2 * 10 + CLOCK_SLACK + 1,
+            "the clock holds {} places for 10 copies",
+            state.clock.len()
+        );
+        drop(state);
+        // Eviction still finds every live copy through the compacted clock.
+        assert!((0..10).all(|i| body_of(&hot, &format!("/k{i}"), 1).is_some()));
     }
 
     #[test]
