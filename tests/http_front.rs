@@ -750,6 +750,69 @@ fn pipelined_requests_are_answered_in_order_byte_exact() {
     stop_and_check_nothing_left(run);
 }
 
+/// A client that asks again the moment it has its answer is answered from the proxy's hot
+/// copies, whether the front door or a worker holds its connection at that moment: its object
+/// goes to its cache once, not once per request. Pipelined requests behind one the request path
+/// answers are answered in order, held ones included, and a held last one closes as asked.
+#[test]
+fn a_client_that_asks_again_at_once_is_answered_from_the_hot_copy() {
+    let content = Content::new();
+    let (run, http) = directory_run(&content, &["hot_cache_ttl = \"1h\""]);
+    let mut stream = connect(http);
+    let mut buf = Vec::new();
+    const AGAIN: u64 = 100;
+    for _ in 0..=AGAIN {
+        stream
+            .write_all(get("/hello.txt", "").as_bytes())
+            .expect("send");
+        let answer = read_responses(&mut stream, &mut buf, &[false]);
+        assert_eq!(answer[0].status, 200);
+        assert_eq!(answer[0].body, content.body("/hello.txt"));
+    }
+    let counts = |text: &str| {
+        let hits = metric_value(text, "gfcache_cache_lookups_total{result=\"hit\"}").unwrap_or(0.0);
+        let hot = metric_value(text, "gfcache_hot_hits_total").unwrap_or(0.0);
+        (hits as u64, hot as u64)
+    };
+    let text = wait_for("every request counted", DEADLINE, || {
+        let text = run.metrics_text();
+        (counts(&text).0 > AGAIN).then_some(text)
+    });
+    // The first request took the copy from the cache; every later one was answered from it.
+    assert_eq!(counts(&text), (AGAIN + 1, AGAIN), "{text}");
+
+    let burst = [
+        get("/missing", ""),
+        get("/hello.txt", ""),
+        get("/hello.txt", "Range: bytes=1-3\r\n"),
+        head("/hello.txt", ""),
+        get("/hello.txt", "Connection: close\r\n"),
+    ]
+    .concat();
+    let mut stream = connect(http);
+    stream.write_all(burst.as_bytes()).expect("send the burst");
+    let bytes = read_to_eof(&mut stream, DEADLINE).expect("closed after the last");
+    let mut rest = bytes.as_slice();
+    let mut answers = Vec::new();
+    for head_only in [false, false, false, true, false] {
+        let (response, used) = parse_response(rest, head_only)
+            .expect("well-formed")
+            .unwrap_or_else(|| panic!("{} answers only", answers.len()));
+        rest = &rest[used..];
+        answers.push(response);
+    }
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(rest));
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [404, 200, 206, 200, 200]);
+    let hello = content.body("/hello.txt");
+    assert_eq!(answers[1].body, hello);
+    assert_eq!(answers[2].body, &hello[1..4]);
+    assert_eq!(answers[4].body, hello);
+    assert!(answers[..4].iter().all(|r| !r.closes()));
+    assert!(answers[4].closes());
+    stop_and_check_nothing_left(run);
+}
+
 #[test]
 fn malformed_requests_are_refused_and_the_connection_closed() {
     let content = Content::new();

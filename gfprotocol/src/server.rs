@@ -35,7 +35,7 @@ use nix::sys::socket::{
 mod http_writer;
 mod paced;
 
-use crate::connections::{ConnectionCounts, ConnectionState, Tracker};
+use crate::connections::{ConnectionCounts, ConnectionState, Tracked, Tracker};
 use crate::frontdoor::{
     report_held, AfterAnswer, FrontDoor, FrontDoorConfig, GetFileFramer, HeaderFramer, KeptAlive,
     Parked, Ready, ReturnPath,
@@ -46,14 +46,6 @@ use crate::{Error, Handler, Request, ResponseHeader, ServerConfig};
 
 /// A worker beyond `threads` exits after this long without a request.
 const IDLE_WORKER_EXIT: Duration = Duration::from_secs(10);
-
-/// After an answer, a worker waits this long on a kept-alive HTTP connection for its next
-/// request before it hands the connection back to the front door (as Varnish's
-/// `timeout_linger`). A client that asks again at once (a load tool, a browser fetching a
-/// page's parts) then costs no trip through the front door and the worker queue: two thread
-/// wake-ups and the epoll re-registration per request. Short, so an idle connection holds a
-/// worker for no longer than this.
-const KEEPALIVE_LINGER: Duration = Duration::from_millis(2);
 
 /// Bodies up to this size are read and sent together with their header.
 const SMALL_FILE: u64 = 16 * 1024;
@@ -719,47 +711,36 @@ fn bind_listener(config: &ServerConfig, addr: SocketAddr) -> io::Result<TcpListe
 
 /// What a worker found on a kept-alive connection after its answer.
 enum NextRequest {
-    /// A whole request: the worker answers it too.
+    /// A whole request, already read (pipelined): the worker answers it too.
     Here(HttpJob),
-    /// None in time (or the connection ended): the bytes read so far go back to the front
-    /// door with the connection, which frames (or refuses) them as it would have.
+    /// None whole: the bytes read so far go back to the front door with the connection, which
+    /// frames (or refuses) them as it would have.
     NotYet(Vec<u8>),
 }
 
-/// Looks for the next request in `leftover` (a pipelined one), else waits up to `linger` for
-/// it to arrive on `stream`.
-fn next_request_on_worker(stream: &TcpStream, leftover: Vec<u8>, linger: Duration) -> NextRequest {
+/// The next request of a kept-alive connection when it is already among the bytes read past
+/// the last one (pipelined). The worker never waits for one: the front door waits for every
+/// client at once, and it answers a held object itself in the same thread that reads it.
+fn pipelined_request(leftover: Vec<u8>) -> NextRequest {
+    if leftover.is_empty() {
+        return NextRequest::NotYet(leftover);
+    }
     let mut framer = HttpFramer::new();
-    let deadline = std::time::Instant::now() + linger;
-    // On the stack: this runs after every kept-alive answer.
-    let mut buffer = [0u8; 8192];
-    let mut read = leftover.len();
-    let mut bytes: &[u8] = &leftover;
-    loop {
-        match framer.feed(bytes.get(..read).unwrap_or_default()) {
-            Ok(Some(next)) => return NextRequest::Here(next),
-            Ok(None) => {}
-            Err(_) => return NextRequest::NotYet(framer.into_bytes()),
-        }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || !readable_within(stream, left) {
-            return NextRequest::NotYet(framer.into_bytes());
-        }
-        read = match socket::recv(stream.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
-            Ok(n) if n > 0 => n,
-            // The end, an error, or nothing after all: the front door sees it too.
-            _ => return NextRequest::NotYet(framer.into_bytes()),
-        };
-        bytes = &buffer;
+    match framer.feed(&leftover) {
+        Ok(Some(next)) => NextRequest::Here(next),
+        Ok(None) | Err(_) => NextRequest::NotYet(framer.into_bytes()),
     }
 }
 
-/// Whether `stream` has bytes (or an end) to read within `wait`.
-fn readable_within(stream: &TcpStream, wait: Duration) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
-    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
+/// What a worker came to on a kept-alive connection after its answer.
+enum OnWorker {
+    /// A request the handler must answer on its request path.
+    Handle(HttpJob),
+    /// No whole request read yet, or the last one allowed was answered: the connection goes
+    /// back to the front door, with the bytes read past the last request.
+    HandBack { leftover: Vec<u8>, closing: bool },
+    /// The client is gone, or the connection ends here.
+    Gone,
 }
 
 /// Work for a worker: a complete request, by protocol, or the rest of a held answer.
@@ -882,18 +863,22 @@ impl Serving {
                 // closes first, and the front door drains the rest before it closes.
                 let _ = stream.shutdown(Shutdown::Write);
             }
-            let leftover = match kept && !self.stopping() {
-                true => {
-                    connection.set(ConnectionState::Idle);
-                    match next_request_on_worker(&stream, job.leftover, KEEPALIVE_LINGER) {
-                        NextRequest::Here(next) => {
-                            job = next;
-                            continue;
-                        }
-                        NextRequest::NotYet(bytes) => bytes,
+            let (leftover, closing) = match kept && !self.stopping() {
+                true => match self.next_on_worker(
+                    &stream,
+                    peer,
+                    job.leftover,
+                    &mut served,
+                    &mut connection,
+                ) {
+                    OnWorker::Handle(next) => {
+                        job = next;
+                        continue;
                     }
-                }
-                false => job.leftover,
+                    OnWorker::HandBack { leftover, closing } => (leftover, closing),
+                    OnWorker::Gone => return,
+                },
+                false => (job.leftover, !kept),
             };
             return_path.hand_back(KeptAlive {
                 stream,
@@ -901,9 +886,74 @@ impl Serving {
                 connection,
                 leftover,
                 served,
-                closing: !kept,
+                closing,
             });
             return;
+        }
+    }
+
+    /// Goes on with the pipelined requests of a kept-alive connection: those the handler holds
+    /// (hot objects, small files) are answered here as the front door would answer them,
+    /// without the handler's request path; the first it does not hold is returned to be
+    /// handled; when none is left the connection goes back to the front door.
+    fn next_on_worker(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        mut leftover: Vec<u8>,
+        served: &mut u32,
+        connection: &mut Tracked,
+    ) -> OnWorker {
+        loop {
+            connection.set(ConnectionState::Idle);
+            let next = match pipelined_request(leftover) {
+                NextRequest::Here(next) => next,
+                NextRequest::NotYet(bytes) => {
+                    return OnWorker::HandBack {
+                        leftover: bytes,
+                        closing: false,
+                    }
+                }
+            };
+            let started = std::time::Instant::now();
+            let answer = match HttpFramer::answer_held(
+                next,
+                self.handler.as_ref(),
+                *served,
+                self.max_requests,
+            ) {
+                Ok(answer) => answer,
+                Err(next) => return OnWorker::Handle(next),
+            };
+            *served = served.saturating_add(1);
+            connection.set(ConnectionState::Sending);
+            let (head, body) = answer.unsent(0);
+            if let Err(e) = send_all_vectored(stream.as_fd(), head, body) {
+                tracing::debug!(%peer, error = %e, "a held answer was cut");
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
+                    let _ =
+                        catch_unwind(AssertUnwindSafe(|| self.handler.held_send_timed_out(peer)));
+                }
+                return OnWorker::Gone;
+            }
+            report_held(self.handler.as_ref(), &answer, started);
+            leftover = match answer.after {
+                AfterAnswer::KeepAlive(leftover) if !self.stopping() => leftover,
+                AfterAnswer::KeepAlive(leftover) => {
+                    return OnWorker::HandBack {
+                        leftover,
+                        closing: false,
+                    }
+                }
+                AfterAnswer::Linger => {
+                    let _ = stream.shutdown(Shutdown::Write);
+                    return OnWorker::HandBack {
+                        leftover: Vec::new(),
+                        closing: true,
+                    };
+                }
+                AfterAnswer::Close => return OnWorker::Gone,
+            };
         }
     }
 
