@@ -148,8 +148,21 @@ pub(crate) enum AfterAnswer {
     /// It stays open for the next request, which may start in these bytes (pipelined).
     KeepAlive(Vec<u8>),
     /// Its write side closes and the loop drains what the client still sends (HTTP
-    /// `Connection: close`, the last request allowed), as after a refusal.
+    /// `Connection: close` with more bytes read past the request), as after a refusal.
     Linger,
+    /// It closes (HTTP `Connection: close`, the last request allowed): at once if the client
+    /// has sent nothing more ([`nothing_unread`]), else as [`AfterAnswer::Linger`].
+    Closing,
+}
+
+/// Whether the client sent nothing that is not read yet (or its side is closed, or the socket
+/// is broken): then a close cannot turn into a reset that destroys the answer still queued,
+/// and a connection that ends needs no lingering (one poll wake-up and two reads fewer per
+/// `Connection: close` request).
+pub(crate) fn nothing_unread(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(nix::sys::socket::recv(stream.as_raw_fd(), &mut byte, flags), Ok(n) if n > 0)
 }
 
 /// Asks the handler for a held object, a panic counting as none.
@@ -844,7 +857,10 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
             report_held(self.handler.as_ref(), &answer, started);
             let leftover = match answer.after {
                 AfterAnswer::Close => return drop(self.remove(token)),
-                AfterAnswer::Linger => {
+                AfterAnswer::Closing if nothing_unread(&connection.stream) => {
+                    return drop(self.remove(token))
+                }
+                AfterAnswer::Closing | AfterAnswer::Linger => {
                     let _ = connection.stream.shutdown(Shutdown::Write);
                     return self.start_lingering(token);
                 }

@@ -159,6 +159,7 @@ impl HeaderFramer for HttpFramer {
             body_range,
             after: match exchange.keep_alive {
                 true => AfterAnswer::KeepAlive(job.leftover),
+                false if job.leftover.is_empty() => AfterAnswer::Closing,
                 false => AfterAnswer::Linger,
             },
         })

@@ -37,8 +37,8 @@ mod paced;
 
 use crate::connections::{ConnectionCounts, ConnectionState, Tracked, Tracker};
 use crate::frontdoor::{
-    report_held, AfterAnswer, FrontDoor, FrontDoorConfig, GetFileFramer, HeaderFramer, KeptAlive,
-    Parked, Ready, ReturnPath,
+    nothing_unread, report_held, AfterAnswer, FrontDoor, FrontDoorConfig, GetFileFramer,
+    HeaderFramer, KeptAlive, Parked, Ready, ReturnPath,
 };
 use crate::http_front::{HttpExchange, HttpFramer, HttpJob};
 use crate::pool::{Pool, PoolConfig};
@@ -821,8 +821,9 @@ impl Serving {
         report_held(self.handler.as_ref(), &answer, started);
         let (leftover, closing) = match answer.after {
             AfterAnswer::Close => return,
+            AfterAnswer::Closing if nothing_unread(&stream) => return,
             AfterAnswer::KeepAlive(leftover) if !self.stopping() => (leftover, false),
-            AfterAnswer::KeepAlive(_) | AfterAnswer::Linger => {
+            AfterAnswer::KeepAlive(_) | AfterAnswer::Closing | AfterAnswer::Linger => {
                 let _ = stream.shutdown(Shutdown::Write);
                 (Vec::new(), true)
             }
@@ -858,6 +859,9 @@ impl Serving {
                 return;
             };
             if !kept {
+                if !job.body_unread && job.leftover.is_empty() && nothing_unread(&stream) {
+                    return;
+                }
                 // Closing with an unread request body (or a pipelined request) would reset the
                 // connection, and a reset destroys the answer still in flight: the write side
                 // closes first, and the front door drains the rest before it closes.
@@ -945,7 +949,8 @@ impl Serving {
                         closing: false,
                     }
                 }
-                AfterAnswer::Linger => {
+                AfterAnswer::Closing if nothing_unread(stream) => return OnWorker::Gone,
+                AfterAnswer::Closing | AfterAnswer::Linger => {
                     let _ = stream.shutdown(Shutdown::Write);
                     return OnWorker::HandBack {
                         leftover: Vec::new(),
