@@ -551,3 +551,101 @@ fn an_inline_size_limit_above_1_mib_is_refused_with_the_flag_named() {
         "{stderr}"
     );
 }
+
+/// One HTTP exchange on its own connection, read to the close, within `HANG` (a hang detector,
+/// not a timing): the head and the body.
+fn http_get_within(addr: SocketAddr, path: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(HANG)).expect("read timeout");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .unwrap_or_else(|e| panic!("{path}: no whole answer in {HANG:?}: {e}"));
+    answer
+}
+
+const HANG: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Clients that pipeline hundreds of requests for small files (answered by the front door
+/// itself) and never read fill their sockets: each costs its own buffer and the worker that
+/// finishes its parked answer, never the front door's thread or the other clients' service;
+/// and each is cut once a write makes no progress for `--send-timeout`.
+#[test]
+fn pipelining_clients_that_never_read_cost_the_others_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = gfprotocol::DEFAULT_INLINE_MAX_SIZE as usize;
+    write_random_file(&dir.path().join("small"), limit, 7);
+    write_random_file(&dir.path().join("large"), 1 << 20, 8);
+    let mut server = ServerProcess::root(
+        dir.path(),
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--send-timeout",
+            "3",
+        ],
+    );
+    let http = server.http_addr();
+    let pipeline = "GET /small HTTP/1.1\r\nHost: t\r\n\r\n".repeat(400);
+    let hogs: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let hog = TcpStream::connect(http).expect("connect a hog");
+            // Its answers (400 x 16 KiB) overflow both socket buffers long before the end.
+            let mut writer = hog.try_clone().expect("clone");
+            let requests = pipeline.clone();
+            thread::spawn(move || {
+                let _ = writer.write_all(requests.as_bytes());
+            });
+            hog
+        })
+        .collect();
+
+    let small = std::fs::read(dir.path().join("small")).unwrap();
+    let large = std::fs::read(dir.path().join("large")).unwrap();
+    for round in 0..20 {
+        for (path, body) in [("/small", &small), ("/large", &large)] {
+            let answer = http_get_within(http, path);
+            assert!(answer.starts_with(b"HTTP/1.1 200 "), "round {round} {path}");
+            assert!(answer.ends_with(body), "round {round} {path}: not the file");
+        }
+        let (status, got) = fetch(server.addr, "/small");
+        assert_eq!(
+            (status, got.len()),
+            (Status::Ok, small.len()),
+            "round {round}"
+        );
+    }
+
+    // Each hog is cut by the server (its socket here sees the FIN or the reset) while it still
+    // has not read a byte.
+    let deadline = std::time::Instant::now() + HANG;
+    while !hogs.iter().all(closed_by_peer) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a client that never reads was not cut after --send-timeout"
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(fetch(server.addr, "/small").1, small);
+    assert!(server.is_running());
+}
+
+/// Whether the other end closed `stream` (a FIN received: CLOSE_WAIT; a reset: the socket is
+/// no longer in the kernel's table), from /proc/net/tcp.
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    let local = stream.local_addr().expect("local address");
+    let wanted = format!("0100007F:{:04X}", local.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let state = table.lines().skip(1).find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1)?;
+        let state = fields.nth(1)?;
+        (local == wanted).then(|| state.to_string())
+    });
+    // 08: CLOSE_WAIT.
+    state.is_none_or(|state| state == "08")
+}
