@@ -701,6 +701,24 @@ fn python_http_client_keeps_one_connection_for_get_head_range_and_404() {
 // ---------------------------------------------------------------------------------------------
 // Raw sockets: pipelining, refusals, bodies, timeouts
 
+/// Sends `burst` (pipelined requests, the last one closing) at once and parses the answers up
+/// to the close, one per entry of `heads` (true: the answer to a HEAD); nothing may follow.
+fn burst_answers(stream: &mut TcpStream, burst: &str, heads: &[bool]) -> Vec<Response> {
+    stream.write_all(burst.as_bytes()).expect("send the burst");
+    let bytes = read_to_eof(stream, DEADLINE).expect("closed after the last");
+    let mut rest = bytes.as_slice();
+    let mut answers = Vec::new();
+    for &head_only in heads {
+        let (response, used) = parse_response(rest, head_only)
+            .expect("well-formed")
+            .unwrap_or_else(|| panic!("{} answers only", answers.len()));
+        rest = &rest[used..];
+        answers.push(response);
+    }
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(rest));
+    answers
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order_byte_exact() {
     let content = Content::new();
@@ -715,18 +733,11 @@ fn pipelined_requests_are_answered_in_order_byte_exact() {
         get("/index.html", "Connection: close\r\n"),
     ]
     .concat();
-    stream.write_all(burst.as_bytes()).expect("send the burst");
-    let bytes = read_to_eof(&mut stream, DEADLINE).expect("closed after the last");
-    let mut rest = bytes.as_slice();
-    let mut answers = Vec::new();
-    for head_only in [false, false, true, false, false, false] {
-        let (response, used) = parse_response(rest, head_only)
-            .expect("well-formed")
-            .unwrap_or_else(|| panic!("{} answers only", answers.len()));
-        rest = &rest[used..];
-        answers.push(response);
-    }
-    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(rest));
+    let answers = burst_answers(
+        &mut stream,
+        &burst,
+        &[false, false, true, false, false, false],
+    );
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 200, 206, 404, 200]);
     assert_eq!(answers[0].body, content.body("/hello.txt"));
@@ -789,19 +800,11 @@ fn a_client_that_asks_again_at_once_is_answered_from_the_hot_copy() {
         get("/hello.txt", "Connection: close\r\n"),
     ]
     .concat();
-    let mut stream = connect(http);
-    stream.write_all(burst.as_bytes()).expect("send the burst");
-    let bytes = read_to_eof(&mut stream, DEADLINE).expect("closed after the last");
-    let mut rest = bytes.as_slice();
-    let mut answers = Vec::new();
-    for head_only in [false, false, false, true, false] {
-        let (response, used) = parse_response(rest, head_only)
-            .expect("well-formed")
-            .unwrap_or_else(|| panic!("{} answers only", answers.len()));
-        rest = &rest[used..];
-        answers.push(response);
-    }
-    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(rest));
+    let answers = burst_answers(
+        &mut connect(http),
+        &burst,
+        &[false, false, false, true, false],
+    );
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [404, 200, 206, 200, 200]);
     let hello = content.body("/hello.txt");
