@@ -773,6 +773,12 @@ fn python_grpcio_client_round_trips_and_refusals() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("python roundtrip ok"));
+    // Every refused upload (DATA_LOSS) left nothing half-written behind.
+    let uploads = s.server.root.join(dfs::STATE_DIR).join("tmp");
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .expect("the uploads directory")
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", uploads.display());
 }
 
 // ---------------------------------------------------------------------------------------------

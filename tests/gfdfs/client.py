@@ -51,11 +51,15 @@ def expect_code(code, call, *args, **kwargs):
     raise AssertionError(f"expected {code}, the call succeeded")
 
 
-def store(stub, path, data, client_id, mtime=None):
+def store(stub, path, data, client_id, mtime=None, checksum=None, size=None):
+    """Stores `data`; `checksum` and `size` announce other values than the data's own (a
+    file edited between its checksum and its upload, a sender that lies)."""
     mtime = mtime if mtime is not None else time.time_ns()
+    checksum = checksum if checksum is not None else crc32c(data)
+    size = size if size is not None else len(data)
     def messages():
-        yield dfs_pb2.StoreRequest(path=path, mtime=mtime, checksum=crc32c(data),
-                                   size=len(data), client_id=client_id)
+        yield dfs_pb2.StoreRequest(path=path, mtime=mtime, checksum=checksum,
+                                   size=size, client_id=client_id)
         for offset in range(0, len(data), CHUNK):
             yield dfs_pb2.StoreRequest(data=data[offset:offset + CHUNK])
     return stub.Store(messages(), timeout=30)
@@ -103,6 +107,20 @@ def roundtrip(addr):
                           timeout=10)
     reply = store(stub, "py/file.bin", data, "py")
     assert reply.outcome == dfs_pb2.STORE_OUTCOME_UNCHANGED, reply
+
+    # Data that is not what was announced (another checksum: the file changed between its
+    # checksum and its upload; fewer or more bytes) is refused, and the stored version stays.
+    for wrong in ({"checksum": crc32c(data) ^ 1}, {"size": len(data) + 1},
+                  {"size": len(data) - 1}):
+        stub.AcquireWriteLock(dfs_pb2.AcquireWriteLockRequest(path="py/file.bin",
+                                                              client_id="py"), timeout=10)
+        edited = data[:-1] + b"!"
+        expect_code(grpc.StatusCode.DATA_LOSS, store, stub, "py/file.bin", edited, "py",
+                    **wrong)
+        stub.ReleaseWriteLock(dfs_pb2.ReleaseWriteLockRequest(path="py/file.bin",
+                                                              client_id="py"), timeout=10)
+    _, fetched = fetch(stub, "py/file.bin")
+    assert fetched == data, "a refused store changed the file"
 
     # One writer per file.
     stub.AcquireWriteLock(dfs_pb2.AcquireWriteLockRequest(path="py/file.bin", client_id="py"),
