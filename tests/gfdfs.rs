@@ -758,6 +758,67 @@ fn python(stubs: &Path) -> Command {
     command
 }
 
+/// 200 uploads that send their first chunk and then nothing (a slow or hostile client) hold
+/// no thread and no lock of anyone else: another client stores, fetches, stats and lists as
+/// usual meanwhile; when they die, each is counted failed and leaves nothing behind.
+#[test]
+fn stalled_uploads_leave_everything_else_served() {
+    const STALLED: usize = 200;
+    let s = setup(&[]);
+    let addr = s.server.addr();
+    let stubs = python_stubs(&s.base);
+    let mut stalled = python(&stubs)
+        .args(["stall_many", &addr, &STALLED.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    let mut line = String::new();
+    BufReader::new(stalled.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "started");
+    let first_chunks = (STALLED * (64 << 10)) as f64;
+    wait_for(
+        "every stalled upload's first chunk at the server",
+        DEADLINE,
+        || (s.server.metric("gfdfs_received_bytes_total") >= first_chunks).then_some(()),
+    );
+
+    let local = s.base.join("meanwhile.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&local, &data).expect("write");
+    let fetched = s.base.join("fetched.bin");
+    let local_arg = local.to_str().expect("utf-8");
+    let fetched_arg = fetched.to_str().expect("utf-8");
+    for args in [
+        &["store", local_arg, "--as", "meanwhile.bin"][..],
+        &["fetch", "meanwhile.bin", "-o", fetched_arg],
+        &["stat", "meanwhile.bin"],
+        &["list", "--json"],
+    ] {
+        let out = gfdfs(&[args, &["--server", &addr, "--deadline", "10s"]].concat());
+        assert_eq!(
+            code(&out),
+            0,
+            "gfdfs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(&fetched).expect("read"), data);
+
+    stalled.kill().expect("SIGKILL the stalled client");
+    let _ = stalled.wait();
+    wait_for("every stalled upload counted failed", DEADLINE, || {
+        (s.server.metric("gfdfs_stores_failed_total") == STALLED as f64).then_some(())
+    });
+    let uploads = s.server.root.join(dfs::STATE_DIR).join("tmp");
+    wait_for("every partial upload removed", DEADLINE, || {
+        (std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(1) == 0).then_some(())
+    });
+    assert!(!s.server.root.join("stalled").join("0.bin").exists());
+}
+
 #[test]
 fn python_grpcio_client_round_trips_and_refusals() {
     let s = setup(&[]);

@@ -159,11 +159,36 @@ def stall(addr, path):
     stub.Store(messages(), timeout=3600)
 
 
+def stall_many(addr, count):
+    """`count` uploads (10 per connection), each sending its first 64 KiB, then nothing more
+    until stdin closes or the process dies."""
+    import threading
+    release = threading.Event()
+    channels = [grpc.insecure_channel(addr) for _ in range((count + 9) // 10)]
+    calls = []
+    for n in range(count):
+        stub = dfs_pb2_grpc.DfsStub(channels[n // 10])
+        path = f"stalled/{n}.bin"
+        stub.AcquireWriteLock(dfs_pb2.AcquireWriteLockRequest(path=path, client_id="stalled"),
+                              timeout=10)
+        def messages(path=path):
+            yield dfs_pb2.StoreRequest(path=path, mtime=time.time_ns(), checksum=1,
+                                       size=8 << 20, client_id="stalled",
+                                       data=os.urandom(64 << 10))
+            release.wait()
+        calls.append(stub.Store.future(messages(), timeout=3600))
+    print("started", flush=True)
+    sys.stdin.read()
+    release.set()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "roundtrip":
         roundtrip(sys.argv[2])
     elif mode == "stall":
         stall(sys.argv[2], sys.argv[3])
+    elif mode == "stall_many":
+        stall_many(sys.argv[2], int(sys.argv[3]))
     else:
         sys.exit(f"unknown mode {mode}")
