@@ -416,21 +416,21 @@ fn from_cache(
         // 5. Stream to the client straight from the segment (the server coalesces a pending
         // header with these bytes, so a small object still leaves in one segment). A client
         // that reads slowly goes on at its own pace, without the segment.
+        if first == 0 && chunk_len == object_len && body_len == object_len {
+            // Kept before the client has the last byte, so that its next request (a new
+            // GetFile connection may come before this thread would be back) finds the copy.
+            keep_hot(
+                ctx,
+                path,
+                &head,
+                &chunk,
+                meta.as_ref(),
+                read_under,
+                fresh_until,
+            );
+        }
         match paced::send_chunk(response, &chunk, may_release, client_buffer) {
-            ChunkSent::Whole => {
-                if first == 0 && chunk_len == object_len && body_len == object_len {
-                    keep_hot(
-                        ctx,
-                        path,
-                        &head,
-                        &chunk,
-                        meta.as_ref(),
-                        read_under,
-                        fresh_until,
-                    );
-                }
-                sent += chunk_len;
-            }
+            ChunkSent::Whole => sent += chunk_len,
             ChunkSent::ClientSlow(buffer) => {
                 // The buffer holds the rest of this chunk: the next range starts after it.
                 let next = first + sent + chunk_len;
