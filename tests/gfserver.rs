@@ -604,6 +604,11 @@ fn pipelining_clients_that_never_read_cost_the_others_nothing() {
         })
         .collect();
 
+    // Taken now: a socket the server has reset no longer knows its peer.
+    let ends: Vec<SocketAddr> = hogs
+        .iter()
+        .map(|hog| hog.local_addr().expect("local address"))
+        .collect();
     let small = std::fs::read(dir.path().join("small")).unwrap();
     let large = std::fs::read(dir.path().join("large")).unwrap();
     for round in 0..20 {
@@ -623,7 +628,7 @@ fn pipelining_clients_that_never_read_cost_the_others_nothing() {
     // Each hog is cut by the server (its socket here sees the FIN or the reset) while it still
     // has not read a byte.
     let deadline = std::time::Instant::now() + HANG;
-    while !hogs.iter().all(closed_by_peer) {
+    while !ends.iter().all(|&end| closed_by_peer(end, http)) {
         assert!(
             std::time::Instant::now() < deadline,
             "a client that never reads was not cut after --send-timeout"
@@ -634,17 +639,17 @@ fn pipelining_clients_that_never_read_cost_the_others_nothing() {
     assert!(server.is_running());
 }
 
-/// Whether the other end closed `stream` (a FIN received: CLOSE_WAIT; a reset: the socket is
-/// no longer in the kernel's table), from /proc/net/tcp.
-fn closed_by_peer(stream: &TcpStream) -> bool {
-    let local = stream.local_addr().expect("local address");
-    let wanted = format!("0100007F:{:04X}", local.port());
+/// Whether the other end closed the connection from `local` to `remote` (a FIN received: CLOSE_WAIT; a reset: the socket is
+/// no longer in the kernel's table), from /proc/net/tcp, where the connection is the line with
+/// both its addresses (a TIME_WAIT line of an earlier connection may share the local port).
+fn closed_by_peer(local: SocketAddr, remote: SocketAddr) -> bool {
+    let hex = |addr: SocketAddr| format!("0100007F:{:04X}", addr.port());
+    let (local, remote) = (hex(local), hex(remote));
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
     let state = table.lines().skip(1).find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1)?;
-        let state = fields.nth(1)?;
-        (local == wanted).then(|| state.to_string())
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (&l, &r, &state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+        (l == local && r == remote).then(|| state.to_string())
     });
     // 08: CLOSE_WAIT.
     state.is_none_or(|state| state == "08")
