@@ -391,16 +391,8 @@ fn two_writers_end_with_one_version_and_the_loser_logs_the_refusal() {
 fn a_client_killed_mid_store_leaves_no_partial_file_and_its_lock_expires() {
     let s = setup(&["--lock-lease", "5s"]);
     let stubs = python_stubs(&s.base);
-    let mut stalled = python(&stubs)
-        .args(["stall", &s.server.addr(), "/victim.bin"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn python");
-    let mut line = String::new();
-    BufReader::new(stalled.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "sent");
+    let mut stalled =
+        python_once_it_says(&stubs, &["stall", &s.server.addr(), "/victim.bin"], "sent");
     wait_for("the first chunk at the server", DEADLINE, || {
         (s.server.metric("gfdfs_received_bytes_total") > 0.0).then_some(())
     });
@@ -767,17 +759,8 @@ fn stalled_uploads_leave_everything_else_served() {
     let s = setup(&[]);
     let addr = s.server.addr();
     let stubs = python_stubs(&s.base);
-    let mut stalled = python(&stubs)
-        .args(["stall_many", &addr, &STALLED.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn python");
-    let mut line = String::new();
-    BufReader::new(stalled.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "started");
+    let count = STALLED.to_string();
+    let mut stalled = python_once_it_says(&stubs, &["stall_many", &addr, &count], "started");
     let first_chunks = (STALLED * (64 << 10)) as f64;
     wait_for(
         "every stalled upload's first chunk at the server",
@@ -817,6 +800,23 @@ fn stalled_uploads_leave_everything_else_served() {
         (std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(1) == 0).then_some(())
     });
     assert!(!s.server.root.join("stalled").join("0.bin").exists());
+}
+
+/// The Python client run with `args` (its stdin a pipe that stays open), once its first line
+/// of output is `line`.
+fn python_once_it_says(stubs: &Path, args: &[&str], line: &str) -> std::process::Child {
+    let mut child = python(stubs)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    assert_eq!(first.trim(), line, "python {args:?}");
+    child
 }
 
 #[test]
