@@ -38,7 +38,7 @@ mod paced;
 use crate::connections::{ConnectionCounts, ConnectionState, Tracked, Tracker};
 use crate::frontdoor::{
     nothing_unread, report_held, AfterAnswer, FrontDoor, FrontDoorConfig, GetFileFramer,
-    HeaderFramer, KeptAlive, Parked, Ready, ReturnPath,
+    HeaderFramer, HeldAnswer, KeptAlive, Parked, Ready, ReturnPath,
 };
 use crate::http_front::{HttpExchange, HttpFramer, HttpJob};
 use crate::pool::{Pool, PoolConfig};
@@ -743,6 +743,16 @@ enum OnWorker {
     Gone,
 }
 
+/// What became of a connection once a worker sent a held answer on it.
+enum HeldSent {
+    /// It stays open; the bytes read past the answered request.
+    Open(Vec<u8>),
+    /// Its write side is shut: it goes back to the front door to linger.
+    Closing,
+    /// The client is gone, or the connection is closed.
+    Gone,
+}
+
 /// Work for a worker: a complete request, by protocol, or the rest of a held answer.
 enum Job {
     GetFile(Ready<String>),
@@ -810,23 +820,10 @@ impl Serving {
             started,
         } = parked;
         connection.set(ConnectionState::Sending);
-        let (head, body) = answer.unsent(sent);
-        if let Err(e) = send_all_vectored(stream.as_fd(), head, body) {
-            tracing::debug!(%peer, error = %e, "a held answer was cut");
-            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
-                let _ = catch_unwind(AssertUnwindSafe(|| self.handler.held_send_timed_out(peer)));
-            }
-            return;
-        }
-        report_held(self.handler.as_ref(), &answer, started);
-        let (leftover, closing) = match answer.after {
-            AfterAnswer::Close => return,
-            AfterAnswer::Closing if nothing_unread(&stream) => return,
-            AfterAnswer::KeepAlive(leftover) if !self.stopping() => (leftover, false),
-            AfterAnswer::KeepAlive(_) | AfterAnswer::Closing | AfterAnswer::Linger => {
-                let _ = stream.shutdown(Shutdown::Write);
-                (Vec::new(), true)
-            }
+        let (leftover, closing) = match self.send_held(&stream, peer, answer, sent, started) {
+            HeldSent::Open(leftover) => (leftover, false),
+            HeldSent::Closing => (Vec::new(), true),
+            HeldSent::Gone => return,
         };
         if let Some(return_path) = &self.return_path {
             return_path.hand_back(KeptAlive {
@@ -931,34 +928,47 @@ impl Serving {
             };
             *served = served.saturating_add(1);
             connection.set(ConnectionState::Sending);
-            let (head, body) = answer.unsent(0);
-            if let Err(e) = send_all_vectored(stream.as_fd(), head, body) {
-                tracing::debug!(%peer, error = %e, "a held answer was cut");
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
-                    let _ =
-                        catch_unwind(AssertUnwindSafe(|| self.handler.held_send_timed_out(peer)));
-                }
-                return OnWorker::Gone;
-            }
-            report_held(self.handler.as_ref(), &answer, started);
-            leftover = match answer.after {
-                AfterAnswer::KeepAlive(leftover) if !self.stopping() => leftover,
-                AfterAnswer::KeepAlive(leftover) => {
-                    return OnWorker::HandBack {
-                        leftover,
-                        closing: false,
-                    }
-                }
-                AfterAnswer::Closing if nothing_unread(stream) => return OnWorker::Gone,
-                AfterAnswer::Closing | AfterAnswer::Linger => {
-                    let _ = stream.shutdown(Shutdown::Write);
+            leftover = match self.send_held(stream, peer, answer, 0, started) {
+                HeldSent::Open(leftover) => leftover,
+                HeldSent::Closing => {
                     return OnWorker::HandBack {
                         leftover: Vec::new(),
                         closing: true,
-                    };
+                    }
                 }
-                AfterAnswer::Close => return OnWorker::Gone,
+                HeldSent::Gone => return OnWorker::Gone,
             };
+        }
+    }
+
+    /// Sends a held answer from byte `sent` on (blocking, each write bounded by the send
+    /// timeout), reports it, and says what becomes of the connection: a closing one has its
+    /// write side shut here, or is closed at once when its client sent nothing more.
+    fn send_held(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        answer: HeldAnswer,
+        sent: usize,
+        started: std::time::Instant,
+    ) -> HeldSent {
+        let (head, body) = answer.unsent(sent);
+        if let Err(e) = send_all_vectored(stream.as_fd(), head, body) {
+            tracing::debug!(%peer, error = %e, "a held answer was cut");
+            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
+                let _ = catch_unwind(AssertUnwindSafe(|| self.handler.held_send_timed_out(peer)));
+            }
+            return HeldSent::Gone;
+        }
+        report_held(self.handler.as_ref(), &answer, started);
+        match answer.after {
+            AfterAnswer::Close => HeldSent::Gone,
+            AfterAnswer::Closing if nothing_unread(stream) => HeldSent::Gone,
+            AfterAnswer::KeepAlive(leftover) if !self.stopping() => HeldSent::Open(leftover),
+            AfterAnswer::KeepAlive(_) | AfterAnswer::Closing | AfterAnswer::Linger => {
+                let _ = stream.shutdown(Shutdown::Write);
+                HeldSent::Closing
+            }
         }
     }
 
