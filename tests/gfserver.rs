@@ -631,7 +631,8 @@ fn pipelining_clients_that_never_read_cost_the_others_nothing() {
     while !ends.iter().all(|&end| closed_by_peer(end, http)) {
         assert!(
             std::time::Instant::now() < deadline,
-            "a client that never reads was not cut after --send-timeout"
+            "a client that never reads was not cut after --send-timeout: {}",
+            hog_lines(&ends)
         );
         thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -653,4 +654,17 @@ fn closed_by_peer(local: SocketAddr, remote: SocketAddr) -> bool {
     });
     // 08: CLOSE_WAIT.
     state.is_none_or(|state| state == "08")
+}
+
+/// The /proc/net/tcp lines of the connections from `ends`, for a failure message.
+fn hog_lines(ends: &[SocketAddr]) -> String {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .filter(|l| {
+            ends.iter()
+                .any(|e| l.contains(&format!("0100007F:{:04X}", e.port())))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
