@@ -640,6 +640,35 @@ fn pipelining_clients_that_never_read_cost_the_others_nothing() {
     assert!(server.is_running());
 }
 
+/// A client that asks for a large file and never reads is cut after `--send-timeout` with a
+/// reset: nothing of the answer stays queued in the server's kernel (a plain close would queue
+/// the FIN behind megabytes the client never takes, and both sockets would stay for minutes).
+#[test]
+fn a_client_that_never_reads_is_reset_and_nothing_stays_queued_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random_file(&dir.path().join("large"), 16 << 20, 9);
+    let server = ServerProcess::root(dir.path(), &["--send-timeout", "1"]);
+    let mut hog = TcpStream::connect(server.addr).expect("connect");
+    hog.write_all(b"GETFILE GET /large\r\n\r\n")
+        .expect("send the request");
+    let end = hog.local_addr().expect("local address");
+
+    let deadline = std::time::Instant::now() + HANG;
+    while !(closed_by_peer(end, server.addr) && closed_by_peer(server.addr, end)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection of a client that never reads was not reset: {}",
+            hog_lines(&[end])
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // What reached the client before the cut is still the start of the answer.
+    let mut start = [0u8; 19];
+    if hog.read_exact(&mut start).is_ok() {
+        assert_eq!(&start, b"GETFILE OK 16777216");
+    }
+}
+
 /// Whether the other end closed the connection from `local` to `remote` (a FIN received: CLOSE_WAIT; a reset: the socket is
 /// no longer in the kernel's table), from /proc/net/tcp, where the connection is the line with
 /// both its addresses (a TIME_WAIT line of an earlier connection may share the local port).

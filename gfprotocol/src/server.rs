@@ -253,11 +253,9 @@ impl<'c> ResponseWriter<'c> {
     /// Remembers a send timeout among write failures. `send_body_with`'s closure reports one
     /// as `WouldBlock` (EAGAIN on a blocking socket with `SO_SNDTIMEO`) unless it maps it.
     fn note_failure(&mut self, error: &io::Error) {
-        if matches!(
-            error.kind(),
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-        ) {
+        if is_send_timeout(error) {
             self.send_timed_out = true;
+            reset_when_closed(self.stream);
         }
     }
 
@@ -371,6 +369,30 @@ fn body_state(announced: u64, sent: u64) -> ResponseState {
             sent,
             header_pending: false,
         }
+    }
+}
+
+/// Whether a write failed because it made no progress for the send timeout (EAGAIN on a
+/// blocking socket with `SO_SNDTIMEO`, as `TimedOut` once mapped, or as `WouldBlock`).
+fn is_send_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Makes the close of a connection whose client took nothing for the send timeout a reset
+/// (`SO_LINGER` 0). A plain close would queue the FIN behind the unsent bytes, which a client
+/// that does not read never takes: the kernel would keep them (up to the socket's send buffer,
+/// megabytes) and the client would see its connection open, for the minutes TCP takes to give
+/// up. The reset frees both at once; the client could not have had the rest anyway.
+fn reset_when_closed(stream: &TcpStream) {
+    let abort = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    if let Err(e) = setsockopt(stream, sockopt::Linger, &abort) {
+        tracing::debug!(error = %e, "setting SO_LINGER 0 failed");
     }
 }
 
@@ -955,7 +977,8 @@ impl Serving {
         let (head, body) = answer.unsent(sent);
         if let Err(e) = send_all_vectored(stream.as_fd(), head, body) {
             tracing::debug!(%peer, error = %e, "a held answer was cut");
-            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
+            if is_send_timeout(&e) {
+                reset_when_closed(stream);
                 let _ = catch_unwind(AssertUnwindSafe(|| self.handler.held_send_timed_out(peer)));
             }
             return HeldSent::Gone;
