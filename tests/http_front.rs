@@ -1047,6 +1047,71 @@ fn max_requests_per_connection_closes_after_the_last() {
     stop_and_check_nothing_left(run);
 }
 
+/// The state and send queue of the server's end of the connection to `client`, from
+/// /proc/net/tcp (`None` once the socket is gone).
+fn server_end(server: SocketAddr, client: SocketAddr) -> Option<(String, u64)> {
+    let hex = |addr: SocketAddr| format!("0100007F:{:04X}", addr.port());
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) || fields.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let queued = fields.get(4)?.split(':').next()?;
+        Some((
+            fields.get(3)?.to_string(),
+            u64::from_str_radix(queued, 16).ok()?,
+        ))
+    })
+}
+
+/// A close the server decides (here: the last request a connection may make) lingers, unlike
+/// one the client asked for: a pipelining client's next request, sent while the end of a large
+/// answer is still queued in the server's kernel, must not reset the connection and destroy
+/// that end. The client sends it the moment the server has closed its side (FIN_WAIT1 in
+/// /proc/net/tcp, data still queued), then reads: the whole answer, then the close.
+#[test]
+fn a_request_sent_as_the_server_closes_does_not_cut_the_answer_before_it() {
+    let content = Content::new();
+    let large = content.add_large();
+    let (run, http) = directory_run(&content, &["http_max_requests_per_connection = 1"]);
+    let mut stream = connect(http);
+    let client = stream.local_addr().expect("local address");
+    stream.write_all(get(LARGE, "").as_bytes()).expect("send");
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    let deadline = Instant::now() + DEADLINE;
+    // FIN_WAIT1: the server's side is closed while the end of the answer is still queued.
+    while server_end(http, client).is_none_or(|(state, _)| state != "04") {
+        assert!(
+            Instant::now() < deadline,
+            "the server never closed its side"
+        );
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let queued = server_end(http, client).map_or(0, |(_, queued)| queued);
+    stream
+        .write_all(get("/hello.txt", "").as_bytes())
+        .expect("send the next request");
+    let rest = read_to_eof(&mut stream, DEADLINE).unwrap_or_else(|e| {
+        panic!("the answer was cut ({queued} bytes were queued at the server's close): {e}")
+    });
+    bytes.extend_from_slice(&rest);
+    let (answer, used) = parse_response(&bytes, false)
+        .expect("well-formed")
+        .expect("the whole answer");
+    assert_eq!(answer.status, 200);
+    assert!(answer.body == large, "{} body bytes", answer.body.len());
+    assert!(answer.closes());
+    assert_eq!(used, bytes.len(), "the next request was not answered");
+    stop_and_check_nothing_left(run);
+}
+
 #[test]
 fn small_request_body_is_discarded_and_the_connection_kept() {
     let content = Content::new();

@@ -150,8 +150,11 @@ pub(crate) enum AfterAnswer {
     /// Its write side closes and the loop drains what the client still sends (HTTP
     /// `Connection: close` with more bytes read past the request), as after a refusal.
     Linger,
-    /// It closes (HTTP `Connection: close`, the last request allowed): at once if the client
-    /// has sent nothing more ([`nothing_unread`]), else as [`AfterAnswer::Linger`].
+    /// It closes because the client asked to (HTTP `Connection: close`, HTTP/1.0): at once if
+    /// the client has sent nothing more ([`nothing_unread`]), else as [`AfterAnswer::Linger`].
+    /// A close the server decides (the last request allowed) always lingers: a pipelining
+    /// client may send its next request at any moment, and bytes that reach a closed socket
+    /// reset the connection, destroying the part of the answer still queued in the kernel.
     Closing,
 }
 

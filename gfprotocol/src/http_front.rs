@@ -138,6 +138,7 @@ impl HeaderFramer for HttpFramer {
             return Err(job);
         };
         let keep_alive = served.saturating_add(1) < max_requests;
+        let client_closes = !job.request.keep_alive;
         let mut exchange = HttpExchange::new(job.request, keep_alive);
         let answer = exchange.object(&held.head);
         if let Some(status) = exchange.status {
@@ -159,7 +160,7 @@ impl HeaderFramer for HttpFramer {
             body_range,
             after: match exchange.keep_alive {
                 true => AfterAnswer::KeepAlive(job.leftover),
-                false if job.leftover.is_empty() => AfterAnswer::Closing,
+                false if job.leftover.is_empty() && client_closes => AfterAnswer::Closing,
                 false => AfterAnswer::Linger,
             },
         })

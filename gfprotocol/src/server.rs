@@ -233,6 +233,11 @@ impl<'c> ResponseWriter<'c> {
         }
     }
 
+    /// Whether the connection is closed: the answer failed or was cut short.
+    fn closed(&self) -> bool {
+        matches!(self.state, ResponseState::Closed { .. })
+    }
+
     /// Whether the writer closed the connection because a write made no progress for the
     /// server's `send_timeout` (a client that stopped reading). For counting.
     pub fn send_timed_out(&self) -> bool {
@@ -775,6 +780,20 @@ enum HeldSent {
     Gone,
 }
 
+/// What becomes of an HTTP connection after an answer a worker sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    KeptAlive,
+    /// The client asked to close (`Connection: close`, HTTP/1.0): it sends nothing more.
+    ClientCloses,
+    /// The server closes (the last request allowed, a body left unread, a stop), while a
+    /// pipelining client may still be sending.
+    ServerCloses,
+    /// The answer failed and the writer closed the connection already (a short body, a
+    /// vanished client, a send timeout): nothing is left to deliver, so nothing lingers.
+    Closed,
+}
+
 /// Work for a worker: a complete request, by protocol, or the rest of a held answer.
 enum Job {
     GetFile(Ready<String>),
@@ -873,12 +892,22 @@ impl Serving {
         loop {
             connection.set(ConnectionState::Sending);
             served += 1;
-            let kept = self.answer_http(&stream, peer, job.request, job.body_unread, served);
+            let ending = self.answer_http(&stream, peer, job.request, job.body_unread, served);
+            let kept = ending == Ending::KeptAlive;
             let Some(return_path) = &self.return_path else {
                 return;
             };
+            if ending == Ending::Closed {
+                return;
+            }
             if !kept {
-                if !job.body_unread && job.leftover.is_empty() && nothing_unread(&stream) {
+                // Only a client that said it closes promises to send nothing more (RFC 9112
+                // 9.6); a close the server decides lingers (see `AfterAnswer::Closing`).
+                if ending == Ending::ClientCloses
+                    && !job.body_unread
+                    && job.leftover.is_empty()
+                    && nothing_unread(&stream)
+                {
                     return;
                 }
                 // Closing with an unread request body (or a pipelined request) would reset the
@@ -995,7 +1024,7 @@ impl Serving {
         }
     }
 
-    /// Answers one HTTP request; whether the connection stays open.
+    /// Answers one HTTP request; what becomes of the connection.
     fn answer_http(
         &self,
         stream: &TcpStream,
@@ -1003,7 +1032,8 @@ impl Serving {
         http: crate::http::HttpRequest,
         body_unread: bool,
         served: u32,
-    ) -> bool {
+    ) -> Ending {
+        let client_closes = !http.keep_alive;
         let keep_alive = !body_unread && served < self.max_requests && self.return_path.is_some();
         let request = Request {
             path: http.path.clone(),
@@ -1016,7 +1046,14 @@ impl Serving {
         if let Some(status) = writer.http_status() {
             let _ = catch_unwind(AssertUnwindSafe(|| self.handler.http_answered(status)));
         }
-        writer.keeps_connection()
+        if writer.closed() {
+            return Ending::Closed;
+        }
+        match (writer.keeps_connection(), client_closes) {
+            (true, _) => Ending::KeptAlive,
+            (false, true) => Ending::ClientCloses,
+            (false, false) => Ending::ServerCloses,
+        }
     }
 
     fn stopping(&self) -> bool {
