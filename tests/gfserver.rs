@@ -640,6 +640,68 @@ fn pipelining_clients_that_never_read_cost_the_others_nothing() {
     assert!(server.is_running());
 }
 
+/// SIGTERM while a client's pipelined burst is being answered: the client gets whole answers,
+/// each byte-exact, then the close; never a cut answer or a reset; the server exits cleanly.
+#[test]
+fn sigterm_mid_pipelined_burst_ends_after_a_whole_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = gfprotocol::DEFAULT_INLINE_MAX_SIZE as usize;
+    write_random_file(&dir.path().join("small"), limit, 3);
+    write_random_file(&dir.path().join("large"), 1 << 20, 4);
+    let small = std::fs::read(dir.path().join("small")).unwrap();
+    let large = std::fs::read(dir.path().join("large")).unwrap();
+    let mut server = ServerProcess::root(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let http = server.http_addr();
+    let mut stream = TcpStream::connect(http).expect("connect");
+    stream.set_read_timeout(Some(HANG)).expect("read timeout");
+    // Small ones answered by the front door or a worker's next_on_worker, large ones by a worker.
+    let burst: String = ["/small", "/large"]
+        .repeat(40)
+        .iter()
+        .map(|path| format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
+    stream.write_all(burst.as_bytes()).expect("send the burst");
+    // The first answers are on their way before the signal.
+    let mut bytes = vec![0u8; 64 << 10];
+    stream.read_exact(&mut bytes).expect("the first bytes");
+    let stopping = thread::spawn(move || server.terminate());
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .unwrap_or_else(|e| panic!("the answers were cut: {e}"));
+    bytes.extend_from_slice(&rest);
+    let status = stopping.join().expect("terminate");
+    assert!(status.success(), "{status}");
+
+    let mut at = bytes.as_slice();
+    let mut answered = 0;
+    while !at.is_empty() {
+        let head_end = at
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("a cut head after {answered} answers"))
+            + 4;
+        let head = String::from_utf8_lossy(&at[..head_end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("a content-length");
+        let body = at
+            .get(head_end..head_end + len)
+            .unwrap_or_else(|| panic!("answer {answered} cut: {} bytes", at.len() - head_end));
+        let expected = if answered % 2 == 0 { &small } else { &large };
+        assert!(
+            body == expected.as_slice(),
+            "answer {answered} is not its file"
+        );
+        at = &at[head_end + len..];
+        answered += 1;
+    }
+    assert!(answered >= 1, "no answer at all");
+}
+
 /// A client that asks for a large file and never reads is cut after `--send-timeout` with a
 /// reset: nothing of the answer stays queued in the server's kernel (a plain close would queue
 /// the FIN behind megabytes the client never takes, and both sockets would stay for minutes).
