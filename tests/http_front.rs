@@ -1112,6 +1112,64 @@ fn a_request_sent_as_the_server_closes_does_not_cut_the_answer_before_it() {
     stop_and_check_nothing_left(run);
 }
 
+/// Clients that pipeline hot hits (more than their socket takes, so the rest of an answer goes
+/// to a worker) and vanish after a few bytes cost nothing lasting: every connection is gone
+/// from the gauges, the hot copy still answers byte-exact, and nothing is left behind.
+#[test]
+fn clients_vanishing_mid_hot_hit_leave_nothing_behind() {
+    let content = Content::new();
+    let (run, http) = directory_run(
+        &content,
+        &["hot_cache_ttl = \"1h\"", "hot_object_max_size = \"1MiB\""],
+    );
+    const PATH: &str = "/docs/readme.txt";
+    let body = content.body(PATH);
+    let mut buf = Vec::new();
+    let mut stream = connect(http);
+    stream.write_all(get(PATH, "").as_bytes()).expect("send");
+    assert_eq!(
+        read_responses(&mut stream, &mut buf, &[false])[0].body,
+        body
+    );
+    drop(stream);
+
+    // 2000 answers of 2.5 KiB: more than both socket buffers take.
+    let burst = get(PATH, "").repeat(2000);
+    for _ in 0..20 {
+        let mut vanishing = connect(http);
+        let mut writer = vanishing.try_clone().expect("clone");
+        let requests = burst.clone();
+        // The requests may not all fit before the proxy stops reading them: sent aside.
+        let sending = std::thread::spawn(move || {
+            let _ = writer.write_all(requests.as_bytes());
+        });
+        let mut first = [0u8; 4096];
+        vanishing.read_exact(&mut first).expect("the first bytes");
+        assert!(first.starts_with(b"HTTP/1.1 200 "));
+        // Closed with answers unread: the proxy's next write fails (a reset).
+        let _ = vanishing.shutdown(Shutdown::Both);
+        drop(vanishing);
+        sending.join().expect("the sender");
+    }
+    let open = |text: &str| sum_metric(text, "gfcache_connections{");
+    let text = wait_for("every vanished connection closed", DEADLINE, || {
+        let text = run.metrics_text();
+        (open(&text) == 0.0).then_some(text)
+    });
+    let hot = metric_value(&text, "gfcache_hot_hits_total").unwrap_or(0.0);
+    assert!(hot > 20.0, "the pipelined answers were hot hits: {hot}");
+    for _ in 0..5 {
+        let mut stream = connect(http);
+        let mut buf = Vec::new();
+        stream.write_all(get(PATH, "").as_bytes()).expect("send");
+        assert_eq!(
+            read_responses(&mut stream, &mut buf, &[false])[0].body,
+            body
+        );
+    }
+    stop_and_check_nothing_left(run);
+}
+
 #[test]
 fn small_request_body_is_discarded_and_the_connection_kept() {
     let content = Content::new();
