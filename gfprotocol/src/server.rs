@@ -893,28 +893,27 @@ impl Serving {
             connection.set(ConnectionState::Sending);
             served += 1;
             let ending = self.answer_http(&stream, peer, job.request, job.body_unread, served);
-            let kept = ending == Ending::KeptAlive;
             let Some(return_path) = &self.return_path else {
                 return;
             };
-            if ending == Ending::Closed {
-                return;
-            }
-            if !kept {
+            let kept = match ending {
+                Ending::KeptAlive => true,
+                Ending::Closed => return,
                 // Only a client that said it closes promises to send nothing more (RFC 9112
                 // 9.6); a close the server decides lingers (see `AfterAnswer::Closing`).
-                if ending == Ending::ClientCloses
-                    && !job.body_unread
-                    && job.leftover.is_empty()
-                    && nothing_unread(&stream)
+                Ending::ClientCloses
+                    if !job.body_unread && job.leftover.is_empty() && nothing_unread(&stream) =>
                 {
-                    return;
+                    return
                 }
                 // Closing with an unread request body (or a pipelined request) would reset the
                 // connection, and a reset destroys the answer still in flight: the write side
                 // closes first, and the front door drains the rest before it closes.
-                let _ = stream.shutdown(Shutdown::Write);
-            }
+                Ending::ClientCloses | Ending::ServerCloses => {
+                    let _ = stream.shutdown(Shutdown::Write);
+                    false
+                }
+            };
             let (leftover, closing) = match kept && !self.stopping() {
                 true => match self.next_on_worker(
                     &stream,
