@@ -1080,7 +1080,9 @@ fn a_request_sent_as_the_server_closes_does_not_cut_the_answer_before_it() {
     let client = stream.local_addr().expect("local address");
     stream.write_all(get(LARGE, "").as_bytes()).expect("send");
     let mut bytes = Vec::new();
-    let mut chunk = [0u8; 16 << 10];
+    // Large reads: each check reads all of /proc/net/tcp, thousands of lines while other
+    // tests hold their connections.
+    let mut chunk = vec![0u8; 256 << 10];
     let deadline = Instant::now() + DEADLINE;
     // FIN_WAIT1: the server's side is closed while the end of the answer is still queued.
     while server_end(http, client).is_none_or(|(state, _)| state != "04") {
