@@ -759,3 +759,113 @@ fn hog_lines(ends: &[SocketAddr]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A client that reads slowly but steadily is served the whole file, however long the
+/// transfer takes: the send timeout bounds a write that makes *no progress*, not the
+/// transfer. 16 MiB through a 64 KiB receive buffer, with a pause of 100 ms after each 512 KiB,
+/// takes several times the `--send-timeout` of 1 s, while no single write waits long.
+#[test]
+fn a_slow_but_steady_reader_is_served_whole_past_the_send_timeout() {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+    const LEN: usize = 16 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    write_random_file(&dir.path().join("large"), LEN, 11);
+    let expected = std::fs::read(dir.path().join("large")).expect("read the file back");
+    let server = ServerProcess::root(dir.path(), &["--send-timeout", "1"]);
+    let mut reader = TcpStream::connect(server.addr).expect("connect");
+    // A small window, so the server's writes wait on this reader rather than on the kernel.
+    setsockopt(&reader, RcvBuf, &(64 << 10)).expect("SO_RCVBUF");
+    reader.set_read_timeout(Some(HANG)).expect("read timeout");
+    reader
+        .write_all(b"GETFILE GET /large\r\n\r\n")
+        .expect("send the request");
+
+    let started = std::time::Instant::now();
+    let mut answer = Vec::with_capacity(LEN + 64);
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut since_pause = 0;
+    loop {
+        let n = reader
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("cut after {} bytes: {e}", answer.len()));
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        since_pause += n;
+        if since_pause >= 512 << 10 {
+            // The pace (about 5 MB/s), not a wait for an event.
+            thread::sleep(std::time::Duration::from_millis(100));
+            since_pause = 0;
+        }
+    }
+    let took = started.elapsed();
+    let head = format!("GETFILE OK {LEN}\r\n\r\n");
+    assert!(
+        answer.starts_with(head.as_bytes()),
+        "{} bytes, not an OK answer",
+        answer.len()
+    );
+    assert!(
+        answer[head.len()..] == expected[..],
+        "{} body bytes of {LEN}, or different ones",
+        answer.len() - head.len()
+    );
+    // The case this test is about: the transfer outlasted the send timeout (else it proved
+    // nothing).
+    assert!(
+        took > std::time::Duration::from_secs(2),
+        "the transfer took only {took:?}; the reader was not slow enough to test the timeout"
+    );
+}
+
+/// Bytes after a GetFile request (the protocol has one request per connection; a C client may
+/// send its string's terminating NUL) do not cut the answer: closing with them unread would
+/// reset the connection and destroy what of the answer the kernel still queues. Files sent by
+/// a worker (16 MiB, more than the socket buffers hold; both send modes) and files the front
+/// door answers from memory (4 KiB, and 1 MiB, whose rest a worker sends).
+#[test]
+fn bytes_after_a_request_do_not_cut_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("/large", 16 << 20),
+        ("/held", 1 << 20),
+        ("/small", 4 << 10),
+    ];
+    for (seed, (name, len)) in files.iter().enumerate() {
+        write_random_file(&dir.path().join(&name[1..]), *len, 13 + seed as u64);
+    }
+    for mode in ["sendfile", "read-write"] {
+        let args = ["--send-mode", mode, "--inline-max-size", "1048576"];
+        let server = ServerProcess::root(dir.path(), &args);
+        for (name, len) in files {
+            let expected = std::fs::read(dir.path().join(&name[1..])).expect("read back");
+            for trailer in [
+                vec![0u8],
+                vec![b'x'; 64 << 10],
+                b"GETFILE GET /small\r\n\r\n".to_vec(),
+            ] {
+                let what = format!("{mode}, {name}, {} trailing bytes", trailer.len());
+                let mut stream = TcpStream::connect(server.addr).expect("connect");
+                stream.set_read_timeout(Some(HANG)).expect("read timeout");
+                let mut request = format!("GETFILE GET {name}\r\n\r\n").into_bytes();
+                request.extend_from_slice(&trailer);
+                stream.write_all(&request).expect("send");
+                let mut answer = Vec::with_capacity(len + 64);
+                if let Err(e) = stream.read_to_end(&mut answer) {
+                    panic!("{what}: {e} after {} bytes", answer.len());
+                }
+                let head = format!("GETFILE OK {len}\r\n\r\n");
+                assert!(
+                    answer.starts_with(head.as_bytes()),
+                    "{what}: not an OK answer"
+                );
+                assert!(
+                    answer[head.len()..] == expected[..],
+                    "{what}: {} body bytes of {len}, or different ones",
+                    answer.len() - head.len()
+                );
+            }
+        }
+    }
+}

@@ -1277,6 +1277,99 @@ fn slow_http_readers_do_not_hold_up_other_clients() {
     stop_and_check_nothing_left(run);
 }
 
+/// A client that reads slowly but steadily gets the whole answer, however long it takes: the
+/// proxy's `send_timeout` (1 s here) ends a write that makes no progress, not a long transfer.
+/// 8 MiB through a 64 KiB receive buffer with a pause of 100 ms after each 256 KiB takes
+/// about three times the timeout; no single write waits longer than a pause.
+#[test]
+fn a_slow_but_steady_http_reader_is_served_whole_past_the_send_timeout() {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+    let content = Content::new();
+    let large = content.add_large();
+    let (run, http) = directory_run(&content, &["send_timeout = \"1s\""]);
+    let mut reader = connect(http);
+    setsockopt(&reader, RcvBuf, &(64 << 10)).expect("SO_RCVBUF");
+    reader
+        .write_all(get(LARGE, "Connection: close\r\n").as_bytes())
+        .expect("send");
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut since_pause = 0;
+    loop {
+        let n = reader
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("cut after {} bytes: {e}", bytes.len()));
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        since_pause += n;
+        if since_pause >= 256 << 10 {
+            // The pace (about 2.5 MB/s), not a wait for an event.
+            std::thread::sleep(Duration::from_millis(100));
+            since_pause = 0;
+        }
+    }
+    let took = started.elapsed();
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "not a 200");
+    assert!(
+        bytes[end..] == large[..],
+        "{} body bytes of {}, or different ones",
+        bytes.len() - end,
+        large.len()
+    );
+    // The case this test is about: the transfer outlasted the send timeout.
+    assert!(
+        took > Duration::from_secs(2),
+        "the transfer took only {took:?}; the reader was not slow enough to test the timeout"
+    );
+    stop_and_check_nothing_left(run);
+}
+
+/// Bytes a client sends after a request that asked for the close (junk, or a pipelined request
+/// the server will not answer) do not cut the answer: closing a socket with unread bytes resets
+/// the connection, and a reset destroys whatever of the answer the kernel still queues, so the
+/// server must drain them rather than close at once. 8 MiB is more than the socket buffers
+/// hold, so most of the answer is still queued when the server is done writing.
+#[test]
+fn bytes_after_a_close_request_do_not_cut_its_answer() {
+    let content = Content::new();
+    let large = content.add_large();
+    let (run, http) = directory_run(&content, &[]);
+    for trailer in [
+        vec![b'x'; 64 << 10],
+        get("/a.txt", "").into_bytes(),
+        b"\x00\xff garbage \r\n\r\n".to_vec(),
+    ] {
+        let mut stream = connect(http);
+        let mut request = get(LARGE, "Connection: close\r\n").into_bytes();
+        request.extend_from_slice(&trailer);
+        stream.write_all(&request).expect("send");
+        let bytes = read_to_eof(&mut stream, DEADLINE)
+            .unwrap_or_else(|e| panic!("after {} trailing bytes: {e}", trailer.len()));
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        assert!(bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "not a 200");
+        assert!(
+            bytes[end..] == large[..],
+            "{} trailing bytes: {} body bytes of {}, then the close",
+            trailer.len(),
+            bytes.len() - end,
+            large.len()
+        );
+    }
+    stop_and_check_nothing_left(run);
+}
+
 // ---------------------------------------------------------------------------------------------
 // With an origin
 

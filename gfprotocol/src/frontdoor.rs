@@ -15,7 +15,8 @@
 //!    what the client still sends (bounded in time and bytes), so the close is a FIN and not a
 //!    reset that could destroy the answer. An HTTP connection whose answer closes it (a worker
 //!    half-closed it: `Connection: close`, an unread request body, the last request allowed)
-//!    comes back from its worker to linger the same way.
+//!    comes back from its worker to linger the same way, and so does an answered GetFile
+//!    connection whose client sent bytes after its request (`Door` says which loop).
 //! 4. **waiting for a worker** (`WaitingForWorker`): a complete header; the parsed request and
 //!    the socket leave the loop for the worker pool's bounded queue (held in the loop while the
 //!    queue is full).
@@ -75,10 +76,20 @@ const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
 const FIRST_CONNECTION: usize = 2;
 
+/// Which front door a connection came through, so that a worker hands it back to the right
+/// loop (to wait for its next request, or to linger).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Door {
+    GetFile,
+    Http,
+}
+
 /// Finds a complete request header in the bytes of one connection, fed as they arrive, and
 /// says how a protocol refuses one. GetFile (`GetFileFramer`) and HTTP/1.1 (`HttpFramer`, in
 /// `http_front.rs`) implement it.
 pub(crate) trait HeaderFramer {
+    /// The front door this protocol is served at.
+    const DOOR: Door;
     /// What a complete header yields.
     type Request: Send + 'static;
     /// Why bytes can never be a valid header.
@@ -143,15 +154,15 @@ impl HeldAnswer {
 
 /// What becomes of a connection after a held answer.
 pub(crate) enum AfterAnswer {
-    /// It closes (GetFile: one request per connection).
-    Close,
     /// It stays open for the next request, which may start in these bytes (pipelined).
     KeepAlive(Vec<u8>),
     /// Its write side closes and the loop drains what the client still sends (HTTP
     /// `Connection: close` with more bytes read past the request), as after a refusal.
     Linger,
-    /// It closes because the client asked to (HTTP `Connection: close`, HTTP/1.0): at once if
-    /// the client has sent nothing more ([`nothing_unread`]), else as [`AfterAnswer::Linger`].
+    /// It closes because the protocol or the client says so (GetFile: one request per
+    /// connection; HTTP `Connection: close`, HTTP/1.0): at once if the client has sent nothing
+    /// more ([`nothing_unread`]), else as [`AfterAnswer::Linger`] (a GetFile client may send
+    /// bytes after its request too, a C client the string's terminating NUL, say).
     /// A close the server decides (the last request allowed) always lingers: a pipelining
     /// client may send its next request at any moment, and bytes that reach a closed socket
     /// reset the connection, destroying the part of the answer still queued in the kernel.
@@ -188,6 +199,7 @@ pub(crate) struct GetFileFramer {
 }
 
 impl HeaderFramer for GetFileFramer {
+    const DOOR: Door = Door::GetFile;
     type Request = String;
     type Error = Malformed;
     fn new() -> Self {
@@ -227,7 +239,7 @@ impl HeaderFramer for GetFileFramer {
             .encode(),
             body_range: 0..held.body.len(),
             body: held.body,
-            after: AfterAnswer::Close,
+            after: AfterAnswer::Closing,
         })
     }
 }
@@ -316,6 +328,8 @@ pub(crate) struct Parked {
     pub(crate) served: u32,
     /// When the request was taken.
     pub(crate) started: Instant,
+    /// The front door it came through (and goes back to, to linger or stay open).
+    pub(crate) door: Door,
 }
 
 enum State<F> {
@@ -859,7 +873,6 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
             }
             report_held(self.handler.as_ref(), &answer, started);
             let leftover = match answer.after {
-                AfterAnswer::Close => return drop(self.remove(token)),
                 AfterAnswer::Closing if nothing_unread(&connection.stream) => {
                     return drop(self.remove(token))
                 }
@@ -911,6 +924,7 @@ impl<F: HeaderFramer, J: JobOf<F::Request>> FrontDoor<F, J> {
                 answer,
                 sent,
                 started,
+                door: F::DOOR,
             }));
         }
     }

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use crate::frontdoor::{held_object, AfterAnswer, HeaderFramer, HeldAnswer};
+use crate::frontdoor::{held_object, AfterAnswer, Door, HeaderFramer, HeldAnswer};
 use crate::http::{
     body_follows, etag_of, if_range_allows, not_modified, parse_range, parse_request,
     write_error_response, write_text_response, CacheStatus, HttpError, HttpRequest, Limits, Method,
@@ -48,6 +48,7 @@ impl HttpFramer {
 }
 
 impl HeaderFramer for HttpFramer {
+    const DOOR: Door = Door::Http;
     type Request = HttpJob;
     type Error = HttpError;
 

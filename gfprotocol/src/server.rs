@@ -37,7 +37,7 @@ mod paced;
 
 use crate::connections::{ConnectionCounts, ConnectionState, Tracked, Tracker};
 use crate::frontdoor::{
-    nothing_unread, report_held, AfterAnswer, FrontDoor, FrontDoorConfig, GetFileFramer,
+    nothing_unread, report_held, AfterAnswer, Door, FrontDoor, FrontDoorConfig, GetFileFramer,
     HeaderFramer, HeldAnswer, KeptAlive, Parked, Ready, ReturnPath,
 };
 use crate::http_front::{HttpExchange, HttpFramer, HttpJob};
@@ -495,8 +495,9 @@ fn sendfile_all(fd: BorrowedFd<'_>, file: &File, offset: u64, len: u64) -> io::R
 /// Shared between the server, its handles and its accept loop.
 struct Shared {
     stopping: AtomicBool,
-    /// Written once to wake the accept loop's poll.
-    wake_write: OwnedFd,
+    /// Written once to wake the GetFile front door's poll (also how workers hand it back
+    /// connections to linger).
+    wake_write: Arc<OwnedFd>,
     /// The HTTP front door's wake-up (also how workers hand kept-alive connections back).
     http_wake_write: Option<Arc<OwnedFd>>,
 }
@@ -513,7 +514,7 @@ impl ShutdownHandle {
         if !self.shared.stopping.swap(true, Ordering::SeqCst) {
             // A full pipe already holds a wake-up; any other failure leaves the flag, which
             // the accept loop also checks after every poll.
-            let _ = nix::unistd::write(&self.shared.wake_write, &[1]);
+            let _ = nix::unistd::write(&*self.shared.wake_write, &[1]);
             if let Some(http_wake) = &self.shared.http_wake_write {
                 let _ = nix::unistd::write(&**http_wake, &[1]);
             }
@@ -583,7 +584,7 @@ impl Server {
             local_addr,
             shared: Arc::new(Shared {
                 stopping: AtomicBool::new(false),
-                wake_write,
+                wake_write: Arc::new(wake_write),
                 http_wake_write,
             }),
             wake_read,
@@ -622,10 +623,13 @@ impl Server {
             }
             None => (None, None),
         };
+        let (getfile_return_path, getfile_returns) =
+            ReturnPath::new(Arc::clone(&self.shared.wake_write));
         let serving = Serving {
             handler: Arc::clone(&self.handler),
             max_requests: self.config.http_max_requests_per_connection,
             return_path,
+            getfile_return_path,
             shared: Arc::clone(&self.shared),
         };
         let pool = Pool::start(
@@ -674,7 +678,7 @@ impl Server {
                 Arc::clone(&self.tracker),
                 self.listener,
                 self.wake_read,
-                None,
+                Some(getfile_returns),
             )?;
             let result = door.run(&pool, &stopping);
             let http_result = http_door.map_or(Ok(()), |door| {
@@ -826,6 +830,9 @@ struct Serving {
     max_requests: u32,
     /// Where kept-alive HTTP connections go back to their front door.
     return_path: Option<ReturnPath>,
+    /// Where GetFile connections go back to their front door to linger (a client that sent
+    /// bytes after its request).
+    getfile_return_path: ReturnPath,
     /// Whether the server is stopping (no worker waits for a next request then).
     shared: Arc<Shared>,
 }
@@ -859,6 +866,7 @@ impl Serving {
             sent,
             served,
             started,
+            door,
         } = parked;
         connection.set(ConnectionState::Sending);
         let (leftover, closing) = match self.send_held(&stream, peer, answer, sent, started) {
@@ -866,7 +874,7 @@ impl Serving {
             HeldSent::Closing => (Vec::new(), true),
             HeldSent::Gone => return,
         };
-        if let Some(return_path) = &self.return_path {
+        if let Some(return_path) = self.return_path_of(door) {
             return_path.hand_back(KeptAlive {
                 stream,
                 peer,
@@ -1013,7 +1021,6 @@ impl Serving {
         }
         report_held(self.handler.as_ref(), &answer, started);
         match answer.after {
-            AfterAnswer::Close => HeldSent::Gone,
             AfterAnswer::Closing if nothing_unread(stream) => HeldSent::Gone,
             AfterAnswer::KeepAlive(leftover) if !self.stopping() => HeldSent::Open(leftover),
             AfterAnswer::KeepAlive(_) | AfterAnswer::Closing | AfterAnswer::Linger => {
@@ -1067,18 +1074,47 @@ impl Serving {
         writer.finish();
     }
 
-    fn serve_getfile(&self, mut ready: Ready<String>) {
-        ready.connection.set(ConnectionState::Sending);
-        let request = Request {
-            path: ready.request,
-            peer: ready.peer,
-        };
-        if let Err(e) = self.answer(&ready.stream, &request) {
-            tracing::debug!(error = %e, "connection ended with an error");
+    /// Where a connection that came through `door` goes back to.
+    fn return_path_of(&self, door: Door) -> Option<&ReturnPath> {
+        match door {
+            Door::GetFile => Some(&self.getfile_return_path),
+            Door::Http => self.return_path.as_ref(),
         }
     }
 
-    fn answer(&self, stream: &TcpStream, request: &Request) -> io::Result<()> {
+    /// Answers the one request of a GetFile connection, then closes it: at once when the
+    /// client sent nothing more, else by lingering in the front door. Closing a socket with
+    /// unread bytes resets the connection, and a reset destroys the part of the answer the
+    /// kernel still queues (a C client that also sends its string's NUL would lose the end of
+    /// every large file).
+    fn serve_getfile(&self, ready: Ready<String>) {
+        let Ready {
+            request: path,
+            stream,
+            peer,
+            served,
+            mut connection,
+        } = ready;
+        connection.set(ConnectionState::Sending);
+        let request = Request { path, peer };
+        let closed = self.answer(&stream, &request);
+        if closed || nothing_unread(&stream) {
+            return;
+        }
+        let _ = stream.shutdown(Shutdown::Write);
+        self.getfile_return_path.hand_back(KeptAlive {
+            stream,
+            peer,
+            connection,
+            leftover: Vec::new(),
+            served: served.saturating_add(1),
+            closing: true,
+        });
+    }
+
+    /// Runs the handler on `request`; whether the writer closed the connection (a failed or
+    /// short answer), so that nothing is left to deliver.
+    fn answer(&self, stream: &TcpStream, request: &Request) -> bool {
         let mut writer = ResponseWriter::new(stream);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.handler.handle(request, &mut writer)
@@ -1087,6 +1123,6 @@ impl Serving {
             tracing::error!(path = %request.path, peer = %request.peer, "handler panicked");
         }
         writer.finish();
-        Ok(())
+        writer.closed()
     }
 }
