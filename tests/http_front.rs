@@ -1370,6 +1370,81 @@ fn bytes_after_a_close_request_do_not_cut_its_answer() {
     stop_and_check_nothing_left(run);
 }
 
+/// A file changed under a read-only directory while a client is being sent it, edited in place
+/// or replaced by a rename: the client gets a prefix of the old bytes (whole, or cut short
+/// where the change was noticed), never a body that mixes the old and the new bytes, and the
+/// next request gets the new file. 32 MiB through a 64 KiB receive window, so most of the file
+/// is still to be read from the cache when the change comes.
+#[test]
+fn a_file_changed_mid_transfer_is_never_served_mixed() {
+    const LEN: usize = 32 << 20;
+    let content = Content::new();
+    let (run, http) = directory_run(&content, &[]);
+    for (name, in_place) in [("/edited.bin", true), ("/renamed.bin", false)] {
+        let old: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        let new: Vec<u8> = (0..LEN).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+        std::fs::write(content.file(name), &old).expect("write");
+        let body = body_while_changing(http, name, || match in_place {
+            // Same inode, no truncation, every byte different.
+            true => std::fs::OpenOptions::new()
+                .write(true)
+                .open(content.file(name))
+                .and_then(|mut file| file.write_all(&new))
+                .expect("edit in place"),
+            false => {
+                let temp = content.file(&format!("{name}.new"));
+                std::fs::write(&temp, &new).expect("write the new file");
+                std::fs::rename(&temp, content.file(name)).expect("rename over");
+            }
+        });
+        assert!(
+            body.len() <= LEN,
+            "{name}: {} body bytes of {LEN}",
+            body.len()
+        );
+        let first_wrong = body.iter().zip(&old).position(|(got, was)| got != was);
+        assert_eq!(
+            first_wrong,
+            None,
+            "{name}: the body ({} bytes) left the old file at byte {first_wrong:?}",
+            body.len()
+        );
+        let request = get(name, "Connection: close\r\n");
+        let after = one_response_then_close(http, request.as_bytes(), name);
+        assert_eq!(after.status, 200);
+        assert!(
+            after.body == new,
+            "{name}: the next request did not get the new file"
+        );
+    }
+    stop_and_check_nothing_left(run);
+}
+
+/// The body of a GET of `path` read through a 64 KiB window, with `change` run after its
+/// first MiB.
+fn body_while_changing(http: SocketAddr, path: &str, change: impl FnOnce()) -> Vec<u8> {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+    let mut reader = connect(http);
+    setsockopt(&reader, RcvBuf, &(64 << 10)).expect("SO_RCVBUF");
+    reader
+        .write_all(get(path, "Connection: close\r\n").as_bytes())
+        .expect("send");
+    let mut bytes = vec![0u8; 1 << 20];
+    reader.read_exact(&mut bytes).expect("the first MiB");
+    change();
+    bytes.extend_from_slice(&read_to_eof(&mut reader, DEADLINE).unwrap_or_default());
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{path}: not a 200"
+    );
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    bytes.split_off(end)
+}
+
 // ---------------------------------------------------------------------------------------------
 // With an origin
 

@@ -669,6 +669,7 @@ impl DirectoryInner {
             file,
             len,
             version,
+            stamp: ContentStamp::of(&metadata),
             modified: metadata.modified().ok(),
             path: file_path,
         })))
@@ -832,12 +833,32 @@ fn file_version(metadata: &std::fs::Metadata) -> ObjectVersion {
     ])
 }
 
+/// What moves when a file's bytes are written: its size and modification time. Unlike the
+/// version's change time it stays when the file is only unlinked or renamed (a fill or an
+/// operator's `mv` replacing it), which leaves the open file's bytes as they were.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ContentStamp {
+    len: u64,
+    modified: (i64, i64),
+}
+
+impl ContentStamp {
+    fn of(metadata: &std::fs::Metadata) -> ContentStamp {
+        ContentStamp {
+            len: metadata.len(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+        }
+    }
+}
+
 /// An open object file. The descriptor keeps the bytes even if the file is evicted meanwhile.
 struct FileObject {
     meta: Vec<u8>,
     file: File,
     len: u64,
     version: ObjectVersion,
+    /// The file's stamp when it was opened: a copy that ends with another was mixed.
+    stamp: ContentStamp,
     modified: Option<std::time::SystemTime>,
     path: PathBuf,
 }
@@ -867,11 +888,23 @@ impl CachedObject for FileObject {
                 format!("{len} bytes do not fit in {} bytes", dest.remaining()),
             )));
         }
+        let io_error = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
         dest.put_file_range(&self.file, offset, len)
-            .map_err(|source| Error::Io {
+            .map_err(io_error)?;
+        // A file edited in place while the range was read may have given some new bytes: a
+        // write moves the modification time before it changes a byte (and the stat at open
+        // makes the kernel give the next change a fine-grained time), so an unchanged stamp
+        // after the copy means the range is all of the bytes the transfer started with.
+        let now = self.file.metadata().map_err(io_error)?;
+        if ContentStamp::of(&now) != self.stamp {
+            return Err(Error::ChangedMidTransfer {
                 path: self.path.clone(),
-                source,
-            })
+            });
+        }
+        Ok(())
     }
 }
 

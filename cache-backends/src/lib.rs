@@ -166,6 +166,13 @@ pub enum Error {
         /// What changed.
         how: String,
     },
+    /// A file was written (or its attributes changed) while its bytes were being copied: the
+    /// chunk may mix old and new bytes, so it is not published and the transfer ends short.
+    #[error("{path} changed while it was being sent; the transfer is cut short rather than mix two versions")]
+    ChangedMidTransfer {
+        /// The file.
+        path: PathBuf,
+    },
     /// The pack cannot be served now (it did not open or verify when last tried).
     #[error("pack {path} is unavailable: {why}")]
     PackUnavailable {
