@@ -168,7 +168,10 @@ pub enum Error {
     },
     /// A file was written (or its attributes changed) while its bytes were being copied: the
     /// chunk may mix old and new bytes, so it is not published and the transfer ends short.
-    #[error("{path} changed while it was being sent; the transfer is cut short rather than mix two versions")]
+    #[error(
+        "{path} was written while it was being sent: the transfer is cut short rather than mix \
+         two versions (update served files by writing a new file and renaming it over the old)"
+    )]
     ChangedMidTransfer {
         /// The file.
         path: PathBuf,
