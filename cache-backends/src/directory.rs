@@ -880,6 +880,10 @@ impl CachedObject for FileObject {
         std::borrow::Cow::Borrowed(&self.meta)
     }
 
+    fn cheap_to_hold(&self) -> bool {
+        true // a descriptor: the file's bytes stay on disk, not in this process
+    }
+
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error> {
         check_range(offset, len, self.len)?;
         if len > dest.remaining() {

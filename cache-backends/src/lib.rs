@@ -61,6 +61,7 @@ pub mod metrics;
 pub mod pack;
 pub mod paths;
 mod process;
+mod retained;
 pub mod settings;
 
 pub use directory::{DirectoryBackend, DirectoryOptions, FILL_PREFIX};
@@ -238,6 +239,12 @@ pub trait CachedObject: Send + Sync {
     /// this call put into `dest` must be discarded (a pack object checks after the copy that
     /// its file did not change meanwhile).
     fn copy_to(&self, offset: u64, len: usize, dest: &mut dyn ChunkDest) -> Result<(), Error>;
+    /// Whether holding it after its cache dropped it costs next to nothing (an open file,
+    /// not bytes in memory beyond the cache's capacity): only such objects are kept for the
+    /// next range of an unfinished transfer once their path changed.
+    fn cheap_to_hold(&self) -> bool {
+        false
+    }
 }
 
 /// An origin fill in progress. Dropping it without `commit` discards it.

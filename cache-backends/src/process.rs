@@ -10,14 +10,17 @@
 //! are published a last time and the slot goes Down.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ipc::{CacheRequest, Member, MemberState, ObjectVersion, Op, Region, StatsBlock};
+use ipc::{CacheRequest, GetWriter, Member, MemberState, ObjectVersion, Op, Region, StatsBlock};
 
 use crate::metrics::{Counter, Gauge};
-use crate::{Availability, BackendStats, CacheBackend, CacheProcessConfig, Error, ObjectMeta};
+use crate::retained::Retained;
+use crate::{
+    Availability, BackendStats, CacheBackend, CacheProcessConfig, CachedObject, Error, ObjectMeta,
+};
 
 /// How long a worker waits for a request before it checks the stop flag again.
 const CLAIM_INTERVAL: Duration = Duration::from_millis(100);
@@ -43,6 +46,8 @@ struct Shared<'a> {
     drain_deadline: OnceLock<Instant>,
     in_flight: AtomicU64,
     running_workers: AtomicUsize,
+    /// Objects of transfers that go on in ranges (`retained.rs`).
+    retained: Retained,
 }
 
 impl Shared<'_> {
@@ -93,6 +98,7 @@ pub(crate) fn run(
         drain_deadline: OnceLock::new(),
         in_flight: AtomicU64::new(0),
         running_workers: AtomicUsize::new(config.workers),
+        retained: Retained::default(),
     };
     let spawned = thread::scope(|scope| -> Result<(), Error> {
         for number in 0..config.workers {
@@ -386,7 +392,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
     let path = request.path().to_string();
     let fail = Failure::of(&path);
     let stats = shared.stats();
-    let object = match shared.backend.get(&path) {
+    let object = match lookup(shared, &path, request.wanted_version()) {
         Ok(Some(object)) => object,
         Ok(None) => {
             stats.add(Counter::Misses.id(), 1);
@@ -408,6 +414,53 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
         .map_err(|error| fail(error.into()))?;
     // The requested range: the whole object, or the part a client-paced transfer asks next.
     let end = writer.next_offset() + writer.len();
+    // A transfer that does not end here (a range, or a whole object the proxy stops taking
+    // to go on in ranges) may ask for this version again after the path changed.
+    match end < object.len() {
+        true => shared.retained.keep(&path, &object),
+        false if writer.next_offset() > 0 => shared.retained.release(&path, object.version()),
+        false => {}
+    }
+    let sent = send_range(shared, &path, object.as_ref(), &mut writer, end);
+    if let Err(failure) = &sent {
+        if failure.proxy_left {
+            shared.retained.keep(&path, &object);
+        }
+    }
+    sent?;
+    writer.finish().map_err(|error| fail(error.into()))
+}
+
+/// The object at `path`: the backend's, or the kept one of `wanted`'s version when the
+/// backend's is another (`None` wanted: the backend's).
+fn lookup(
+    shared: &Shared<'_>,
+    path: &str,
+    wanted: Option<ObjectVersion>,
+) -> Result<Option<Arc<dyn CachedObject>>, Error> {
+    let current = shared.backend.get(path)?.map(Arc::<dyn CachedObject>::from);
+    let Some(wanted) = wanted else {
+        return Ok(current);
+    };
+    if current
+        .as_ref()
+        .is_some_and(|object| object.version() == wanted)
+    {
+        return Ok(current);
+    }
+    Ok(shared.retained.find(path, wanted).or(current))
+}
+
+/// Copies `object`, the one at `path`, into the GET's chunks up to byte `end`.
+fn send_range(
+    shared: &Shared<'_>,
+    path: &str,
+    object: &dyn CachedObject,
+    writer: &mut GetWriter<'_>,
+    end: u64,
+) -> Result<(), Failure> {
+    let fail = Failure::of(path);
+    let stats = shared.stats();
     let mut offset = writer.next_offset();
     while offset < end {
         if shared.abort.load(Ordering::Acquire) {
@@ -431,7 +484,7 @@ fn serve_get(shared: &Shared<'_>, request: CacheRequest<'_>) -> Result<(), Failu
             .map_err(|error| proxy_or_own(fail(error.into())))?;
         offset += step as u64;
     }
-    writer.finish().map_err(|error| fail(error.into()))
+    Ok(())
 }
 
 /// The metadata a PUT or UPDATE carries, checked (`None`: it carries none).
@@ -471,6 +524,7 @@ fn serve_purge(
 ) -> Result<(), Failure> {
     let path = request.path().to_string();
     let fail = Failure::of(&path);
+    shared.retained.forget(&path, prefix);
     match shared.backend.purge(&path, prefix) {
         Ok(removed) => {
             tracing::info!(key = %path, prefix, removed, "purged");

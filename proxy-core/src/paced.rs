@@ -9,9 +9,11 @@
 //! cache for the object one range of `client_buffer` bytes at a time (a separate GET of that
 //! range, held only for the copy), sending each from its buffer at the client's pace.
 //!
-//! Every range must come from the same version of the object ([`ipc::ObjectVersion`]): a file
-//! replaced or edited meanwhile, or an object evicted, ends the connection (a short body), so a
-//! client never gets two versions stitched together. Ranges are asked of the cache that served
+//! Every range must come from the same version of the object ([`ipc::ObjectVersion`]), and asks
+//! for it: the cache keeps a directory's open file for the transfer, so a file renamed over the
+//! path meanwhile is sent to the end from the old one; a file written in place, or an object
+//! evicted, ends the connection (a short body), so a client never gets two versions stitched
+//! together. Ranges are asked of the cache that served
 //! the first bytes, then, when it cannot answer and the caches share their data, of the others
 //! in rendezvous order.
 
@@ -236,7 +238,7 @@ fn read_range_from(
     };
     let lease = ctx.region.acquire(timeout).map_err(Error::NoSegment)?;
     let mut stream = lease
-        .get_range(slot, path.as_str(), range, timeout)
+        .get_range_of(slot, path.as_str(), range, paced.version, timeout)
         .map_err(cache_error)?;
     check_same_object(&stream, slot, paced)?;
     let expected = stream.body_len();

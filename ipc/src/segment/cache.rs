@@ -148,6 +148,8 @@ pub struct CacheRequest<'r> {
     pub(super) seg: Option<Seg<'r>>,
     op: Op,
     range: ByteRange,
+    /// GET: the version the proxy asked for (`NONE`: any).
+    wanted: ObjectVersion,
     path: String,
     meta: Vec<u8>,
     id: RequestId,
@@ -189,6 +191,12 @@ impl<'r> CacheRequest<'r> {
             ),
             Op::Put { .. } | Op::UpdateMeta { .. } | Op::Purge { .. } => ByteRange::WHOLE,
         };
+        let wanted = match op {
+            Op::Get => {
+                ObjectVersion::from_raw(seg.header.answer.object_version.load(Ordering::Relaxed))
+            }
+            Op::Put { .. } | Op::UpdateMeta { .. } | Op::Purge { .. } => ObjectVersion::NONE,
+        };
         let fields = read_path(&seg).and_then(|path| {
             let meta = match op {
                 Op::Put { .. } | Op::UpdateMeta { .. } => seg.read_meta()?,
@@ -201,6 +209,7 @@ impl<'r> CacheRequest<'r> {
                 seg: Some(seg),
                 op,
                 range,
+                wanted,
                 path,
                 meta,
                 id,
@@ -211,6 +220,7 @@ impl<'r> CacheRequest<'r> {
                     seg: Some(seg),
                     op,
                     range,
+                    wanted,
                     path: String::new(),
                     meta: Vec::new(),
                     id,
@@ -234,6 +244,12 @@ impl<'r> CacheRequest<'r> {
     /// GET: the bytes of the object asked for ([`ByteRange::WHOLE`] for a PUT).
     pub fn range(&self) -> ByteRange {
         self.range
+    }
+
+    /// GET: the version the bytes must be of, when the proxy asked for one (the next range of
+    /// a transfer it began); `None`: whatever the cache holds now.
+    pub fn wanted_version(&self) -> Option<ObjectVersion> {
+        (self.wanted != ObjectVersion::NONE).then_some(self.wanted)
     }
 
     /// PUT and UPDATE: the object's metadata as the proxy sent it (empty when none). Untrusted

@@ -170,14 +170,33 @@ impl<'r> Lease<'r> {
     /// `range.len_within(object length)` bytes, and the answer still gives the whole object's
     /// length and its version.
     pub fn get_range(
-        mut self,
+        self,
         slot: CacheSlot,
         path: &str,
         range: ByteRange,
         timeout: Duration,
     ) -> Result<GetStream<'r>> {
+        self.get_range_of(slot, path, range, ObjectVersion::NONE, timeout)
+    }
+
+    /// [`Lease::get_range`] asking for the bytes of `version` (`NONE`: any): the cache may
+    /// still hold that version after the path changed
+    /// ([`CacheRequest::wanted_version`](crate::CacheRequest::wanted_version)).
+    /// The answer says which version it sends; the caller checks it.
+    pub fn get_range_of(
+        mut self,
+        slot: CacheSlot,
+        path: &str,
+        range: ByteRange,
+        version: ObjectVersion,
+        timeout: Duration,
+    ) -> Result<GetStream<'r>> {
         let started = Instant::now();
-        let seg = self.send(slot, path, RequestWords::get(range))?;
+        let words = RequestWords {
+            version: version.as_raw(),
+            ..RequestWords::get(range)
+        };
+        let seg = self.send(slot, path, words)?;
         wait_for_answer(&seg, timeout, started)?;
         let answer = seg.status().and_then(|status| match status {
             Status::Found => Ok(Lookup::Found {

@@ -180,8 +180,11 @@ fn one_paced_reader() -> (
     (dir, files, rig, partial)
 }
 
+/// A file replaced by a rename (the way to update served files) under a slow reader: its next
+/// ranges come from the old file, which its cache process keeps open for the transfer, so the
+/// reader gets the old version whole, and the next client the new one.
 #[test]
-fn a_file_replaced_under_a_slow_reader_is_cut_not_mixed() {
+fn a_file_replaced_by_rename_under_a_slow_reader_is_sent_whole_from_the_old_file() {
     let (dir, files, rig, partial) = one_paced_reader();
     let addr = rig.addr();
 
@@ -192,13 +195,38 @@ fn a_file_replaced_under_a_slow_reader_is_cut_not_mixed() {
     std::fs::rename(&staged, dir.path().join("big")).expect("rename over /big");
 
     let received = partial.read_to_close();
+    assert_eq!(received.len(), BIG, "the transfer was cut");
+    assert!(
+        received[..] == files["/big"][..],
+        "bytes of the new version were stitched to the old"
+    );
+    rig.wait_counter(Counter::RequestsOk, 1);
+    assert_eq!(rig.counter(Counter::RequestsAborted), 0);
+    // The next client gets the new version whole.
+    common::fetch_ok(&addr, "/big", &replacement);
+}
+
+/// A file written in place under a slow reader: the transfer is cut short where the change is
+/// noticed, and what the reader got is a prefix of the old version.
+#[test]
+fn a_file_written_in_place_under_a_slow_reader_is_cut_not_mixed() {
+    let (dir, files, rig, partial) = one_paced_reader();
+    let addr = rig.addr();
+
+    let replacement = common::content(99, BIG);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("big"))
+        .and_then(|mut file| std::io::Write::write_all(&mut file, &replacement))
+        .expect("write in place");
+
+    let received = partial.read_to_close();
     assert!(received.len() < BIG, "the transfer should have been cut");
     assert!(
         received[..] == files["/big"][..received.len()],
         "bytes of the new version were stitched to the old"
     );
     rig.wait_counter(Counter::RequestsAborted, 1);
-    // The next client gets the new version whole.
     common::fetch_ok(&addr, "/big", &replacement);
 }
 
