@@ -1,5 +1,7 @@
 //! Black-box tests of the `gfserver` binary over real TCP on 127.0.0.1.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
@@ -781,24 +783,12 @@ fn a_slow_but_steady_reader_is_served_whole_past_the_send_timeout() {
         .expect("send the request");
 
     let started = std::time::Instant::now();
-    let mut answer = Vec::with_capacity(LEN + 64);
-    let mut chunk = vec![0u8; 64 << 10];
-    let mut since_pause = 0;
-    loop {
-        let n = reader
-            .read(&mut chunk)
-            .unwrap_or_else(|e| panic!("cut after {} bytes: {e}", answer.len()));
-        if n == 0 {
-            break;
-        }
-        answer.extend_from_slice(&chunk[..n]);
-        since_pause += n;
-        if since_pause >= 512 << 10 {
-            // The pace (about 5 MB/s), not a wait for an event.
-            thread::sleep(std::time::Duration::from_millis(100));
-            since_pause = 0;
-        }
-    }
+    // About 5 MB/s.
+    let answer = common::read_at_pace(
+        &mut reader,
+        512 << 10,
+        std::time::Duration::from_millis(100),
+    );
     let took = started.elapsed();
     let head = format!("GETFILE OK {LEN}\r\n\r\n");
     assert!(

@@ -297,6 +297,19 @@ fn read_to_eof(stream: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Strin
     }
 }
 
+/// The body of a 200 answer read raw (`what` names it in a failure).
+fn ok_body<'b>(bytes: &'b [u8], what: &str) -> &'b [u8] {
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{what}: not a 200"
+    );
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{what}: no end of head"));
+    &bytes[end + 4..]
+}
+
 /// Sends `request` on a new connection and reads everything until the server closes.
 fn exchange_until_close(addr: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
     let mut stream = connect(addr);
@@ -1293,35 +1306,14 @@ fn a_slow_but_steady_http_reader_is_served_whole_past_the_send_timeout() {
         .write_all(get(LARGE, "Connection: close\r\n").as_bytes())
         .expect("send");
     let started = Instant::now();
-    let mut bytes = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    let mut since_pause = 0;
-    loop {
-        let n = reader
-            .read(&mut chunk)
-            .unwrap_or_else(|e| panic!("cut after {} bytes: {e}", bytes.len()));
-        if n == 0 {
-            break;
-        }
-        bytes.extend_from_slice(&chunk[..n]);
-        since_pause += n;
-        if since_pause >= 256 << 10 {
-            // The pace (about 2.5 MB/s), not a wait for an event.
-            std::thread::sleep(Duration::from_millis(100));
-            since_pause = 0;
-        }
-    }
+    // About 2.5 MB/s.
+    let bytes = read_at_pace(&mut reader, 256 << 10, Duration::from_millis(100));
     let took = started.elapsed();
-    let end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    assert!(bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "not a 200");
+    let body = ok_body(&bytes, "the slow reader");
     assert!(
-        bytes[end..] == large[..],
+        body == &large[..],
         "{} body bytes of {}, or different ones",
-        bytes.len() - end,
+        body.len(),
         large.len()
     );
     // The case this test is about: the transfer outlasted the send timeout.
@@ -1353,17 +1345,12 @@ fn bytes_after_a_close_request_do_not_cut_its_answer() {
         stream.write_all(&request).expect("send");
         let bytes = read_to_eof(&mut stream, DEADLINE)
             .unwrap_or_else(|e| panic!("after {} trailing bytes: {e}", trailer.len()));
-        let end = bytes
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a head")
-            + 4;
-        assert!(bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "not a 200");
+        let what = format!("{} trailing bytes", trailer.len());
+        let body = ok_body(&bytes, &what);
         assert!(
-            bytes[end..] == large[..],
-            "{} trailing bytes: {} body bytes of {}, then the close",
-            trailer.len(),
-            bytes.len() - end,
+            body == &large[..],
+            "{what}: {} body bytes of {}, then the close",
+            body.len(),
             large.len()
         );
     }
@@ -1437,16 +1424,7 @@ fn body_while_changing(http: SocketAddr, path: &str, change: impl FnOnce()) -> V
     reader.read_exact(&mut bytes).expect("the first MiB");
     change();
     bytes.extend_from_slice(&read_to_eof(&mut reader, DEADLINE).unwrap_or_default());
-    assert!(
-        bytes.starts_with(b"HTTP/1.1 200 OK\r\n"),
-        "{path}: not a 200"
-    );
-    let end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    bytes.split_off(end)
+    ok_body(&bytes, path).to_vec()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -672,3 +672,25 @@ pub fn stop_and_check_nothing_left(mut run: Run) {
     assert!(log.contains("started child"), "{log}");
     assert!(log.contains("child stopped"), "{log}");
 }
+
+/// Reads `stream` to its end at a steady pace: a pause of `pause` after every `every` bytes
+/// (the pace of a slow client, not a wait for an event). Panics if the connection breaks.
+pub fn read_at_pace(stream: &mut TcpStream, every: usize, pause: Duration) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut since_pause = 0;
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("cut after {} bytes: {e}", bytes.len()));
+        if n == 0 {
+            return bytes;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        since_pause += n;
+        if since_pause >= every {
+            std::thread::sleep(pause);
+            since_pause = 0;
+        }
+    }
+}
