@@ -1290,6 +1290,63 @@ fn slow_http_readers_do_not_hold_up_other_clients() {
     stop_and_check_nothing_left(run);
 }
 
+/// A file edited under a read-only directory while the proxy holds a hot copy of it (README:
+/// "seen within `hot_cache_ttl`"): in place with the same length, then by a rename. Every
+/// answer meanwhile is the old file or the new one, never a mix, and once the new one is
+/// served the old one never comes back.
+#[test]
+fn a_file_edited_under_its_hot_copy_is_served_new_once_the_copy_expires() {
+    let content = Content::new();
+    let (run, http) = directory_run(&content, &["hot_cache_ttl = \"1s\""]);
+    let path = "/hello.txt";
+    let mut current = content.body(path).to_vec();
+    let mut stream = connect(http);
+    let mut buf = Vec::new();
+    let mut ask = |stream: &mut TcpStream| {
+        stream.write_all(get(path, "").as_bytes()).expect("send");
+        let answer = read_responses(stream, &mut buf, &[false]);
+        assert_eq!(answer[0].status, 200);
+        answer[0].body.clone()
+    };
+    wait_for("a hot hit", DEADLINE, || {
+        assert_eq!(ask(&mut stream), current);
+        let hot = metric_value(&run.metrics_text(), "gfcache_hot_hits_total").unwrap_or(0.0);
+        (hot >= 1.0).then_some(())
+    });
+    for (round, in_place) in [(1u8, true), (2, false)] {
+        let new: Vec<u8> = current.iter().map(|b| b ^ (0x20 + round)).collect();
+        let file = content.file(path);
+        match in_place {
+            true => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .and_then(|mut f| f.write_all(&new))
+                .expect("edit in place"),
+            false => {
+                let staged = content.file("/hello.txt.new");
+                std::fs::write(&staged, &new).expect("stage");
+                std::fs::rename(&staged, &file).expect("rename over");
+            }
+        }
+        let mut seen_new = false;
+        wait_for("the edited file", Duration::from_secs(10), || {
+            let body = ask(&mut stream);
+            match (body == new, body == current) {
+                (true, _) => seen_new = true,
+                (false, true) => assert!(!seen_new, "round {round}: the old file came back"),
+                (false, false) => panic!("round {round}: neither version: {body:?}"),
+            }
+            seen_new.then_some(())
+        });
+        // A few more: the new one stays.
+        for _ in 0..5 {
+            assert_eq!(ask(&mut stream), new, "round {round}");
+        }
+        current = new;
+    }
+    stop_and_check_nothing_left(run);
+}
+
 /// A client that reads slowly but steadily gets the whole answer, however long it takes: the
 /// proxy's `send_timeout` (1 s here) ends a write that makes no progress, not a long transfer.
 /// 8 MiB through a 64 KiB receive buffer with a pause of 100 ms after each 256 KiB takes
