@@ -14,6 +14,8 @@ pub struct Metrics {
     pub stores_failed: IntCounter,
     /// Fetches started.
     pub fetches: IntCounter,
+    /// Fetches ended because the client took nothing for the send timeout.
+    pub fetches_cut: IntCounter,
     /// Deletes that left a tombstone.
     pub deletes: IntCounter,
     /// File bytes received by stores.
@@ -68,6 +70,11 @@ impl Metrics {
                 "Stores that failed or were cancelled mid-stream (nothing was kept).",
             ),
             fetches: counter(&r, "gfdfs_fetches_total", "Fetches started."),
+            fetches_cut: counter(
+                &r,
+                "gfdfs_fetches_cut_total",
+                "Fetches ended because the client took no data for the send timeout.",
+            ),
             deletes: counter(&r, "gfdfs_deletes_total", "Deletes that left a tombstone."),
             bytes_received: counter(
                 &r,

@@ -92,6 +92,7 @@ impl BoundServer {
         // peer's delayed ACK (40 ms) behind Nagle.
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .max_frame_size(Some(FRAME))
             .initial_stream_window_size(Some(WINDOW))
             .initial_connection_window_size(Some(WINDOW * 2))
@@ -125,6 +126,11 @@ fn self_stopping(
         let _ = receiver.wait_for(|stopped| *stopped).await;
     })
 }
+
+/// Calls one client connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`;
+/// tonic's default is no limit). A client asks for more by opening more connections, but each
+/// call costs the server a little memory, so one connection cannot open thousands.
+pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// HTTP/2 flow-control window: large enough that a 64 MiB transfer is not held back by
 /// round trips on loopback.
@@ -230,9 +236,10 @@ impl Dfs for Service {
         let path = self.volume.resolve(&request.get_ref().path)?;
         let (file, meta) = self.volume.open_file(&path)?;
         self.metrics.fetches.inc();
-        let (tx, rx) = mpsc::channel(4);
+        // One chunk queued: a client that stops reading holds two chunks of memory at most.
+        let (tx, rx) = mpsc::channel(1);
         let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || send_file(file, meta, tx, &metrics));
+        tokio::spawn(send_file(path.to_string(), file, meta, tx, metrics));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -522,18 +529,42 @@ async fn next_message<T>(stream: &mut Streaming<T>) -> Result<Option<T>> {
         })
 }
 
-fn send_file(
-    mut file: std::fs::File,
+/// How long a Fetch may wait for its client to take the next chunk before it is ended: a
+/// client that stopped reading (or reads nothing while it answers HTTP/2 pings) must not keep
+/// its file and its queued chunk for ever.
+pub(crate) const FETCH_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `file` to a Fetch stream. Each chunk is read on a blocking thread (a read may wait
+/// on the disk), but the wait for the client to take it holds no thread: clients that do not
+/// read cannot use up the blocking pool that every store's writes and commit need.
+async fn send_file(
+    path: String,
+    file: std::fs::File,
     meta: FileMeta,
     tx: mpsc::Sender<std::result::Result<proto::FetchReply, Status>>,
-    metrics: &Metrics,
+    metrics: Arc<Metrics>,
 ) {
+    let mut file = file;
     let mut first = Some(meta);
     loop {
-        let data = match read_chunk(&mut file) {
-            Ok(data) => data,
+        let read = tokio::task::spawn_blocking(move || {
+            let data = read_chunk(&mut file);
+            (file, data)
+        })
+        .await;
+        let data = match read {
+            Ok((back, Ok(data))) => {
+                file = back;
+                data
+            }
+            Ok((_, Err(e))) => {
+                let _ = tx.send(Err(Status::internal(format!("read: {e}")))).await;
+                return;
+            }
             Err(e) => {
-                let _ = tx.blocking_send(Err(Status::internal(format!("read: {e}"))));
+                let _ = tx
+                    .send(Err(Status::internal(format!("read task: {e}"))))
+                    .await;
                 return;
             }
         };
@@ -549,8 +580,15 @@ fn send_file(
             checksum: head.map_or(0, |m| m.checksum),
             data: data.into(),
         };
-        if tx.blocking_send(Ok(reply)).is_err() || n == 0 {
-            return; // the client went away, or an empty file is told in one message
+        match tokio::time::timeout(FETCH_SEND_TIMEOUT, tx.send(Ok(reply))).await {
+            Ok(Ok(())) if n > 0 => {}
+            // The end (an empty file is told in one message), or the client went away.
+            Ok(_) => return,
+            Err(_) => {
+                metrics.fetches_cut.inc();
+                tracing::info!(%path, waited = ?FETCH_SEND_TIMEOUT, "fetch ended: the client took no data");
+                return;
+            }
         }
     }
 }
